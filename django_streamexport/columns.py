@@ -1,0 +1,234 @@
+"""Turn declared export fields into resolved columns.
+
+An export field is a lookup path as accepted by ``QuerySet.values_list()``:
+a model field (``"dep_delay"``), a forward relation followed to any depth
+(``"carrier__name"``, ``"plane__manufacturer"``) or an annotation on the
+queryset (``"delay_hours"``).  Each resolves to a :class:`ResolvedColumn`
+carrying the header label, the lookup, and the *kind* of value the database
+returns, which is what the formats use to pick a converter.
+
+Only forward many-to-one and one-to-one relations may be followed: a reverse or
+many-to-many lookup would repeat each row once per related object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.db import models
+from django.db.models.constants import LOOKUP_SEP
+from django.utils.encoding import force_str
+from django.utils.text import capfirst
+
+#: Value kinds.  Formats map each kind to a converter (or to none, when the
+#: value the database driver returns is already what the format writes).
+TEXT = "text"
+INTEGER = "integer"
+FLOAT = "float"
+DECIMAL = "decimal"
+BOOLEAN = "boolean"
+DATETIME = "datetime"
+DATE = "date"
+TIME = "time"
+DURATION = "duration"
+UUID = "uuid"
+JSON = "json"
+BINARY = "binary"
+OTHER = "other"
+
+_KIND_BY_INTERNAL_TYPE = {
+    "AutoField": INTEGER,
+    "BigAutoField": INTEGER,
+    "SmallAutoField": INTEGER,
+    "IntegerField": INTEGER,
+    "BigIntegerField": INTEGER,
+    "SmallIntegerField": INTEGER,
+    "PositiveIntegerField": INTEGER,
+    "PositiveBigIntegerField": INTEGER,
+    "PositiveSmallIntegerField": INTEGER,
+    "FloatField": FLOAT,
+    "DecimalField": DECIMAL,
+    "BooleanField": BOOLEAN,
+    "NullBooleanField": BOOLEAN,
+    "DateTimeField": DATETIME,
+    "DateField": DATE,
+    "TimeField": TIME,
+    "DurationField": DURATION,
+    "UUIDField": UUID,
+    "JSONField": JSON,
+    "BinaryField": BINARY,
+    "CharField": TEXT,
+    "TextField": TEXT,
+    "EmailField": TEXT,
+    "SlugField": TEXT,
+    "URLField": TEXT,
+    "FilePathField": TEXT,
+    "FileField": TEXT,
+    "ImageField": TEXT,
+    "GenericIPAddressField": TEXT,
+    "IPAddressField": TEXT,
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """Declare one export column with options beyond its lookup.
+
+    Use it in ``export_fields`` in place of a plain string::
+
+        export_fields = ["id", Column("status", label="State", choices_display=True)]
+
+    ``name`` is the lookup path and the NDJSON key.  ``label`` overrides the
+    CSV header (default: the field's ``verbose_name``).  ``choices_display``
+    exports a choices field's human-readable label instead of its stored value.
+    ``escape_formulas`` forces CSV formula escaping on (``True``) or off
+    (``False``) for this column; by default it follows
+    ``STREAMEXPORT_CSV_ESCAPE_FORMULAS`` for text columns only.
+    """
+
+    name: str
+    label: str | None = None
+    choices_display: bool = False
+    escape_formulas: bool | None = None
+
+
+#: What ``export_fields`` may contain.
+ExportField = Union[str, Column]
+
+
+@dataclass(frozen=True)
+class ResolvedColumn:
+    """A column resolved against a queryset: what to read and how to write it."""
+
+    name: str
+    label: str
+    lookup: str
+    kind: str
+    #: Stored value -> display label, for ``choices_display`` columns.
+    choices: Mapping[Any, str] | None = None
+    #: ``True``/``False`` forced by the declaration, ``None`` for the default.
+    escape_formulas: bool | None = None
+    model_field: models.Field | None = field(default=None, compare=False, repr=False)
+
+
+def kind_of_field(model_field: models.Field) -> str:
+    """Return the value kind of a model field (one of this module's constants).
+
+    Relations report the kind of the field they point to, since
+    ``values_list("carrier")`` returns the related primary key.
+    """
+    if model_field.is_relation and model_field.target_field is not None:
+        return kind_of_field(model_field.target_field)
+    return _KIND_BY_INTERNAL_TYPE.get(model_field.get_internal_type(), OTHER)
+
+
+def _walk_lookup(model: type[models.Model], name: str) -> tuple[list[models.Field], models.Field]:
+    """Follow ``name`` through forward relations; return the path and the final field.
+
+    Raises ``FieldDoesNotExist`` for an unknown part and ``ValueError`` for a
+    relation that cannot be followed without repeating rows.
+    """
+    parts = name.split(LOOKUP_SEP)
+    path: list[models.Field] = []
+    current = model
+    for index, part in enumerate(parts):
+        model_field = current._meta.get_field(part)
+        if model_field.many_to_many or model_field.one_to_many:
+            raise ValueError(
+                f"{name!r} follows the to-many relation {part!r}; only forward foreign keys "
+                "and one-to-one relations can be exported (one row per object)."
+            )
+        if model_field.is_relation and not model_field.concrete:
+            # A reverse one-to-one; it is fine to follow, values_list() joins it.
+            pass
+        path.append(model_field)
+        if index < len(parts) - 1:
+            if not model_field.is_relation:
+                raise FieldDoesNotExist(f"{part!r} in {name!r} is not a relation")
+            current = model_field.related_model
+    return path, path[-1]
+
+
+def default_label(path: Sequence[models.Field]) -> str:
+    """Return the header label for a lookup path.
+
+    A plain field gives its ``verbose_name`` (``"Departure delay"``); a related
+    lookup joins the verbose names along the path (``carrier__name`` gives
+    ``"Carrier name"``) so that ``origin__name`` and ``dest__name`` stay
+    distinguishable.
+    """
+    names = [force_str(getattr(f, "verbose_name", None) or f.name) for f in path]
+    return capfirst(" ".join(names))
+
+
+def resolve_columns(
+    queryset: models.QuerySet,
+    export_fields: Iterable[ExportField],
+    labels: Mapping[str, str] | None = None,
+) -> list[ResolvedColumn]:
+    """Resolve ``export_fields`` against ``queryset``'s model and annotations.
+
+    ``labels`` maps a field name to its header label and wins over both a
+    :class:`Column`'s own label and the default.  Returns one
+    :class:`ResolvedColumn` per field, in order.
+
+    Raises ``ImproperlyConfigured`` naming the field for an unknown lookup, a
+    to-many lookup, a duplicate name, or ``choices_display`` on a field
+    without choices.
+    """
+    labels = labels or {}
+    annotations = queryset.query.annotations
+    model = queryset.model
+    columns: list[ResolvedColumn] = []
+    seen: set[str] = set()
+    for declared in export_fields:
+        column = Column(declared) if isinstance(declared, str) else declared
+        if not isinstance(column, Column) or not isinstance(column.name, str):
+            raise ImproperlyConfigured(
+                f"Export fields must be strings or Column instances, not {declared!r}."
+            )
+        name = column.name
+        if name in seen:
+            raise ImproperlyConfigured(f"Export field {name!r} is declared twice.")
+        seen.add(name)
+        choices = None
+        model_field: models.Field | None = None
+        if name in annotations:
+            output_field = getattr(annotations[name], "output_field", None)
+            kind = kind_of_field(output_field) if output_field is not None else OTHER
+            label = capfirst(name.replace("_", " "))
+            model_field = output_field
+        else:
+            try:
+                path, model_field = _walk_lookup(model, name)
+            except (FieldDoesNotExist, ValueError) as exc:
+                raise ImproperlyConfigured(
+                    f"Cannot export {name!r} from {model._meta.label}: {exc}"
+                ) from exc
+            kind = kind_of_field(model_field)
+            label = default_label(path)
+        if column.choices_display:
+            flatchoices = getattr(model_field, "flatchoices", None)
+            if not flatchoices:
+                raise ImproperlyConfigured(
+                    f"Column {name!r} asks for choices_display, but {name!r} has no choices."
+                )
+            choices = {value: force_str(display) for value, display in flatchoices}
+            kind = TEXT
+        columns.append(
+            ResolvedColumn(
+                name=name,
+                label=labels.get(name) or column.label or label,
+                lookup=name,
+                kind=kind,
+                choices=choices,
+                escape_formulas=column.escape_formulas,
+                model_field=model_field,
+            )
+        )
+    if not columns:
+        raise ImproperlyConfigured("An export needs at least one field.")
+    return columns

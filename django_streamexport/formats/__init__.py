@@ -1,0 +1,49 @@
+"""Export formats and the registry that selects one by its ``format`` name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from django_streamexport.conf import conf
+from django_streamexport.formats.base import ExportFormat
+
+__all__ = ["ExportFormat", "default_format_classes", "format_classes_by_name"]
+
+
+@lru_cache(maxsize=16)
+def _import_formats(paths: tuple[str, ...]) -> tuple[type[ExportFormat], ...]:
+    classes = []
+    for path in paths:
+        try:
+            cls = import_string(path)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"Cannot import export format {path!r}: {exc}") from exc
+        classes.append(cls)
+    return tuple(classes)
+
+
+def default_format_classes() -> Sequence[type[ExportFormat]]:
+    """Return the format classes named by ``STREAMEXPORT_FORMATS``, in order."""
+    return _import_formats(tuple(conf.FORMATS))
+
+
+def format_classes_by_name(classes: Iterable[type[ExportFormat]]) -> dict[str, type[ExportFormat]]:
+    """Map each class's ``format`` name to the class.
+
+    Raises ``ImproperlyConfigured`` for a class that is not an
+    :class:`ExportFormat` or a name used twice.
+    """
+    by_name: dict[str, type[ExportFormat]] = {}
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, ExportFormat)) or not cls.format:
+            raise ImproperlyConfigured(
+                f"{cls!r} is not an ExportFormat subclass with a 'format' name."
+            )
+        if cls.format in by_name:
+            raise ImproperlyConfigured(f"Two export formats are named {cls.format!r}.")
+        by_name[cls.format] = cls
+    return by_name

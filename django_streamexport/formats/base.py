@@ -1,0 +1,145 @@
+"""The base class of export formats, and the value converters they share.
+
+A format is identified by class attributes (``format``, ``media_type``,
+``extension``, ``charset``), like a DRF renderer, but it renders a stream in
+three small steps instead of one whole-file ``render()``:
+
+* :meth:`ExportFormat.start` returns the bytes before the first row (a CSV
+  header row); the pipeline sends them before the query runs;
+* :meth:`ExportFormat.render_rows` turns a batch of database rows into bytes;
+* :meth:`ExportFormat.end` returns the bytes after the last row.
+
+Values arrive as the database driver returns them for ``values_list()``.
+Each column gets a converter chosen by its kind (see
+:mod:`django_streamexport.columns`), or none when the raw value is already
+what the format writes; ``None`` never reaches a converter.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.duration import duration_iso_string
+
+from django_streamexport import columns as kinds
+from django_streamexport.columns import ResolvedColumn
+
+Converter = Callable[[Any], Any]
+Row = Sequence[Any]
+
+
+def decimal_text(value: Decimal) -> str:
+    """Return a ``Decimal`` as exact positional text (``"-0.50"``, never ``"5E-1"``)."""
+    return format(value, "f")
+
+
+def datetime_text(value: datetime.datetime) -> str:
+    """Return a datetime as ISO 8601 with an explicit UTC offset.
+
+    Aware values keep the offset the database gave them (UTC under
+    ``USE_TZ = True``); naive values (``USE_TZ = False``) are read in the
+    default time zone (``TIME_ZONE``) first.
+    """
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_default_timezone())
+    return value.isoformat()
+
+
+def binary_text(value: bytes | memoryview) -> str:
+    """Return binary data as standard base64 text (RFC 4648 section 4)."""
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+def choices_converter(choices: dict[Any, str]) -> Converter:
+    """Return a converter from a stored choice value to its display label.
+
+    Values missing from the choices are written as stored, as
+    ``get_FOO_display()`` does.
+    """
+    get = choices.get
+
+    def convert(value: Any) -> Any:
+        return get(value, value)
+
+    return convert
+
+
+class ExportFormat:
+    """Render rows of a fixed set of columns as a stream of bytes.
+
+    Subclasses set the identity attributes and implement :meth:`render_rows`;
+    they extend :meth:`get_converter` to change how a kind of value is written.
+    """
+
+    #: The value of the ``format`` query parameter that selects this format.
+    format: ClassVar[str] = ""
+    #: The media type, without parameters (``"text/csv"``).
+    media_type: ClassVar[str] = ""
+    #: The file name extension, without the dot.
+    extension: ClassVar[str] = ""
+    #: The encoding of every byte this format produces.
+    charset: ClassVar[str] = "utf-8"
+
+    def __init__(self, columns: Sequence[ResolvedColumn]) -> None:
+        self.columns = list(columns)
+        self.converters: list[Converter | None] = [self.get_converter(c) for c in self.columns]
+        # (index, converter) for the columns that need one: the hot loop skips the rest.
+        self._active = [(i, c) for i, c in enumerate(self.converters) if c is not None]
+
+    @property
+    def content_type(self) -> str:
+        """Return the ``Content-Type`` header value, with the charset."""
+        return f"{self.media_type}; charset={self.charset}"
+
+    def get_converter(self, column: ResolvedColumn) -> Converter | None:
+        """Return the converter for ``column``'s values, or ``None`` to write them as read.
+
+        The default handles choices display and the kinds whose driver values
+        no format can write as they are (decimals, durations, binary data,
+        naive datetimes).
+        """
+        if column.choices is not None:
+            return choices_converter(dict(column.choices))
+        if column.kind == kinds.DECIMAL:
+            return decimal_text
+        if column.kind == kinds.DURATION:
+            return duration_iso_string
+        if column.kind == kinds.BINARY:
+            return binary_text
+        if column.kind == kinds.DATETIME and not settings.USE_TZ:
+            return datetime_text
+        return None
+
+    def convert_rows(self, rows: Sequence[Row]) -> Sequence[Row]:
+        """Return ``rows`` with each column's converter applied to its non-null values."""
+        active = self._active
+        if not active:
+            return rows
+        converted = []
+        append = converted.append
+        for row in rows:
+            values = list(row)
+            for index, convert in active:
+                value = values[index]
+                if value is not None:
+                    values[index] = convert(value)
+            append(values)
+        return converted
+
+    def start(self) -> bytes:
+        """Return the bytes that precede the first row. Default: none."""
+        return b""
+
+    def render_rows(self, rows: Sequence[Row]) -> bytes:
+        """Return the encoded bytes for a batch of rows (tuples in column order)."""
+        raise NotImplementedError("ExportFormat subclasses must implement render_rows().")
+
+    def end(self) -> bytes:
+        """Return the bytes that follow the last row. Default: none."""
+        return b""

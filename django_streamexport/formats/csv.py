@@ -1,0 +1,133 @@
+"""CSV (RFC 4180) with a header row and spreadsheet formula escaping."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+import orjson
+
+from django_streamexport import columns as kinds
+from django_streamexport.columns import ResolvedColumn
+from django_streamexport.conf import conf
+from django_streamexport.formats.base import Converter, ExportFormat, Row, datetime_text
+
+#: First characters that make a spreadsheet treat a cell as a formula, per
+#: OWASP "CSV Injection" (= + - @ tab CR, and LF in one revision) and OWASP
+#: ASVS 1.2.10 (NUL).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
+
+BOM = "\ufeff".encode()
+
+
+def escape_formula(value: str) -> str:
+    """Prefix ``'`` to text a spreadsheet would evaluate as a formula (OWASP CSV injection)."""
+    if value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def boolean_text(value: bool) -> str:
+    """Return ``"true"`` or ``"false"``, the spelling NDJSON uses too."""
+    return "true" if value else "false"
+
+
+def json_text(value: object) -> str:
+    """Return a JSON field's value as compact JSON text."""
+    return orjson.dumps(value).decode()
+
+
+def other_text(value: object) -> str:
+    """Return a value of an unknown kind as text (lists and dicts as JSON)."""
+    if isinstance(value, (list, dict, tuple)):
+        return json_text(value)
+    return str(value)
+
+
+class CSVFormat(ExportFormat):
+    """Write rows as RFC 4180 CSV: a header row of labels, CRLF line ends, minimal quoting.
+
+    Values: ``None`` is an empty cell; booleans ``true``/``false``; datetimes
+    ISO 8601 with their UTC offset; decimals exact; JSON as compact JSON text.
+    Text cells (and choices labels) that start with one of
+    :data:`FORMULA_TRIGGERS` get a ``'`` prefix unless escaping is off.
+    Numbers, dates and other typed values are never altered.
+
+    Options (default from settings): ``delimiter`` (one character,
+    ``STREAMEXPORT_CSV_DELIMITER``), ``bom`` (``STREAMEXPORT_CSV_BOM``),
+    ``escape_formulas`` (``STREAMEXPORT_CSV_ESCAPE_FORMULAS``) and ``header``
+    (default True).
+    """
+
+    format = "csv"
+    media_type = "text/csv"
+    extension = "csv"
+
+    def __init__(
+        self,
+        columns: Sequence[ResolvedColumn],
+        *,
+        delimiter: str | None = None,
+        bom: bool | None = None,
+        escape_formulas: bool | None = None,
+        header: bool = True,
+    ) -> None:
+        self.delimiter = conf.CSV_DELIMITER if delimiter is None else delimiter
+        self.bom = conf.CSV_BOM if bom is None else bom
+        self.escape_formulas = conf.CSV_ESCAPE_FORMULAS if escape_formulas is None else escape_formulas
+        self.header = header
+        self._buffer = io.StringIO()
+        # RFC 4180: CRLF line breaks, fields with quotes, separators or line
+        # breaks enclosed in double quotes, embedded quotes doubled.
+        self._writer = csv.writer(
+            self._buffer,
+            delimiter=self.delimiter,
+            quotechar='"',
+            doublequote=True,
+            lineterminator="\r\n",
+            quoting=csv.QUOTE_MINIMAL,
+        )
+        super().__init__(columns)
+
+    def get_converter(self, column: ResolvedColumn) -> Converter | None:
+        """Add CSV spellings (booleans, datetimes, JSON) and formula escaping to the base."""
+        convert = super().get_converter(column)
+        if convert is None:
+            convert = {
+                kinds.BOOLEAN: boolean_text,
+                kinds.DATETIME: datetime_text,
+                kinds.JSON: json_text,
+                kinds.OTHER: other_text,
+            }.get(column.kind)
+        escape = column.escape_formulas
+        if escape is None:
+            escape = self.escape_formulas and column.kind == kinds.TEXT
+        if not escape:
+            return convert
+        if convert is None:
+            return escape_formula
+
+        def convert_and_escape(value: object) -> object:
+            value = convert(value)
+            return escape_formula(value) if isinstance(value, str) else value
+
+        return convert_and_escape
+
+    def _drain(self) -> bytes:
+        data = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return data.encode(self.charset)
+
+    def start(self) -> bytes:
+        """Return the optional BOM and the header row of column labels."""
+        if self.header:
+            self._writer.writerow([column.label for column in self.columns])
+        head = self._drain()
+        return BOM + head if self.bom else head
+
+    def render_rows(self, rows: Sequence[Row]) -> bytes:
+        """Return a batch of rows as CSV lines, encoded in UTF-8."""
+        self._writer.writerows(self.convert_rows(rows))
+        return self._drain()

@@ -1,0 +1,139 @@
+"""Shared fixtures: both databases, a set of nasty records, and export helpers."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import connections
+
+from tests.testapp.models import Author, Country, Record
+
+#: Text that breaks naive CSV writers and spreadsheet imports.
+NASTY_TEXTS = [
+    "plain",
+    "comma, inside",
+    'quote " inside',
+    "new\nline",
+    "crlf\r\nline",
+    "semi;colon",
+    "=SUM(A1:A2)",
+    "+1",
+    "-1",
+    "@cmd",
+    "\ttab first",
+    "\rcr first",
+    "unicode é ñ ß 中文",
+    "emoji 🎉👩‍👩‍👧",
+    "",
+    "'already quoted",
+    "  spaces around  ",
+]
+
+DATABASES = ["default", "sqlite"]
+
+
+#: Mark for tests on both databases in autocommit, the production path (the
+#: default test transaction would hide WITH HOLD cursors and disconnect cleanup).
+both_databases = pytest.mark.django_db(transaction=True, databases=DATABASES)
+
+
+@pytest.fixture(params=DATABASES, ids=["postgresql", "sqlite"])
+def db_alias(request):
+    """Run the test once on PostgreSQL and once on SQLite (needs ``both_databases``)."""
+    return request.param
+
+
+@pytest.fixture
+def pg_alias():
+    """PostgreSQL only (needs ``both_databases``)."""
+    return "default"
+
+
+def make_records(alias: str, count: int | None = None) -> list[Record]:
+    """Create records with nasty values (and NULLs) on ``alias``; return them fresh from the DB."""
+    country = Country.objects.using(alias).create(name='Côte d\'Ivoire, "CI"')
+    author = Author.objects.using(alias).create(name="=HYPERLINK(\"x\")", country=country)
+    lonely = Author.objects.using(alias).create(name="No country", country=None)
+    tz_plus = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    records = []
+    texts = NASTY_TEXTS if count is None else [f"row {i}, \"q\"\n{NASTY_TEXTS[i % len(NASTY_TEXTS)]}" for i in range(count)]
+    for i, text in enumerate(texts):
+        records.append(
+            Record(
+                title=text,
+                body=None if i % 3 == 0 else text * 2,
+                status="p" if i % 2 else "d",
+                count=None if i % 5 == 0 else (-1) ** i * i * 1000,
+                amount=None if i % 4 == 0 else Decimal("-1234.50") + i,
+                ratio=None if i % 6 == 0 else i / 7,
+                flag=(None, True, False)[i % 3],
+                created=None
+                if i % 7 == 0
+                else datetime.datetime(2013, 1, 1, 5, 30, 15, 123000, tzinfo=tz_plus)
+                + datetime.timedelta(hours=i),
+                day=None if i % 8 == 0 else datetime.date(2013, 12, 31) - datetime.timedelta(days=i),
+                at=None if i % 9 == 0 else datetime.time(23, 59, i % 60),
+                took=None if i % 10 == 0 else datetime.timedelta(days=i, seconds=3661, microseconds=5),
+                key=uuid.UUID(int=i + 1),
+                data=None if i % 11 == 0 else {"i": i, "text": text, "nested": [1, "=2", None]},
+                author=(author, lonely, None)[i % 3],
+            )
+        )
+    Record.objects.using(alias).bulk_create(records, batch_size=500)
+    return list(Record.objects.using(alias).select_related("author__country").order_by("id"))
+
+
+def parse_csv(data: bytes) -> list[list[str]]:
+    """Parse CSV bytes with the standard library's reader (an independent reader)."""
+    return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+def parse_ndjson(data: bytes) -> list[dict]:
+    """Parse NDJSON bytes with the standard library's json module."""
+    text = data.decode("utf-8")
+    assert text == "" or text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def body(response) -> bytes:
+    """Read a streaming response's whole body and close it, as a server would."""
+    try:
+        return b"".join(response.streaming_content)
+    finally:
+        response.close()
+
+
+def server_side_cursors(alias: str = "default") -> list[tuple]:
+    """Return (name, is_holdable) of the open cursors of ``alias``'s own session."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT name, is_holdable FROM pg_cursors")
+        return cursor.fetchall()
+
+
+def backend_pid(alias: str = "default") -> int:
+    """Return the PostgreSQL backend pid of ``alias``'s connection."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def session_state(pid: int) -> str | None:
+    """Return backend ``pid``'s state as another session sees it in pg_stat_activity."""
+    import psycopg
+
+    settings = connections["default"].settings_dict
+    with psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        dbname=connections["default"].settings_dict["NAME"],
+        autocommit=True,
+    ) as other:
+        row = other.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    return row[0] if row else None
