@@ -70,8 +70,8 @@ def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: An
     warnings: list[Warning] = []
     aliases = [conf.DATABASE] if conf.DATABASE in settings.DATABASES else list(settings.DATABASES)
     for alias in aliases:
-        settings_dict = settings.DATABASES[alias]
-        vendor = connections[alias].vendor
+        connection = connections[alias]
+        settings_dict, vendor = connection.settings_dict, connection.vendor
         if vendor == "postgresql" and settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
             warnings.append(
                 Warning(

@@ -1,0 +1,195 @@
+"""Values in both formats, parsed back with independent readers and compared to the database."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db.models import F, Value
+from django.db.models.functions import Concat
+from django.test import override_settings
+from django.utils.dateparse import parse_duration
+
+from django_streamexport.columns import Column, resolve_columns
+from django_streamexport.formats.csv import FORMULA_TRIGGERS, CSVFormat, escape_formula
+from django_streamexport.formats.ndjson import NDJSONFormat
+from django_streamexport.streaming import ExportStream
+from tests.conftest import NASTY_TEXTS, both_databases, make_records, parse_csv, parse_ndjson
+from tests.testapp.models import Record
+from tests.testapp.views import ALL_FIELDS
+
+pytestmark = both_databases
+
+
+def export(alias, fmt, fields=ALL_FIELDS, queryset=None, **options):
+    queryset = queryset if queryset is not None else Record.objects.using(alias).order_by("id")
+    columns = resolve_columns(queryset, fields)
+    stream = ExportStream(
+        queryset, columns, fmt(columns, **options), chunk_size=7, buffer_size=1024, using=alias
+    )
+    return b"".join(stream)
+
+
+def expected_text(value):
+    """The CSV cell for text: formula triggers get a ' prefix (OWASP)."""
+    if value and value[0] in "=+-@\t\r\n\0":
+        return "'" + value
+    return value
+
+
+def test_csv_round_trip_matches_the_database(db_alias):
+    records = make_records(db_alias)
+    rows = parse_csv(export(db_alias, CSVFormat))
+    header, data = rows[0], rows[1:]
+    assert header == [
+        "ID", "Record title", "Body", "Status", "Count", "Amount", "Ratio", "Flag", "Created",
+        "Day", "At", "Took", "Key", "Data", "Author name", "Author country country name",
+    ]
+    assert len(data) == len(records) == len(NASTY_TEXTS)
+    for record, row in zip(records, data):
+        cell = dict(zip([f if isinstance(f, str) else f.name for f in ALL_FIELDS], row))
+        assert cell["id"] == str(record.id)
+        assert cell["title"] == expected_text(record.title)
+        assert cell["body"] == ("" if record.body is None else expected_text(record.body))
+        assert cell["status"] == record.get_status_display()
+        assert cell["count"] == ("" if record.count is None else str(record.count))
+        if record.amount is None:
+            assert cell["amount"] == ""
+        else:
+            assert Decimal(cell["amount"]) == record.amount
+            assert cell["amount"] == f"{record.amount:.2f}"
+        assert cell["ratio"] == ("" if record.ratio is None else repr(record.ratio))
+        assert cell["flag"] == {None: "", True: "true", False: "false"}[record.flag]
+        if record.created is None:
+            assert cell["created"] == ""
+        else:
+            parsed = datetime.datetime.fromisoformat(cell["created"])
+            assert parsed.utcoffset() is not None
+            assert parsed == record.created
+            assert "T" in cell["created"]
+        assert cell["day"] == ("" if record.day is None else record.day.isoformat())
+        assert cell["at"] == ("" if record.at is None else record.at.isoformat())
+        assert (parse_duration(cell["took"]) if cell["took"] else None) == record.took
+        assert uuid.UUID(cell["key"]) == record.key
+        assert cell["key"] == str(record.key)
+        if record.data is None:
+            assert cell["data"] == ""
+        else:
+            import json
+
+            assert json.loads(cell["data"]) == record.data
+        author = record.author
+        assert cell["author__name"] == ("" if author is None else expected_text(author.name))
+        country = author.country if author else None
+        assert cell["author__country__name"] == ("" if country is None else country.name)
+
+
+def test_ndjson_round_trip_matches_the_database(db_alias):
+    records = make_records(db_alias)
+    lines = parse_ndjson(export(db_alias, NDJSONFormat))
+    assert len(lines) == len(records)
+    for record, line in zip(records, lines):
+        assert list(line) == [f if isinstance(f, str) else f.name for f in ALL_FIELDS]
+        assert line["id"] == record.id
+        assert line["title"] == record.title  # no formula escaping in JSON
+        assert line["body"] == record.body
+        assert line["status"] == record.get_status_display()
+        assert line["count"] == record.count
+        assert (None if line["amount"] is None else Decimal(line["amount"])) == record.amount
+        assert line["amount"] is None or isinstance(line["amount"], str)
+        assert line["ratio"] == record.ratio
+        assert line["flag"] is record.flag
+        if record.created is None:
+            assert line["created"] is None
+        else:
+            parsed = datetime.datetime.fromisoformat(line["created"])
+            assert parsed.utcoffset() is not None
+            assert parsed == record.created
+        assert line["day"] == (record.day.isoformat() if record.day else None)
+        assert line["at"] == (record.at.isoformat() if record.at else None)
+        assert (parse_duration(line["took"]) if line["took"] else None) == record.took
+        assert line["key"] == str(record.key)
+        assert line["data"] == record.data
+        assert line["author__name"] == (record.author.name if record.author else None)
+
+
+def test_csv_and_ndjson_carry_the_same_values(db_alias):
+    """Apart from the documented spellings (empty cell vs null, escaping), one value each."""
+    make_records(db_alias)
+    fields = ["id", "amount", "flag", "created", "day", "at", "took", "key"]
+    csv_rows = parse_csv(export(db_alias, CSVFormat, fields))[1:]
+    json_rows = parse_ndjson(export(db_alias, NDJSONFormat, fields))
+    for csv_row, json_row in zip(csv_rows, json_rows):
+        for name, cell in zip(fields, csv_row):
+            value = json_row[name]
+            if value is None:
+                assert cell == ""
+            elif isinstance(value, bool):
+                assert cell == ("true" if value else "false")
+            else:
+                assert cell == str(value)
+
+
+@pytest.mark.parametrize("text", NASTY_TEXTS)
+def test_formula_escaping_covers_the_owasp_triggers(text):
+    escaped = escape_formula(text)
+    if text[:1] in FORMULA_TRIGGERS:
+        assert escaped == "'" + text
+    else:
+        assert escaped == text
+
+
+def test_numbers_are_never_escaped(db_alias):
+    Record.objects.using(db_alias).create(title="-5", count=-5, amount=Decimal("-5.00"), ratio=-0.5)
+    row = parse_csv(export(db_alias, CSVFormat, ["title", "count", "amount", "ratio"]))[1]
+    assert row == ["'-5", "-5", "-5.00", "-0.5"]
+
+
+def test_formula_escaping_can_be_turned_off(db_alias):
+    Record.objects.using(db_alias).create(title="=1+1", body="=2+2")
+    with override_settings(STREAMEXPORT_CSV_ESCAPE_FORMULAS=False):
+        row = parse_csv(export(db_alias, CSVFormat, ["title", Column("body", escape_formulas=True)]))[1]
+    assert row == ["=1+1", "'=2+2"]
+    row = parse_csv(export(db_alias, CSVFormat, [Column("title", escape_formulas=False), "body"]))[1]
+    assert row == ["=1+1", "'=2+2"]
+
+
+def test_bom_and_delimiter_for_excel(db_alias):
+    Record.objects.using(db_alias).create(title="a;b", count=1)
+    with override_settings(STREAMEXPORT_CSV_BOM=True, STREAMEXPORT_CSV_DELIMITER=";"):
+        data = export(db_alias, CSVFormat, ["title", "count"])
+    assert data.startswith(b"\xef\xbb\xbf")
+    assert data.decode("utf-8-sig") == 'Record title;Count\r\n"a;b";1\r\n'
+    plain = export(db_alias, CSVFormat, ["title", "count"], bom=False, delimiter="\t")
+    assert plain == b"Record title\tCount\r\na;b\t1\r\n"
+
+
+def test_rfc4180_line_breaks_and_quotes(db_alias):
+    Record.objects.using(db_alias).create(title='He said "hi",\r\nthen left', count=2)
+    data = export(db_alias, CSVFormat, ["title", "count"])
+    assert data == b'Record title,Count\r\n"He said ""hi"",\r\nthen left",2\r\n'
+
+
+def test_annotations_and_expressions_export(db_alias):
+    make_records(db_alias)
+    queryset = (
+        Record.objects.using(db_alias)
+        .annotate(double=F("count") * 2, label=Concat(Value("="), F("title")))
+        .order_by("id")
+    )
+    rows = parse_ndjson(export(db_alias, NDJSONFormat, ["id", "double", "label"], queryset=queryset))
+    records = list(queryset)
+    assert [row["double"] for row in rows] == [r.double for r in records]
+    csv_rows = parse_csv(export(db_alias, CSVFormat, ["double", "label"], queryset=queryset))
+    assert csv_rows[0] == ["Double", "Label"]
+    assert all(row[1].startswith("'=") for row in csv_rows[1:])  # text annotation is escaped
+
+
+def test_naive_datetimes_get_the_default_time_zone_offset(transactional_db):
+    with override_settings(USE_TZ=False, TIME_ZONE="America/New_York"):
+        Record.objects.create(created=datetime.datetime(2013, 7, 1, 12, 0))
+        csv_cell = parse_csv(export("default", CSVFormat, ["created"]))[1][0]
+        json_cell = parse_ndjson(export("default", NDJSONFormat, ["created"]))[0]["created"]
+    assert csv_cell == json_cell == "2013-07-01T12:00:00-04:00"
