@@ -111,6 +111,30 @@ class ExportStream:
             finally:
                 rows.close()  # type: ignore[attr-defined]  # closes the server-side cursor now
 
+    def iter_body(self) -> Iterator[bytes]:
+        """Yield the encoded rows in chunks of about ``buffer_size`` bytes.
+
+        Reads :meth:`iter_rows` and renders batches with the format, sizing
+        each batch from the last one's bytes per row.  Updates ``rows`` and
+        ``bytes``.  Override to produce the body another way (PostgreSQL
+        ``COPY``); the header and footer are not part of it.
+        """
+        export_format = self.format
+        rows = self.iter_rows()
+        try:
+            batch_rows = FIRST_BATCH_ROWS
+            while batch := list(islice(rows, batch_rows)):
+                data = export_format.render_rows(batch)
+                self.rows += len(batch)
+                self.bytes += len(data)
+                yield data
+                # Size the next batch from this one's bytes per row.
+                batch_rows = max(
+                    1, min(MAX_BATCH_ROWS, self.buffer_size * len(batch) // max(1, len(data)))
+                )
+        finally:
+            rows.close()  # type: ignore[attr-defined]
+
     def _generate(self) -> Iterator[bytes]:
         started = time.monotonic()
         export_format = self.format
@@ -121,20 +145,7 @@ class ExportStream:
             if head:
                 self.bytes += len(head)
                 yield head
-            rows = self.iter_rows()
-            try:
-                batch_rows = FIRST_BATCH_ROWS
-                while batch := list(islice(rows, batch_rows)):
-                    data = export_format.render_rows(batch)
-                    self.rows += len(batch)
-                    self.bytes += len(data)
-                    yield data
-                    # Size the next batch from this one's bytes per row.
-                    batch_rows = max(
-                        1, min(MAX_BATCH_ROWS, self.buffer_size * len(batch) // max(1, len(data)))
-                    )
-            finally:
-                rows.close()  # type: ignore[attr-defined]
+            yield from self.iter_body()
             tail = export_format.end()
             if tail:
                 self.bytes += len(tail)

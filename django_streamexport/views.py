@@ -33,7 +33,7 @@ from django_streamexport.conf import conf
 from django_streamexport.exceptions import ExportRequestError, UnknownFormat
 from django_streamexport.formats import default_format_classes, format_classes_by_name
 from django_streamexport.formats.base import ExportFormat
-from django_streamexport.http import attachment_header, safe_filename
+from django_streamexport.responses import export_response
 from django_streamexport.streaming import ExportStream
 
 __all__ = ["BaseStreamingExportView", "StreamingExportMixin", "StreamingExportView"]
@@ -196,26 +196,6 @@ class StreamingExportMixin:
             using=self.get_using(),
         )
 
-    def get_response_headers(self, export_format: ExportFormat, export_id: str) -> dict[str, str]:
-        """Return the response headers besides ``Content-Type``.
-
-        ``Content-Disposition: attachment`` with a safe name; ``Cache-Control:
-        no-store`` (exports are per-user data, never cached); ``X-Accel-Buffering:
-        no`` unless ``STREAMEXPORT_X_ACCEL_BUFFERING`` is False, so nginx passes
-        chunks on as they come; ``X-Export-Id`` to match log lines.  Never a
-        ``Content-Length``: the size is unknown until the end.
-        """
-        filename = safe_filename(self.get_filename(), export_format.extension)
-        headers = {
-            "Content-Disposition": attachment_header(filename),
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-            "X-Export-Id": export_id,
-        }
-        if conf.X_ACCEL_BUFFERING:
-            headers["X-Accel-Buffering"] = "no"
-        return headers
-
     def render_to_export_response(self, *, include_body: bool = True) -> HttpResponse:
         """Return the streaming response, or a 4xx response for a bad request.
 
@@ -226,12 +206,12 @@ class StreamingExportMixin:
             stream = self.get_export_stream()
         except ExportRequestError as exc:
             return self.export_request_error(exc)
-        export_format = stream.format
-        content: Any = stream if include_body else iter(())
-        response = self.response_class(content, content_type=export_format.content_type)
-        for header, value in self.get_response_headers(export_format, stream.export_id).items():
-            response[header] = value
-        return response
+        return export_response(
+            stream,
+            self.get_filename(),
+            include_body=include_body,
+            response_class=self.response_class,
+        )
 
     def export_request_error(self, exc: ExportRequestError) -> HttpResponse:
         """Return the plain-text 4xx response for a request that cannot be exported."""
