@@ -2,9 +2,8 @@
 
 PostgreSQL is required: when it cannot be reached, the database setup fails
 and every test that needs it errors (CI fails rather than skips).
-``STREAMEXPORT_TEST_PG`` overrides the server (a libpq URL without the
-database name is not supported; give host, port, user via the variables
-below).
+``PGHOST``, ``PGPORT``, ``PGUSER`` and ``PGPASSWORD`` override the server;
+``STREAMEXPORT_TEST_DB_NAME`` the test database's name.
 """
 
 import os
@@ -23,7 +22,8 @@ DATABASES = {
         "USER": os.environ.get("PGUSER", "postgres"),
         "PASSWORD": os.environ.get("PGPASSWORD", ""),
         "NAME": "postgres",
-        "TEST": {"NAME": "test_streamexport"},
+        # Each checkout (or worktree) running tests at once needs its own test database.
+        "TEST": {"NAME": os.environ.get("STREAMEXPORT_TEST_DB_NAME", "test_streamexport")},
     },
     "sqlite": {
         "ENGINE": "django.db.backends.sqlite3",
