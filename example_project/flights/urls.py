@@ -1,0 +1,13 @@
+from django.urls import path
+
+from flights import views
+
+app_name = "flights"
+
+urlpatterns = [
+    path("", views.IndexView.as_view(), name="index"),
+    # Under /exports/ because deploy/nginx routes that prefix with buffering off and long
+    # read timeouts.
+    path("exports/flights/", views.FlightExport.as_view(), name="flight-export"),
+    path("exports/weather/", views.WeatherExport.as_view(), name="weather-export"),
+]

