@@ -141,9 +141,6 @@ def _walk_lookup(model: type[models.Model], name: str) -> tuple[list[models.Fiel
                 f"{name!r} follows the to-many relation {part!r}; only forward foreign keys "
                 "and one-to-one relations can be exported (one row per object)."
             )
-        if model_field.is_relation and not model_field.concrete:
-            # A reverse one-to-one; it is fine to follow, values_list() joins it.
-            pass
         path.append(model_field)
         if index < len(parts) - 1:
             if not model_field.is_relation:

@@ -1,0 +1,82 @@
+"""Resolving export fields: kinds, labels, relations and annotations."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Count, F
+
+from django_streamexport import columns as kinds
+from django_streamexport.columns import Column, resolve_columns
+from tests.testapp.models import Author, Record
+
+
+@pytest.mark.parametrize(
+    ("field", "kind"),
+    [
+        ("id", kinds.INTEGER),
+        ("title", kinds.TEXT),
+        ("body", kinds.TEXT),
+        ("count", kinds.INTEGER),
+        ("amount", kinds.DECIMAL),
+        ("ratio", kinds.FLOAT),
+        ("flag", kinds.BOOLEAN),
+        ("created", kinds.DATETIME),
+        ("day", kinds.DATE),
+        ("at", kinds.TIME),
+        ("took", kinds.DURATION),
+        ("key", kinds.UUID),
+        ("data", kinds.JSON),
+        ("author", kinds.INTEGER),  # the related primary key
+        ("author__name", kinds.TEXT),
+        ("author__country", kinds.INTEGER),
+        ("author__country__name", kinds.TEXT),
+    ],
+)
+def test_kinds(field, kind):
+    (column,) = resolve_columns(Record.objects.all(), [field])
+    assert column.kind == kind
+    assert column.lookup == column.name == field
+
+
+def test_labels():
+    columns = resolve_columns(
+        Record.objects.all(),
+        ["title", "author__country__name", Column("count", label="How many"), "amount"],
+        labels={"amount": "Sum"},
+    )
+    assert [c.label for c in columns] == ["Record title", "Author country country name", "How many", "Sum"]
+
+
+def test_choices_display_maps_labels():
+    (column,) = resolve_columns(Record.objects.all(), [Column("status", choices_display=True)])
+    assert column.kind == kinds.TEXT
+    assert dict(column.choices) == {"d": "Draft", "p": "Published"}
+
+
+def test_annotations():
+    queryset = Author.objects.annotate(n=Count("records"), shout=F("name"))
+    n, shout = resolve_columns(queryset, ["n", "shout"])
+    assert (n.kind, n.label) == (kinds.INTEGER, "N")
+    assert shout.kind == kinds.TEXT
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (["missing"], "Cannot export 'missing' from testapp.Record"),
+        (["title__name"], "is not a relation"),
+        (["tags"], "to-many relation"),
+        (["tags__name"], "to-many relation"),
+        ([], "at least one field"),
+        ([42], "must be strings or Column"),
+    ],
+)
+def test_errors(fields, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        resolve_columns(Record.objects.all(), fields)
+
+
+def test_reverse_to_many_from_author_is_refused():
+    with pytest.raises(ImproperlyConfigured, match="to-many"):
+        resolve_columns(Author.objects.all(), ["records__title"])
