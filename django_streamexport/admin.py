@@ -227,7 +227,7 @@ class ExportAdminMixin:
         """
         if not self.has_view_or_change_permission(request):  # type: ignore[attr-defined]
             return False
-        if conf.ADMIN_EXPORT_PERMISSION == "export":
+        if conf.ADMIN_EXPORT_PERMISSION != "view":  # "export"; anything else fails E101
             codename = get_permission_codename("export", self.opts)
             return request.user.has_perm(f"{self.opts.app_label}.{codename}")
         return True
@@ -465,9 +465,19 @@ class ExportAdminMixin:
     # --- checks ----------------------------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        """Add the export checks (W101) to the ``ModelAdmin``'s."""
+        """Add the export checks (E101, W101) to the ``ModelAdmin``'s."""
         errors = super().check(**kwargs)  # type: ignore[misc]
-        if conf.ADMIN_EXPORT_PERMISSION == "export":
+        if conf.ADMIN_EXPORT_PERMISSION not in PERMISSION_MODES:
+            errors.append(
+                checks.Error(
+                    "STREAMEXPORT_ADMIN_EXPORT_PERMISSION must be 'view' or 'export', not "
+                    f"{conf.ADMIN_EXPORT_PERMISSION!r}.",
+                    hint="Remove the setting to require the view permission (the default).",
+                    obj=self,
+                    id="django_streamexport.E101",
+                )
+            )
+        elif conf.ADMIN_EXPORT_PERMISSION == "export":
             codename = get_permission_codename("export", self.opts)
             declared = {name for name, _label in self.opts.permissions}
             if codename not in declared:

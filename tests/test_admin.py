@@ -403,6 +403,9 @@ def test_check_w101_dedicated_permission_not_declared():
     with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="export"):
         ids = [e.id for e in model_admin.check()]
     assert "django_streamexport.W101" in ids
+    with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="exprot"):
+        ids = [e.id for e in model_admin.check()]
+    assert "django_streamexport.E101" in ids
 
 
 def test_rows_once_keeps_objects_with_equal_values_apart():

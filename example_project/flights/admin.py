@@ -17,11 +17,8 @@ class FlightAdmin(ExportAdminMixin, admin.ModelAdmin):
         "dep_delay",
         "arr_delay",
     )
-    list_filter = (
-        "origin",
-        "carrier",
-        "month",
-    )
+    # Origins: only the three NYC airports that have flights, not all 1,458 airports.
+    list_filter = (("origin", admin.RelatedOnlyFieldListFilter), "carrier", "month")
     search_fields = (
         "tailnum",
         "dest_faa",
