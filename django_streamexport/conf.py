@@ -61,5 +61,11 @@ class Settings:
         """Send ``X-Accel-Buffering: no`` so nginx passes chunks on at once. Default True."""
         return getattr(settings, "STREAMEXPORT_X_ACCEL_BUFFERING", True)
 
+    @property
+    def ADMIN_EXPORT_PERMISSION(self) -> str:
+        """What admin exports require: ``"view"`` (the model's view permission, the default)
+        or ``"export"`` (view and a dedicated ``<app_label>.export_<model_name>`` permission)."""
+        return getattr(settings, "STREAMEXPORT_ADMIN_EXPORT_PERMISSION", "view")
+
 
 conf = Settings()

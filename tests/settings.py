@@ -40,7 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_streamexport",
     "tests.testapp",
-    # "flights",  # TODO(core): enable once example_project lands
+    "flights",  # the example project (example_project/ is on pytest's pythonpath)
 ]
 
 MIDDLEWARE = [

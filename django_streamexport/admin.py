@@ -1,0 +1,518 @@
+"""Export from the Django admin: actions, a changelist button and an export page.
+
+Add :class:`ExportAdminMixin` to a ``ModelAdmin`` (or subclass
+:class:`ExportModelAdmin`)::
+
+    @admin.register(Flight)
+    class FlightAdmin(ExportAdminMixin, admin.ModelAdmin):
+        list_display = ["time_hour", "carrier", "flight_number", "origin", "dest"]
+        export_fields = ["id", "time_hour", "carrier__name", "origin", "dest", "dep_delay"]
+
+and users with the export permission get:
+
+* the actions "Export selected <verbose_name_plural> as CSV" / "as NDJSON"
+  (:func:`export_as_csv`, :func:`export_as_ndjson`), which stream the selected
+  rows, or with "Select all N" (``select_across``) the whole filtered
+  changelist, without listing their keys;
+* an "Export" button on the changelist leading to the export page
+  (``<changelist>/export/?_changelist_filters=<the changelist's query>``),
+  where they pick a format and columns and download exactly what the
+  changelist shows: list filters, search, date hierarchy and ordering
+  applied, no pagination and no ``COUNT``.
+
+Everything goes through the same pipeline as the views
+(:func:`~django_streamexport.columns.resolve_columns`,
+:class:`~django_streamexport.streaming.ExportStream`,
+:func:`~django_streamexport.responses.export_response`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.options import IS_POPUP_VAR
+from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR, ChangeList
+from django.contrib.auth import get_permission_codename
+from django.core import checks
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, PermissionDenied
+from django.db import models
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, QueryDict
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+
+from django_streamexport.columns import Column, ExportField, _walk_lookup, resolve_columns
+from django_streamexport.conf import conf
+from django_streamexport.exceptions import ExportRequestError, UnknownField, UnknownFormat
+from django_streamexport.formats import default_format_classes, format_classes_by_name
+from django_streamexport.formats.base import ExportFormat
+from django_streamexport.responses import export_response
+from django_streamexport.streaming import ExportStream
+
+__all__ = [
+    "ExportAdminMixin",
+    "ExportModelAdmin",
+    "export_action",
+    "export_as_csv",
+    "export_as_ndjson",
+]
+
+#: The admin's name for the changelist query string carried to another page
+#: (``django.contrib.admin.templatetags.admin_urls.add_preserved_filters``).
+CHANGELIST_FILTERS_VAR = "_changelist_filters"
+#: Query parameters of the export page's download.
+FORMAT_VAR = "format"
+FIELDS_VAR = "fields"
+
+PERMISSION_MODES = ("view", "export")
+
+
+# --- actions ----------------------------------------------------------------------------
+
+
+def export_action(format_name: str, description: str | None = None) -> Callable[..., HttpResponse]:
+    """Return an admin action that streams the selected rows in the format ``format_name``.
+
+    Use it for formats of your own (``actions = [export_action("xlsx")]``); the
+    built-in :func:`export_as_csv` and :func:`export_as_ndjson` are made by it.
+    The action needs ``has_export_permission()`` on the ``ModelAdmin``
+    (:class:`ExportAdminMixin` has it; Django's check admin.E129 asks for it),
+    exports the columns of ``get_export_fields(request)`` in their order, and
+    returns the streaming response itself.  ``queryset`` is what Django passes:
+    the changelist's filtered queryset, narrowed to the checked rows unless
+    "select all" (``select_across``) was used; it is never evaluated here.
+    """
+
+    @admin.action(
+        permissions=["export"],
+        # Django fills in verbose_name_plural (ModelAdmin.get_action_choices()).
+        description=description
+        or f"Export selected %(verbose_name_plural)s as {format_name.upper()}",
+    )
+    def export_selected(
+        modeladmin: ExportAdminMixin, request: HttpRequest, queryset: models.QuerySet
+    ) -> HttpResponse:
+        if not modeladmin.has_export_permission(request):
+            raise PermissionDenied
+        try:
+            return modeladmin.export_queryset_response(request, queryset, format_name)
+        except ExportRequestError as exc:
+            return HttpResponse(
+                f"{exc}\n", status=exc.status_code, content_type="text/plain; charset=utf-8"
+            )
+
+    export_selected.__name__ = f"export_as_{format_name}"
+    export_selected.__qualname__ = export_selected.__name__
+    return export_selected
+
+
+#: "Export selected <verbose_name_plural> as CSV".
+export_as_csv = export_action("csv")
+#: "Export selected <verbose_name_plural> as NDJSON".
+export_as_ndjson = export_action("ndjson")
+
+
+# --- a changelist that does not count ---------------------------------------------------
+
+
+def _skip_results(self: ChangeList, request: HttpRequest) -> None:
+    # ChangeList.get_results() runs the paginator's COUNT(*) (twice with
+    # show_full_result_count) and fetches a page; an export needs neither.
+    self.result_count = None
+    self.full_result_count = None
+    self.result_list = self.queryset.none()
+    self.can_show_all = False
+    self.multi_page = False
+    self.paginator = None
+    self.show_admin_actions = False
+
+
+@cache
+def uncounted_changelist(changelist_class: type[ChangeList]) -> type[ChangeList]:
+    """Return a subclass of ``changelist_class`` that neither counts nor paginates."""
+    return type(
+        f"Uncounted{changelist_class.__name__}", (changelist_class,), {"get_results": _skip_results}
+    )
+
+
+# --- the mixin ----------------------------------------------------------------------------
+
+
+class ExportAdminMixin:
+    """Add streaming exports to a ``ModelAdmin``: actions, a changelist button, a page.
+
+    Knobs are class attributes with ``get_*()`` hooks, as in the views.  Only
+    the fields of :meth:`get_export_fields` can ever be exported, whatever
+    the request asks for.
+    """
+
+    #: Lookups or ``Column`` objects users may export; ``None`` derives them from ``list_display``.
+    export_fields: Sequence[ExportField] | None = None
+    #: Header labels by field name, overriding the ``verbose_name`` defaults.
+    export_labels: dict[str, str] | None = None
+    #: Format classes offered on the export page; ``None`` means ``STREAMEXPORT_FORMATS``.
+    export_format_classes: Sequence[type[ExportFormat]] | None = None
+    #: The actions added for users with the export permission.
+    export_actions: Sequence[Callable[..., Any]] = (export_as_csv, export_as_ndjson)
+    #: The export page's template.
+    export_template: str = "admin/django_streamexport/export.html"
+    #: Shows the "Export" button; extend it if you set your own ``change_list_template``.
+    change_list_template = "admin/django_streamexport/change_list.html"
+
+    # These come from ModelAdmin.
+    model: type[models.Model]
+    opts: Any
+    admin_site: admin.AdminSite
+
+    # --- what may be exported -------------------------------------------------------------
+
+    def get_export_fields(self, request: HttpRequest) -> Sequence[ExportField]:
+        """Return the fields users may export, in default column order.
+
+        Default: ``export_fields``; else the entries of ``list_display`` that
+        are model fields or ``__`` lookups through forward relations
+        (``"carrier__name"``), skipping ``__str__``, callables and
+        ``ModelAdmin`` methods.  Raises ``ImproperlyConfigured`` when that
+        leaves nothing.
+        """
+        if self.export_fields is not None:
+            return self.export_fields
+        fields: list[ExportField] = []
+        for name in self.get_list_display(request):  # type: ignore[attr-defined]
+            if not isinstance(name, str) or name in fields:
+                continue
+            try:
+                _walk_lookup(self.model, name)
+            except (FieldDoesNotExist, ValueError):
+                continue
+            fields.append(name)
+        if not fields:
+            raise ImproperlyConfigured(
+                f"{type(self).__name__} has no model fields in list_display to export. Define "
+                f"{type(self).__name__}.export_fields or override get_export_fields()."
+            )
+        return fields
+
+    def get_export_labels(self, request: HttpRequest) -> dict[str, str]:
+        """Return header labels by field name. Default: ``export_labels`` or none."""
+        return dict(self.export_labels or {})
+
+    def get_export_format_classes(self, request: HttpRequest) -> Sequence[type[ExportFormat]]:
+        """Return the format classes offered. Default: ``export_format_classes`` or the setting."""
+        if self.export_format_classes is not None:
+            return self.export_format_classes
+        return default_format_classes()
+
+    def get_export_filename(self, request: HttpRequest) -> str:
+        """Return the download name without extension. Default: ``verbose_name_plural``."""
+        return str(self.opts.verbose_name_plural)
+
+    # --- who may export ---------------------------------------------------------------------
+
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        """Return whether ``request.user`` may export this model's rows.
+
+        With ``STREAMEXPORT_ADMIN_EXPORT_PERMISSION = "view"`` (the default):
+        the model's view (or change) permission, which is what seeing the
+        changelist takes.  With ``"export"``: that and the dedicated
+        ``<app_label>.export_<model_name>`` permission, which the project
+        declares in the model's ``Meta.permissions`` (Django creates no such
+        permission by itself; check ``django_streamexport.W101``).
+        Superusers have every permission.
+        """
+        if not self.has_view_or_change_permission(request):  # type: ignore[attr-defined]
+            return False
+        if conf.ADMIN_EXPORT_PERMISSION != "view":  # "export"; anything else fails E101
+            codename = get_permission_codename("export", self.opts)
+            return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+        return True
+
+    # --- actions ------------------------------------------------------------------------------
+
+    def get_actions(self, request: HttpRequest) -> dict[str, tuple[Callable[..., Any], str, str]]:
+        """Add :attr:`export_actions` to the actions, for users with the export permission."""
+        actions = super().get_actions(request)  # type: ignore[misc]
+        if self.actions is None or IS_POPUP_VAR in request.GET:  # type: ignore[attr-defined]
+            return actions
+        if not self.has_export_permission(request):
+            return actions
+        for action in self.export_actions:
+            func, name, description = self.get_action(action)  # type: ignore[attr-defined]
+            actions.setdefault(name, (func, name, description))
+        return actions
+
+    def _export_action_names(self) -> set[str]:
+        return {self.get_action(action)[1] for action in self.export_actions}  # type: ignore[attr-defined]
+
+    # --- the export itself --------------------------------------------------------------------
+
+    def get_export_columns(
+        self, request: HttpRequest, queryset: models.QuerySet, names: Sequence[str] | None = None
+    ) -> list:
+        """Resolve the chosen field ``names`` (default: all allowed) against ``queryset``.
+
+        Raises :class:`~django_streamexport.exceptions.UnknownField` (400) for
+        a name that is not among :meth:`get_export_fields`, or for a name
+        chosen twice.
+        """
+        allowed = {self._field_name(field): field for field in self.get_export_fields(request)}
+        if names is None:
+            chosen = list(allowed.values())
+        else:
+            chosen = []
+            for name in names:
+                if name not in allowed:
+                    raise UnknownField(f"Cannot export the field {name[:60]!r}.")
+                if allowed[name] in chosen:
+                    raise UnknownField(f"The field {name!r} is chosen twice.")
+                chosen.append(allowed[name])
+            if not chosen:
+                raise UnknownField(_("Choose at least one column."))
+        return resolve_columns(queryset, chosen, self.get_export_labels(request))
+
+    @staticmethod
+    def _field_name(field: ExportField) -> str:
+        return field.name if isinstance(field, Column) else field
+
+    def get_export_format_class(self, request: HttpRequest, name: str | None) -> type[ExportFormat]:
+        """Return the offered format class called ``name`` (``None``: the first offered).
+
+        Raises :class:`~django_streamexport.exceptions.UnknownFormat` (400).
+        """
+        by_name = format_classes_by_name(self.get_export_format_classes(request))
+        if name is None and by_name:
+            return next(iter(by_name.values()))
+        try:
+            return by_name[name]  # type: ignore[index]
+        except KeyError:
+            raise UnknownFormat(
+                f"Unknown export format {str(name)[:40]!r}. Choose one of: "
+                f"{', '.join(sorted(by_name))}."
+            ) from None
+
+    def export_queryset_response(
+        self,
+        request: HttpRequest,
+        queryset: models.QuerySet,
+        format_name: str | None,
+        field_names: Sequence[str] | None = None,
+    ) -> HttpResponse:
+        """Return the streaming response exporting ``queryset`` (never evaluated here).
+
+        ``field_names`` picks and orders columns among the allowed fields
+        (default: all of them).  Raises ``ExportRequestError`` subclasses (400)
+        for a format or field the admin does not offer.  A ``HEAD`` request
+        gets the headers and never runs the query.
+        """
+        queryset = _rows_once(queryset)
+        columns = self.get_export_columns(request, queryset, field_names)
+        format_class = self.get_export_format_class(request, format_name)
+        stream = ExportStream(
+            queryset,
+            columns,
+            format_class(columns),
+            chunk_size=conf.CHUNK_SIZE,
+            buffer_size=conf.BUFFER_SIZE,
+            using=conf.DATABASE,
+        )
+        return export_response(
+            stream, self.get_export_filename(request), include_body=request.method != "HEAD"
+        )
+
+    # --- the changelist and the export page ------------------------------------------------
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        """Return the changelist class; for the export page, one that does not count."""
+        changelist_class = super().get_changelist(request, **kwargs)  # type: ignore[misc]
+        if getattr(request, "_streamexport_uncounted", False):
+            return uncounted_changelist(changelist_class)
+        return changelist_class
+
+    def get_export_queryset(self, request: HttpRequest) -> models.QuerySet:
+        """Return the rows the changelist shows for the query in ``_changelist_filters``.
+
+        List filters, search, date hierarchy and ordering are applied by the
+        ``ChangeList`` itself (``get_changelist_instance()``), without its
+        pagination and ``COUNT`` queries.  Raises ``IncorrectLookupParameters``
+        or ``SuspiciousOperation`` for a query the changelist refuses.
+        """
+        changelist_request = copy.copy(request)
+        changelist_request.GET = QueryDict(request.GET.get(CHANGELIST_FILTERS_VAR, ""))
+        changelist_request._streamexport_uncounted = True  # type: ignore[attr-defined]
+        changelist = self.get_changelist_instance(changelist_request)  # type: ignore[attr-defined]
+        return changelist.queryset
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponseBase:
+        """Add the export button's URL; refuse export actions without permission (403)."""
+        if (
+            request.method == "POST"
+            and set(request.POST.getlist("action")) & self._export_action_names()
+            and not self.has_export_permission(request)
+        ):
+            raise PermissionDenied
+        extra_context = dict(extra_context or {})
+        if self.has_export_permission(request):
+            query = request.GET.copy()
+            for name in (PAGE_VAR, ERROR_FLAG):
+                query.pop(name, None)
+            url = reverse(
+                f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_export"
+            )
+            if query:
+                url += "?" + urlencode({CHANGELIST_FILTERS_VAR: query.urlencode()})
+            extra_context["streamexport_url"] = url
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+    def get_urls(self) -> list:
+        """Add ``<changelist>/export/`` (name ``<app>_<model>_export``) before the model's URLs."""
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "export/",
+                self.admin_site.admin_view(self.export_view),
+                name="{}_{}_export".format(*info),
+            ),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """Show the export page; with ``format`` in the query, stream the download.
+
+        The download is ``GET ?_changelist_filters=<changelist query>&format=<name>
+        &fields=<name>&fields=<name>...``: ``fields`` in column order, each one of
+        :meth:`get_export_fields`.  Answers 403 without the export permission,
+        400 (the page again, with the error) for an unknown format or field,
+        and 400 for filters the changelist refuses.
+        """
+        if not self.has_export_permission(request):
+            raise PermissionDenied
+        from django.contrib.admin.options import IncorrectLookupParameters
+
+        allowed = [self._field_name(field) for field in self.get_export_fields(request)]
+        # No fields parameter: all allowed fields. The page's form always sends an empty
+        # fields="" first, so a form with nothing checked is refused rather than exporting all.
+        chosen = [name for name in request.GET.getlist(FIELDS_VAR) if name]
+        field_names = chosen if FIELDS_VAR in request.GET else None
+        error = None
+        if FORMAT_VAR in request.GET:
+            try:
+                queryset = self.get_export_queryset(request)
+                return self.export_queryset_response(
+                    request, queryset, request.GET[FORMAT_VAR], field_names
+                )
+            except ExportRequestError as exc:
+                error = str(exc)
+            except IncorrectLookupParameters:
+                error = _("The changelist's filters are not valid.")
+        return self.render_export_page(request, allowed, chosen, error)
+
+    def render_export_page(
+        self, request: HttpRequest, allowed: list[str], chosen: list[str], error: str | None
+    ) -> TemplateResponse:
+        """Render the export page: format choice and an ordered list of columns."""
+        queryset = self.model._default_manager.none()
+        columns = {
+            column.name: column
+            for column in resolve_columns(
+                queryset, self.get_export_fields(request), self.get_export_labels(request)
+            )
+        }
+        # The chosen columns first, in their order, then the others; all checked by default.
+        picked = [name for name in chosen if name in columns]
+        checked = set(picked) if chosen else set(allowed)
+        order = picked + [name for name in allowed if name not in picked]
+        formats = list(format_classes_by_name(self.get_export_format_classes(request)))
+        current_format = request.GET.get(FORMAT_VAR)
+        filters = request.GET.get(CHANGELIST_FILTERS_VAR, "")
+        changelist_url = reverse(
+            f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_changelist"
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Export %(name)s") % {"name": self.opts.verbose_name_plural},
+            "subtitle": None,
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "has_view_permission": True,
+            "columns": [
+                {"name": name, "label": columns[name].label, "checked": name in checked}
+                for name in order
+            ],
+            "formats": [
+                {"name": name, "checked": name == current_format or (not current_format and i == 0)}
+                for i, name in enumerate(formats)
+            ],
+            "changelist_filters": filters,
+            "changelist_url": changelist_url + (f"?{filters}" if filters else ""),
+            "filtered": bool(QueryDict(filters)),
+            "error": error,
+            "format_var": FORMAT_VAR,
+            "fields_var": FIELDS_VAR,
+            "changelist_filters_var": CHANGELIST_FILTERS_VAR,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request, self.export_template, context, status=400 if error else 200
+        )
+
+    # --- checks ----------------------------------------------------------------------------
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        """Add the export checks (E101, W101) to the ``ModelAdmin``'s."""
+        errors = super().check(**kwargs)  # type: ignore[misc]
+        if conf.ADMIN_EXPORT_PERMISSION not in PERMISSION_MODES:
+            errors.append(
+                checks.Error(
+                    "STREAMEXPORT_ADMIN_EXPORT_PERMISSION must be 'view' or 'export', not "
+                    f"{conf.ADMIN_EXPORT_PERMISSION!r}.",
+                    hint="Remove the setting to require the view permission (the default).",
+                    obj=self,
+                    id="django_streamexport.E101",
+                )
+            )
+        elif conf.ADMIN_EXPORT_PERMISSION == "export":
+            codename = get_permission_codename("export", self.opts)
+            declared = {name for name, _label in self.opts.permissions}
+            if codename not in declared:
+                errors.append(
+                    checks.Warning(
+                        f"STREAMEXPORT_ADMIN_EXPORT_PERMISSION is 'export', but "
+                        f"{self.opts.label} declares no {codename!r} permission, so only "
+                        "superusers can export from its admin.",
+                        hint=f'Add ("{codename}", "Can export {self.opts.verbose_name}") to '
+                        f"{self.opts.object_name}.Meta.permissions and run makemigrations, or "
+                        "silence this warning if a data migration creates the permission.",
+                        obj=self,
+                        id="django_streamexport.W101",
+                    )
+                )
+        return errors
+
+
+class ExportModelAdmin(ExportAdminMixin, admin.ModelAdmin):
+    """A ``ModelAdmin`` with streaming exports (see :class:`ExportAdminMixin`)."""
+
+
+def _rows_once(queryset: models.QuerySet) -> models.QuerySet:
+    """Return ``queryset`` without ``DISTINCT``, the same rows, in the same order.
+
+    The changelist adds ``distinct()`` when a filter or search spans a to-many
+    relation; with ``values_list()`` of the export columns, ``DISTINCT`` would
+    merge different objects whose exported values are equal.  Filter by
+    primary key instead, which keeps each object once.
+    """
+    if not queryset.query.distinct or queryset.query.distinct_fields:
+        return queryset
+    ordering = queryset.query.order_by or queryset.model._meta.ordering
+    return (
+        queryset.model._base_manager.using(queryset.db)
+        .filter(pk__in=queryset.order_by().values("pk"))
+        .order_by(*ordering)
+    )

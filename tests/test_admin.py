@@ -1,0 +1,418 @@
+"""The admin export: actions, the export page, permissions (Django's test client).
+
+Against PostgreSQL in autocommit (``transaction=True``), the production path.
+Outputs are parsed with ``csv`` and ``json`` and compared with the database.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, override_settings
+
+from django_streamexport.admin import ExportModelAdmin, _rows_once, export_as_csv, export_as_ndjson
+from tests import settings as test_settings
+from tests.conftest import body, make_records, parse_csv, parse_ndjson
+from tests.testapp.admin import RecordAdmin
+from tests.testapp.models import Record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANGELIST = "/admin/testapp/record/"
+EXPORT = "/admin/testapp/record/export/"
+EXPORT_FIELDS = list(RecordAdmin.export_fields)
+
+
+def user_with(*codenames: str, username: str = "staff") -> User:
+    """Create a staff user holding the ``testapp`` permissions ``codenames``."""
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    content_type = ContentType.objects.get_for_model(Record)
+    for codename in codenames:
+        permission, _ = Permission.objects.get_or_create(
+            codename=codename, content_type=content_type, defaults={"name": codename}
+        )
+        user.user_permissions.add(permission)
+    return user
+
+
+@pytest.fixture
+def staff_client(client):
+    """A client logged in as a staff user with only the view permission."""
+    client.force_login(user_with("view_record"))
+    return client
+
+
+def post_action(client, action, pks=(), *, select_across=False, query=""):
+    """Post an admin action as the changelist's form does."""
+    data = {
+        "action": action,
+        "index": "0",
+        "select_across": "1" if select_across else "0",
+        "_selected_action": [str(pk) for pk in pks],
+    }
+    return client.post(CHANGELIST + query, data)
+
+
+def export_rows(response, fmt):
+    """Return (header, rows) of a streamed CSV, or (None, records) of NDJSON."""
+    assert response.status_code == 200, response.content[:500]
+    assert response.streaming
+    data = body(response)
+    if fmt == "csv":
+        rows = parse_csv(data)
+        return rows[0], rows[1:]
+    return None, parse_ndjson(data)
+
+
+def ids_of(rows, fmt, position=0):
+    return [int(row[position]) if fmt == "csv" else row["id"] for row in rows]
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_action_exports_the_selected_rows(admin_client, fmt):
+    records = make_records("default", 30)
+    selected = [records[i].pk for i in (3, 17, 4, 29)]
+    response = post_action(admin_client, f"export_as_{fmt}", selected)
+    header, rows = export_rows(response, fmt)
+    assert response["Content-Disposition"] == f'attachment; filename="records.{fmt}"'
+    expected = list(Record.objects.filter(pk__in=selected).order_by("id"))
+    assert ids_of(rows, fmt) == [r.pk for r in expected]
+    if fmt == "csv":
+        assert header == [
+            "ID", "Record title", "Status", "Count", "Amount", "Created", "Author name",
+            "Author country country name",
+        ]  # fmt: skip
+        assert [row[1] for row in rows] == [r.title for r in expected]
+    else:
+        assert list(rows[0]) == EXPORT_FIELDS
+        assert [row["title"] for row in rows] == [r.title for r in expected]
+        assert [row["count"] for row in rows] == [r.count for r in expected]
+        assert [row["author__name"] for row in rows] == [
+            r.author.name if r.author else None for r in expected
+        ]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_select_across_exports_the_whole_filtered_and_searched_changelist(admin_client, fmt):
+    make_records("default", 450)  # five pages of 100
+    query = "?status__exact=p&q=Row"
+    expected = list(
+        Record.objects.filter(status="p", title__icontains="row")
+        .order_by("id")
+        .values_list("id", "title")
+    )
+    assert 100 < len(expected) < 450
+    # The form posts the checkboxes of the page it shows, plus select_across=1.
+    page = [pk for pk, _ in expected[:100]]
+    _, rows = export_rows(
+        post_action(admin_client, f"export_as_{fmt}", page, select_across=True, query=query), fmt
+    )
+    assert ids_of(rows, fmt) == [pk for pk, _ in expected]
+    titles = [row[1] for row in rows] if fmt == "csv" else [row["title"] for row in rows]
+    assert titles == [title for _, title in expected]
+
+
+def test_action_without_select_across_keeps_the_filter(admin_client):
+    records = make_records("default", 40)
+    # A draft selected by a crafted post is not in the "published" changelist: not exported.
+    selected = [records[0].pk, records[1].pk, records[3].pk]
+    _, rows = export_rows(
+        post_action(admin_client, "export_as_ndjson", selected, query="?status__exact=p"), "ndjson"
+    )
+    assert [row["id"] for row in rows] == [
+        r.pk for r in Record.objects.filter(pk__in=selected, status="p").order_by("id")
+    ]
+
+
+def test_select_across_100k_rows_with_default_data_upload_max_number_fields(admin_client):
+    """100,000 selected rows: "select all" posts one page of keys, never 100,000 fields."""
+    assert not hasattr(test_settings, "DATA_UPLOAD_MAX_NUMBER_FIELDS")
+    assert settings.DATA_UPLOAD_MAX_NUMBER_FIELDS == 1000  # Django's default
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO testapp_record (title, status, key, count) "
+            "SELECT 'bulk ' || n, 'p', gen_random_uuid(), n FROM generate_series(1, 100000) n"
+        )
+    assert Record.objects.count() == 100_000
+    first_page = list(Record.objects.order_by("id").values_list("id", flat=True)[:100])
+    with CaptureQueriesContext(connection) as queries:
+        _, rows = export_rows(
+            post_action(admin_client, "export_as_csv", first_page, select_across=True), "csv"
+        )
+    assert len(rows) == 100_000
+    assert [int(row[0]) for row in rows] == list(
+        Record.objects.order_by("id").values_list("id", flat=True)
+    )
+    assert [int(row[3]) for row in rows[:3]] == [1, 2, 3]
+    # No query lists the keys: the export reads the filtered queryset through a cursor.
+    assert not any(" IN (" in query["sql"] for query in queries.captured_queries)
+
+
+def test_posting_100k_keys_is_what_the_field_limit_refuses(admin_client):
+    """Why select_across: one field per key breaks at DATA_UPLOAD_MAX_NUMBER_FIELDS."""
+    response = post_action(admin_client, "export_as_csv", range(1, 1002))
+    assert response.status_code == 400
+
+
+def test_no_action_or_button_without_permission(client):
+    make_records("default", 5)
+    client.force_login(user_with("view_record"))
+    with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="export"):
+        page = client.get(CHANGELIST)
+        assert page.status_code == 200
+        assert b"export_as_csv" not in page.content
+        assert EXPORT.encode() not in page.content
+        # Posting anyway is refused before anything streams.
+        pk = Record.objects.first().pk
+        assert post_action(client, "export_as_csv", [pk]).status_code == 403
+        assert post_action(client, "export_as_ndjson", [pk], select_across=True).status_code == 403
+        assert client.get(EXPORT).status_code == 403
+        assert client.get(EXPORT, {"format": "csv", "fields": "id"}).status_code == 403
+
+
+def test_view_permission_is_enough_by_default(staff_client):
+    make_records("default", 5)
+    page = staff_client.get(CHANGELIST)
+    assert page.status_code == 200
+    assert b'value="export_as_csv"' in page.content
+    assert b'value="export_as_ndjson"' in page.content
+    assert b"Export selected records as CSV" in page.content
+    assert f'href="{EXPORT}"'.encode() in page.content
+    _, rows = export_rows(staff_client.get(EXPORT, {"format": "ndjson"}), "ndjson")
+    assert len(rows) == 5
+
+
+def test_no_view_permission_no_export(client):
+    client.force_login(user_with("add_record"))
+    assert client.get(CHANGELIST).status_code == 403
+    assert client.get(EXPORT).status_code == 403
+    assert client.get(EXPORT, {"format": "csv"}).status_code == 403
+    assert post_action(client, "export_as_csv", [1], select_across=True).status_code == 403
+
+
+def test_anonymous_users_go_to_the_login_page(client):
+    response = client.get(EXPORT, {"format": "csv"})
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+@override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="export")
+def test_dedicated_export_permission(client):
+    make_records("default", 5)
+    # Created as a data migration would (Record declares no Meta.permissions).
+    client.force_login(user_with("view_record", "export_record"))
+    page = client.get(CHANGELIST)
+    assert b'value="export_as_csv"' in page.content
+    assert EXPORT.encode() in page.content
+    page = list(Record.objects.values_list("pk", flat=True))
+    _, rows = export_rows(post_action(client, "export_as_csv", page, select_across=True), "csv")
+    assert len(rows) == 5
+    _, rows = export_rows(client.get(EXPORT, {"format": "csv", "fields": "id"}), "csv")
+    assert len(rows) == 5
+
+
+@override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="export")
+def test_export_permission_alone_without_view_is_not_enough(client):
+    client.force_login(user_with("export_record"))
+    assert client.get(EXPORT).status_code == 403
+    assert client.get(EXPORT, {"format": "csv"}).status_code == 403
+
+
+@pytest.mark.parametrize("mode", ["view", "export"])
+def test_superuser_can_always_export(admin_client, mode):
+    make_records("default", 3)
+    with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION=mode):
+        assert b'value="export_as_ndjson"' in admin_client.get(CHANGELIST).content
+        _, rows = export_rows(admin_client.get(EXPORT, {"format": "ndjson"}), "ndjson")
+    assert len(rows) == 3
+
+
+# --- the export page ----------------------------------------------------------------------
+
+
+def test_button_carries_the_changelist_query(admin_client):
+    query = "?status__exact=p&q=row&o=-3&p=2"
+    make_records("default", 250)
+    page = admin_client.get(CHANGELIST + query)
+    url = page.context["streamexport_url"]
+    assert url.startswith(EXPORT + "?")
+    carried = parse_qs(urlsplit(url).query)["_changelist_filters"][0]
+    assert parse_qs(carried) == {"status__exact": ["p"], "q": ["row"], "o": ["-3"]}  # no page
+
+
+def test_export_page_lists_the_allowed_fields(admin_client):
+    page = admin_client.get(EXPORT, {"_changelist_filters": "status__exact=p"})
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/django_streamexport/export.html"
+    content = page.content.decode()
+    assert [c["name"] for c in page.context["columns"]] == EXPORT_FIELDS
+    assert all(c["checked"] for c in page.context["columns"])
+    for name in EXPORT_FIELDS:
+        assert f'name="fields" value="{name}" checked' in content
+    assert 'value="body"' not in content
+    assert 'name="format" value="csv" checked' in content
+    assert 'name="_changelist_filters" value="status__exact=p"' in content
+    assert "/admin/testapp/record/?status__exact=p" in content
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_export_page_download_picks_format_and_column_order(admin_client, fmt):
+    make_records("default", 60)
+    fields = ["author__name", "id", "status", "title"]
+    response = admin_client.get(EXPORT, {"format": fmt, "fields": fields})
+    header, rows = export_rows(response, fmt)
+    expected = list(Record.objects.order_by("id").values_list(*fields))
+    if fmt == "csv":
+        assert header == ["Author name", "ID", "Status", "Record title"]
+        # Formula escaping (STREAMEXPORT_CSV_ESCAPE_FORMULAS) applies to the author's "=HYPERLINK".
+        assert [tuple(row) for row in rows] == [
+            ("'" + a if a and a[0] == "=" else a or "", str(i), s, t) for a, i, s, t in expected
+        ]
+    else:
+        assert [list(row) for row in rows] == [fields] * len(rows)
+        assert [tuple(row.values()) for row in rows] == expected
+
+
+@pytest.mark.parametrize(
+    ("filters", "queryset"),
+    [
+        ("status__exact=d", lambda qs: qs.filter(status="d").order_by("id")),
+        ("q=SUM", lambda qs: qs.filter(title__icontains="sum").order_by("id")),
+        (
+            "created__year=2013&created__month=2",
+            lambda qs: qs.filter(created__year=2013, created__month=2).order_by("id"),
+        ),
+        # o= counts list_display's columns from 0, the action checkbox first: 3 is "count".
+        ("o=-3", lambda qs: qs.order_by("-count", "-pk")),
+        (
+            "flag__exact=1&q=row&o=2.-3",
+            lambda qs: qs.filter(flag=True, title__icontains="row").order_by(
+                "status", "-count", "-pk"
+            ),
+        ),
+    ],
+    ids=["list-filter", "search", "date-hierarchy", "ordering", "all"],
+)
+def test_download_streams_exactly_what_the_changelist_shows(admin_client, filters, queryset):
+    make_records("default", 2000)
+    expected = list(queryset(Record.objects.all()).values_list("id", flat=True))
+    assert 0 < len(expected)
+    # The changelist itself shows these rows first (same filters, same order).
+    changelist = admin_client.get(f"{CHANGELIST}?{filters}")
+    assert [r.pk for r in changelist.context["cl"].result_list] == expected[:100]
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(
+            EXPORT, {"_changelist_filters": filters, "format": "ndjson", "fields": ["id"]}
+        )
+        _, rows = export_rows(response, "ndjson")
+    assert [row["id"] for row in rows] == expected
+    # No COUNT of the table or of the filtered rows, no page.
+    sql = " ".join(q["sql"] for q in queries.captured_queries if "testapp_record" in q["sql"])
+    assert "COUNT(" not in sql.upper()
+    assert " LIMIT " not in sql.upper()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ["body"],  # a model field the admin does not allow
+        ["id", "data"],
+        ["author__password"],
+        ["author"],
+        ["pk"],
+        ["id", "id"],
+        ["../../etc/passwd"],
+        ["id\x00"],
+        ["title; DROP TABLE testapp_record"],
+        ["x" * 5000],
+        [""],
+        [],
+    ],
+    ids=lambda f: repr(f)[:30],
+)
+def test_hostile_or_unlisted_columns_are_a_400(admin_client, fields):
+    make_records("default", 3)
+    # The form always sends fields="" first, so that nothing checked is told apart from no form.
+    response = admin_client.get(EXPORT, {"format": "csv", "fields": ["", *fields]})
+    assert response.status_code == 400
+    assert not response.streaming
+    assert b'class="errornote"' in response.content
+    assert Record.objects.count() == 3
+
+
+@pytest.mark.parametrize("fmt", ["xlsx", "CSV", "", "\x00", "csv\r\nX-Evil: 1", "x" * 5000])
+def test_hostile_formats_are_a_400(admin_client, fmt):
+    response = admin_client.get(EXPORT, {"format": fmt, "fields": "id"})
+    assert response.status_code == 400
+    assert b"Unknown export format" in response.content
+
+
+@pytest.mark.parametrize(
+    "filters",
+    ["count=abc", "created__year=notayear", "author__password__startswith=x", "nope=1"],
+)
+def test_filters_the_changelist_refuses_are_a_400(admin_client, filters):
+    make_records("default", 3)
+    response = admin_client.get(EXPORT, {"_changelist_filters": filters, "format": "csv"})
+    assert response.status_code == 400
+
+
+def test_head_of_the_download_runs_no_query(admin_client):
+    make_records("default", 3)
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.head(EXPORT, {"format": "csv"})
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert not any("testapp_record" in query["sql"] for query in queries.captured_queries)
+
+
+# --- hooks and checks -----------------------------------------------------------------------
+
+
+def test_default_export_fields_are_list_displays_model_fields(rf):
+    class DefaultAdmin(ExportModelAdmin):
+        list_display = ("__str__", "title", "author__country__name", "tags", "shout", "count")
+
+        @admin.display
+        def shout(self, obj):
+            return obj.title.upper()
+
+    model_admin = DefaultAdmin(Record, admin.site)
+    assert model_admin.get_export_fields(rf.get("/")) == ["title", "author__country__name", "count"]
+
+
+def test_actions_are_module_level_and_declare_the_export_permission():
+    assert list(export_as_csv.allowed_permissions) == ["export"]
+    assert list(export_as_ndjson.allowed_permissions) == ["export"]
+    assert export_as_csv.short_description == "Export selected %(verbose_name_plural)s as CSV"
+    assert export_as_ndjson.short_description == "Export selected %(verbose_name_plural)s as NDJSON"
+
+
+def test_check_w101_dedicated_permission_not_declared():
+    model_admin = RecordAdmin(Record, admin.site)
+    assert [e.id for e in model_admin.check() if e.id.startswith("django_streamexport")] == []
+    with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="export"):
+        ids = [e.id for e in model_admin.check()]
+    assert "django_streamexport.W101" in ids
+    with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="exprot"):
+        ids = [e.id for e in model_admin.check()]
+    assert "django_streamexport.E101" in ids
+
+
+def test_rows_once_keeps_objects_with_equal_values_apart():
+    make_records("default", 10)
+    Record.objects.update(title="same")
+    distinct = Record.objects.filter(title="same").distinct().order_by("-id")
+    assert distinct.values_list("title").count() == 1  # what DISTINCT would do to the export
+    assert list(_rows_once(distinct).values_list("id", flat=True)) == list(
+        Record.objects.order_by("-id").values_list("id", flat=True)
+    )
