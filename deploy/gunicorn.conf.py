@@ -80,10 +80,13 @@ worker_connections = _env_int(
 
 # For gevent workers this is a heartbeat, not a request time limit: the worker's main loop
 # checks in every second, so exports may run for hours. The arbiter kills a worker only when its
-# event loop has been blocked for this long, which means a C call that never yields to the hub:
-# typically psycopg2 without psycogreen (facts 1.1, 1.2). Killing a worker takes every stream in
-# it down, so do not lower this to "catch slow requests"; 30 s (the default) recovers a stuck
-# worker reasonably fast and tolerates long CPU-bound stretches such as encoding a big batch.
+# event loop has not run for this long: a greenlet that never yields. A streaming export is one
+# whenever its database driver waits outside gevent (psycopg2 without psycogreen, SQLite) and
+# the client keeps up, since writes that do not block do not yield either: such an export owns
+# the worker until it ends, and is killed with it after 30 s (facts 1.1, 1.2; deploy/README.md).
+# Killing a worker takes every stream in it down, so do not lower this to "catch slow
+# requests"; 30 s (the default) recovers a stuck worker reasonably fast and tolerates long
+# CPU-bound stretches such as encoding a big batch.
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
 
 # On a restart or stop (HUP, TERM, a systemd reload) each old worker stops accepting and lets
