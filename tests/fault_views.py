@@ -56,5 +56,5 @@ class LoadExport(StreamingExportView):
 
     def get_queryset(self):
         return Record.objects.extra(
-            where=["(testapp_record.id % 200 <> 0 OR pg_sleep(0.1) IS NOT NULL)"]
+            where=["(testapp_record.id %% 200 <> 0 OR pg_sleep(0.1) IS NOT NULL)"]
         )
