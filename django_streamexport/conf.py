@@ -106,12 +106,12 @@ class Settings:
 
     @property
     def MAX_CONCURRENT_EXPORTS(self) -> int | None:
-        """Most exports streaming at once in one process; more get a 429. Default ``None`` (no cap)."""
+        """Exports streaming at once per process; more get a 429. Default ``None``: no cap."""
         return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS", None)
 
     @property
     def MAX_CONCURRENT_EXPORTS_PER_USER(self) -> int | None:
-        """Most exports one authenticated user may stream at once in one process. Default ``None``."""
+        """Exports one authenticated user may stream at once per process. Default ``None``."""
         return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER", None)
 
     @property

@@ -242,7 +242,10 @@ class StreamingExportMixin:
             connections[stream.using].ensure_connection()
         except (OperationalError, InterfaceError) as exc:
             logger.warning(
-                "Export %s refused: database %r unreachable: %s", stream.export_id, stream.using, exc
+                "Export %s refused: database %r unreachable: %s",
+                stream.export_id,
+                stream.using,
+                exc,
             )
             raise DatabaseUnavailable(
                 "The export database cannot be reached right now; try again later.",

@@ -88,11 +88,18 @@ def test_backend_terminated_mid_stream(server, db_name):
     conn.close()
     download = type("D", (), {})()
     download.status, download.headers, download.body, download.complete = (
-        response.status, response.headers, bytes(body), complete)
+        response.status,
+        response.headers,
+        bytes(body),
+        complete,
+    )
     lines = ndjson_lines(bytes(body))
     assert lines[-1] == {
         "_type": "error",
-        "error": {"code": "database_unavailable", "message": "The connection to the database was lost."},
+        "error": {
+            "code": "database_unavailable",
+            "message": "The connection to the database was lost.",
+        },
     }
     rows = lines[:-1]
     assert 0 < len(rows) < 20_000
@@ -158,7 +165,11 @@ def test_client_reading_1kb_per_second(server, db_name):
     conn.close()
     download = type("D", (), {})()
     download.status, download.headers, download.body, download.complete = (
-        response.status, response.headers, bytes(body), complete)
+        response.status,
+        response.headers,
+        bytes(body),
+        complete,
+    )
     lines = ndjson_lines(bytes(body))
     assert lines[-1]["_type"] == "error"
     assert lines[-1]["error"]["code"] == "idle_timeout"

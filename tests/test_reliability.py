@@ -30,8 +30,13 @@ def make_stream(alias, fmt=NDJSONFormat, queryset=None, **kwargs):
     columns = resolve_columns(queryset, FIELDS, {})
     fmt_kwargs = kwargs.pop("fmt_kwargs", {})
     return ExportStream(
-        queryset, columns, fmt(columns, **fmt_kwargs), chunk_size=50, buffer_size=2048,
-        using=alias, **kwargs,
+        queryset,
+        columns,
+        fmt(columns, **fmt_kwargs),
+        chunk_size=50,
+        buffer_size=2048,
+        using=alias,
+        **kwargs,
     )
 
 
@@ -129,8 +134,10 @@ def test_statement_timeout_cancels_a_fetch(pg_alias, caplog):
     make_records(pg_alias, 200)
     pid = backend_pid(pg_alias)
     queryset = Record.objects.using(pg_alias).extra(
-        where=["(testapp_record.id < (SELECT min(id) + 60 FROM testapp_record)"
-               " OR pg_sleep(0.05) IS NOT NULL)"]
+        where=[
+            "(testapp_record.id < (SELECT min(id) + 60 FROM testapp_record)"
+            " OR pg_sleep(0.05) IS NOT NULL)"
+        ]
     )
     stream = make_stream(pg_alias, queryset=queryset, statement_timeout=0.2)
     chunks = []
@@ -164,17 +171,21 @@ def test_guards_are_set_inside_the_export_transaction(pg_alias):
     make_records(pg_alias, 5)
     queryset = Record.objects.using(pg_alias).all()
     columns = resolve_columns(queryset, FIELDS, {})
-    with override_settings(STREAMEXPORT_STATEMENT_TIMEOUT=12.5,
-                           STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT=3):
-        stream = Spy(queryset, columns, NDJSONFormat(columns), chunk_size=2, buffer_size=10,
-                     using=pg_alias)
+    with override_settings(
+        STREAMEXPORT_STATEMENT_TIMEOUT=12.5, STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT=3
+    ):
+        stream = Spy(
+            queryset, columns, NDJSONFormat(columns), chunk_size=2, buffer_size=10, using=pg_alias
+        )
         b"".join(stream)
     assert seen == {"statement": "12500ms", "idle": "3s"}
 
 
 def test_sqlite_ignores_the_guards():
     make_records("sqlite", 20)
-    data = b"".join(make_stream("sqlite", statement_timeout=0.001, idle_in_transaction_timeout=0.001))
+    data = b"".join(
+        make_stream("sqlite", statement_timeout=0.001, idle_in_transaction_timeout=0.001)
+    )
     assert len(lines(data)) == 20
 
 

