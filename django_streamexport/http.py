@@ -29,7 +29,8 @@ def safe_filename(name: str, extension: str, default: str = "export") -> str:
 
     Removes path separators, control and invisible format characters (bidi
     overrides), quotes and characters that file systems reject; collapses
-    whitespace; strips leading dots (no hidden or relative names); normalises to NFC; cuts the stem so the whole name
+    whitespace; strips leading dots (no hidden or relative names); normalises
+    to NFC; cuts the stem so the whole name
     fits :data:`MAX_FILENAME_LENGTH`.  An empty result becomes ``default``.
     A trailing ``.extension`` already present is not doubled.
     """
