@@ -67,5 +67,63 @@ class Settings:
         or ``"export"`` (view and a dedicated ``<app_label>.export_<model_name>`` permission)."""
         return getattr(settings, "STREAMEXPORT_ADMIN_EXPORT_PERMISSION", "view")
 
+    # --- Failures and limits (README "Failures and limits") ---------------------------------
+
+    @property
+    def NDJSON_END_RECORD(self) -> bool:
+        """End a complete NDJSON export with ``{"_type":"end","rows":N}``. Default False.
+
+        Off by default because NDJSON's contract is one data object per line:
+        ``jq``, ``pandas.read_json(lines=True)`` and bulk loaders would take the
+        record for a row.  Turn it on when the consumers are yours and may sit
+        behind a proxy that can hide a truncated transfer.
+        """
+        return getattr(settings, "STREAMEXPORT_NDJSON_END_RECORD", False)
+
+    @property
+    def STATEMENT_TIMEOUT(self) -> float | None:
+        """Seconds one database statement of an export may run (PostgreSQL). Default 300.
+
+        Set with ``SET LOCAL statement_timeout`` inside the export's
+        transaction; with the ``WITHOUT HOLD`` cursor each ``FETCH`` is a
+        statement, so it bounds each fetch (the first one includes sorting),
+        not the whole export.  ``None`` or ``0`` leaves the server's value.
+        """
+        return getattr(settings, "STREAMEXPORT_STATEMENT_TIMEOUT", 300)
+
+    @property
+    def IDLE_IN_TRANSACTION_TIMEOUT(self) -> float | None:
+        """Seconds an export's transaction may wait on a slow client (PostgreSQL). Default 120.
+
+        Set with ``SET LOCAL idle_in_transaction_session_timeout``: when the
+        client reads so slowly that no ``FETCH`` is sent for this long,
+        PostgreSQL ends the session and the export aborts (a truncated
+        transfer).  ``None`` or ``0`` leaves the server's value.
+        """
+        return getattr(settings, "STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT", 120)
+
+    @property
+    def MAX_ROWS(self) -> int | None:
+        """Most rows one export may send; past it the export aborts (code ``row_limit``).
+
+        Default ``None``: no limit.
+        """
+        return getattr(settings, "STREAMEXPORT_MAX_ROWS", None)
+
+    @property
+    def MAX_CONCURRENT_EXPORTS(self) -> int | None:
+        """Exports streaming at once per process; more get a 429. Default ``None``: no cap."""
+        return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS", None)
+
+    @property
+    def MAX_CONCURRENT_EXPORTS_PER_USER(self) -> int | None:
+        """Exports one authenticated user may stream at once per process. Default ``None``."""
+        return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER", None)
+
+    @property
+    def RETRY_AFTER(self) -> int:
+        """Seconds sent in ``Retry-After`` with a 429 or 503 refusal. Default 10."""
+        return getattr(settings, "STREAMEXPORT_RETRY_AFTER", 10)
+
 
 conf = Settings()

@@ -20,3 +20,42 @@ class UnknownFormat(ExportRequestError):
 
 class UnknownField(ExportRequestError):
     """The request asks for a field the export does not declare (400)."""
+
+
+class ExportRefused(ExportRequestError):
+    """The export cannot start now; try again later (``status_code`` 429 or 503).
+
+    Raised before any streaming starts; views answer with ``Retry-After``
+    set to ``retry_after`` seconds.
+    """
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyExports(ExportRefused):
+    """The process (or this user) already runs the most exports allowed at once (429)."""
+
+    status_code = 429
+
+
+class DatabaseUnavailable(ExportRefused):
+    """The export's database cannot be reached, checked before the 200 goes out (503)."""
+
+    status_code = 503
+
+
+class RowLimitExceeded(Exception):
+    """The export has more rows than its limit allows; raised mid-stream, aborts the transfer.
+
+    ``limit`` is the number of rows the export may send.  The client sees the
+    rows up to the limit, then (NDJSON) an error record with code
+    ``"row_limit"``, then a truncated transfer.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The export has more than {limit} rows.")
+        self.limit = limit

@@ -27,9 +27,10 @@ _ASCII_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_filename(name: str, extension: str, default: str = "export") -> str:
     """Return ``name`` cleaned for use as a download name, ending in ``.extension``.
 
-    Removes path separators, control characters, quotes and characters that
-    file systems reject; collapses whitespace; strips leading dots (no hidden
-    or relative names); normalises to NFC; cuts the stem so the whole name
+    Removes path separators, control and invisible format characters (bidi
+    overrides), quotes and characters that file systems reject; collapses
+    whitespace; strips leading dots (no hidden or relative names); normalises
+    to NFC; cuts the stem so the whole name
     fits :data:`MAX_FILENAME_LENGTH`.  An empty result becomes ``default``.
     A trailing ``.extension`` already present is not doubled.
     """
@@ -38,6 +39,11 @@ def safe_filename(name: str, extension: str, default: str = "export") -> str:
     if suffix and stem.lower().endswith(suffix.lower()):
         stem = stem[: -len(suffix)]
     stem = _UNSAFE.sub("-", stem)
+    # Invisible format characters (bidi overrides such as U+202E make
+    # "evil\u202ecsv.exe" display as "evilexe.csv"), line and paragraph separators.
+    stem = "".join(
+        "-" if unicodedata.category(ch) in ("Cf", "Zl", "Zp") else ch for ch in stem
+    )
     stem = " ".join(stem.split())
     stem = stem.strip(" .-")
     stem = stem[: MAX_FILENAME_LENGTH - len(suffix)].rstrip(" .-")

@@ -6,6 +6,8 @@ share this, so every export response carries the same headers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from django.http import StreamingHttpResponse
 
 from django_streamexport.conf import conf
@@ -35,6 +37,19 @@ def export_headers(stream: ExportStream, filename: str) -> dict[str, str]:
     return headers
 
 
+class _NoBody:
+    """An empty body that closes the stream it stands for (``HEAD``): releases its slot."""
+
+    def __init__(self, stream: ExportStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 def export_response(
     stream: ExportStream,
     filename: str,
@@ -47,9 +62,9 @@ def export_response(
     With ``include_body=False`` (a ``HEAD`` request) the response has the same
     headers and an empty body, and the stream is never iterated, so the export
     query never runs.  Closing the response closes the stream, which releases
-    its cursor.
+    its cursor and its admission slot (also for ``HEAD``).
     """
-    content = stream if include_body else iter(())
+    content = stream if include_body else _NoBody(stream)
     response = response_class(content, content_type=stream.format.content_type)
     for header, value in export_headers(stream, filename).items():
         response[header] = value

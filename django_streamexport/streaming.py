@@ -18,6 +18,15 @@ On completion, on an exception and on ``close()`` (a client disconnect: the
 server closes the response, which closes this stream) the row iterator is
 closed explicitly, which closes the server-side cursor, and the transaction is
 rolled back or committed, so no cursor and no open transaction remain.
+
+Failures after the first byte (README "Failures and limits"): the error is
+logged with the export id, rows and bytes written and the elapsed time; the
+format's :meth:`~ExportFormat.error` bytes are sent (an NDJSON error record;
+nothing for CSV); then the exception is re-raised so the server aborts the
+chunked transfer and the client never sees a clean end.  The transaction runs
+under the :mod:`~django_streamexport.guards` timeouts, and an export with more
+than ``max_rows`` rows aborts with :class:`RowLimitExceeded`.  The signals in
+:mod:`django_streamexport.signals` are sent when the export starts and ends.
 """
 
 from __future__ import annotations
@@ -25,13 +34,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
+from typing import Any
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 
 from django_streamexport.columns import ResolvedColumn
+from django_streamexport.conf import conf
+from django_streamexport.exceptions import RowLimitExceeded
+from django_streamexport.failures import DATABASE_ERROR, EXPORT_ERROR, describe_failure
 from django_streamexport.formats.base import ExportFormat
+from django_streamexport.guards import apply_guards
+from django_streamexport.signals import export_finished, export_started
 
 logger = logging.getLogger("django_streamexport")
 
@@ -53,9 +69,19 @@ class ExportStream:
     export in log lines.  ``close()`` stops the export and releases the
     cursor; ``StreamingHttpResponse`` calls it when the response is closed.
 
+    Limits (``None`` means the setting; 0 means none): ``max_rows``
+    (``STREAMEXPORT_MAX_ROWS``), ``statement_timeout`` and
+    ``idle_in_transaction_timeout`` in seconds
+    (``STREAMEXPORT_STATEMENT_TIMEOUT``,
+    ``STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT``; PostgreSQL only).
+    ``user`` is passed on to the signals, for auditing; the stream does not
+    otherwise use it.
+
     Exceptions from the database or a format propagate unchanged after being
-    logged, so that the server aborts the transfer (the client sees a
-    truncated response, never a clean end).
+    logged and after the format's error bytes, so that the server aborts the
+    transfer (the client sees a truncated response, never a clean end).
+    ``outcome`` ends as ``"complete"``, ``"failed"`` (``error_code`` says
+    why) or ``"disconnected"``.
     """
 
     def __init__(
@@ -68,6 +94,10 @@ class ExportStream:
         buffer_size: int,
         using: str | None = None,
         export_id: str | None = None,
+        max_rows: int | None = None,
+        statement_timeout: float | None = None,
+        idle_in_transaction_timeout: float | None = None,
+        user: Any = None,
     ) -> None:
         self.queryset = queryset
         self.columns = list(columns)
@@ -80,7 +110,19 @@ class ExportStream:
         self.bytes = 0
         self.seconds: float | None = None
         self.outcome: str | None = None
+        self.error_code: str | None = None
+        self.max_rows = (conf.MAX_ROWS if max_rows is None else max_rows) or None
+        self.statement_timeout = (
+            conf.STATEMENT_TIMEOUT if statement_timeout is None else statement_timeout
+        ) or None
+        self.idle_in_transaction_timeout = (
+            conf.IDLE_IN_TRANSACTION_TIMEOUT
+            if idle_in_transaction_timeout is None
+            else idle_in_transaction_timeout
+        ) or None
+        self.user = user
         self._iterator: Iterator[bytes] | None = None
+        self._closers: list[Callable[[], None]] = []
 
     def __iter__(self) -> Iterator[bytes]:
         if self._iterator is not None:
@@ -89,9 +131,42 @@ class ExportStream:
         return self._iterator
 
     def close(self) -> None:
-        """Stop the export and release its cursor and transaction (idempotent)."""
-        if self._iterator is not None:
-            self._iterator.close()  # type: ignore[attr-defined]
+        """Stop the export and release its cursor, transaction and admission slot (idempotent)."""
+        try:
+            if self._iterator is not None:
+                self._iterator.close()  # type: ignore[attr-defined]
+        finally:
+            # A generator closed before its first step never runs its finally.
+            self._run_closers()
+
+    def add_closer(self, closer: Callable[[], None]) -> None:
+        """Call ``closer()`` once when the export ends, fails or is closed.
+
+        Views release their admission slot this way.  Also called if the
+        stream is garbage-collected without being closed, as a last resort.
+        """
+        self._closers.append(closer)
+        weakref.finalize(self, closer)
+
+    def _run_closers(self) -> None:
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            try:
+                closer()
+            except Exception:
+                logger.exception("Export %s: a closer failed.", self.export_id)
+
+    def apply_guards(self) -> None:
+        """Set the export's database timeouts; call inside the export's transaction.
+
+        :meth:`iter_rows` calls it; an override that opens its own
+        transaction should call it too.  See :mod:`django_streamexport.guards`.
+        """
+        apply_guards(
+            connections[self.using],
+            statement_timeout=self.statement_timeout,
+            idle_in_transaction_timeout=self.idle_in_transaction_timeout,
+        )
 
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the export's rows as tuples in column order, inside a transaction.
@@ -101,6 +176,7 @@ class ExportStream:
         """
         lookups = [column.lookup for column in self.columns]
         with transaction.atomic(using=self.using):
+            self.apply_guards()
             rows = (
                 self.queryset.using(self.using)
                 .values_list(*lookups)
@@ -116,18 +192,28 @@ class ExportStream:
 
         Reads :meth:`iter_rows` and renders batches with the format, sizing
         each batch from the last one's bytes per row.  Updates ``rows`` and
-        ``bytes``.  Override to produce the body another way (PostgreSQL
-        ``COPY``); the header and footer are not part of it.
+        ``bytes``.  Sends exactly ``max_rows`` rows and then raises
+        :class:`RowLimitExceeded` when there are more.  Override to produce
+        the body another way (PostgreSQL ``COPY``); the header and footer are
+        not part of it, and it must keep ``rows`` up to date.
         """
         export_format = self.format
+        limit = self.max_rows
         rows = self.iter_rows()
         try:
             batch_rows = FIRST_BATCH_ROWS
             while batch := list(islice(rows, batch_rows)):
+                over_limit = limit is not None and self.rows + len(batch) > limit
+                if over_limit:
+                    batch = batch[: limit - self.rows]  # type: ignore[operator]
+                    if not batch:
+                        raise RowLimitExceeded(limit)  # type: ignore[arg-type]
                 data = export_format.render_rows(batch)
                 self.rows += len(batch)
                 self.bytes += len(data)
                 yield data
+                if over_limit:
+                    raise RowLimitExceeded(limit)  # type: ignore[arg-type]
                 # Size the next batch from this one's bytes per row.
                 batch_rows = max(
                     1, min(MAX_BATCH_ROWS, self.buffer_size * len(batch) // max(1, len(data)))
@@ -135,38 +221,70 @@ class ExportStream:
         finally:
             rows.close()  # type: ignore[attr-defined]
 
+    def signal_kwargs(self) -> dict[str, Any]:
+        """Return the keyword arguments both export signals carry."""
+        return {
+            "export_id": self.export_id,
+            "user": self.user,
+            "model": self.queryset.model,
+            "format": self.format.format,
+            "fields": [column.name for column in self.columns],
+        }
+
     def _generate(self) -> Iterator[bytes]:
         started = time.monotonic()
         export_format = self.format
+        limit = self.max_rows
         self.outcome = "running"
         logger.debug("Export %s started on database %r.", self.export_id, self.using)
         try:
+            export_started.send(sender=type(self), **self.signal_kwargs())
             head = export_format.start()
             if head:
                 self.bytes += len(head)
                 yield head
-            yield from self.iter_body()
-            tail = export_format.end()
+            for chunk in self.iter_body():
+                # A backstop for iter_body() overrides that do not apply the limit.
+                if limit is not None and self.rows > limit:
+                    raise RowLimitExceeded(limit)
+                yield chunk
+            tail = export_format.end(rows=self.rows)
             if tail:
                 self.bytes += len(tail)
                 yield tail
         except GeneratorExit:
             self.outcome = "disconnected"
             raise
-        except Exception:
+        except Exception as exc:
             self.outcome = "failed"
-            logger.exception(
-                "Export %s failed after %d rows, %d bytes, %.3f s.",
+            failure = describe_failure(exc)
+            self.error_code = failure.code
+            logger.error(
+                "Export %s failed after %d rows, %d bytes, %.3f s (%s): %s",
                 self.export_id,
                 self.rows,
                 self.bytes,
                 time.monotonic() - started,
+                failure.code,
+                exc,
+                # A traceback only where it can help: not for limits and timeouts.
+                exc_info=failure.code in (DATABASE_ERROR, EXPORT_ERROR),
             )
+            error = export_format.error(failure.code, failure.message)
+            if error:
+                self.bytes += len(error)
+                yield error
+            # Re-raise, so the server aborts the transfer: a clean end would make
+            # the cut file look complete (PEP 3333; streaming-facts 7.1).
             raise
         else:
             self.outcome = "complete"
         finally:
             self.seconds = time.monotonic() - started
+            if self.outcome == "running":
+                # A BaseException (gevent.Timeout, GreenletExit at a worker's
+                # shutdown): the server stopped iterating, as on a disconnect.
+                self.outcome = "disconnected"
             if self.outcome != "failed":
                 logger.info(
                     "Export %s %s: %d rows, %d bytes, %.3f s.",
@@ -176,3 +294,22 @@ class ExportStream:
                     self.bytes,
                     self.seconds,
                 )
+            try:
+                for receiver, result in export_finished.send_robust(
+                    sender=type(self),
+                    rows=self.rows,
+                    bytes=self.bytes,
+                    seconds=self.seconds,
+                    outcome=self.outcome,
+                    error_code=self.error_code,
+                    **self.signal_kwargs(),
+                ):
+                    if isinstance(result, Exception):
+                        logger.error(
+                            "Export %s: export_finished receiver %r failed.",
+                            self.export_id,
+                            receiver,
+                            exc_info=result,
+                        )
+            finally:
+                self._run_closers()

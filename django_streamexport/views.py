@@ -20,21 +20,30 @@ Three layers, as in Django's generic views:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models
+from django.db import InterfaceError, OperationalError, connections, models
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
 from django_streamexport.conf import conf
-from django_streamexport.exceptions import ExportRequestError, UnknownFormat
+from django_streamexport.exceptions import (
+    DatabaseUnavailable,
+    ExportRefused,
+    ExportRequestError,
+    UnknownFormat,
+)
 from django_streamexport.formats import default_format_classes, format_classes_by_name
 from django_streamexport.formats.base import ExportFormat
+from django_streamexport.limits import Slot, export_slots
 from django_streamexport.responses import export_response
 from django_streamexport.streaming import ExportStream
+
+logger = logging.getLogger("django_streamexport")
 
 __all__ = ["BaseStreamingExportView", "StreamingExportMixin", "StreamingExportView"]
 
@@ -66,6 +75,12 @@ class StreamingExportMixin:
     buffer_size: int | None = None
     #: Database alias to read from; ``None`` means ``STREAMEXPORT_DATABASE``, then the routers.
     using: str | None = None
+    #: Most rows an export may send; ``None`` means ``STREAMEXPORT_MAX_ROWS``, 0 no limit.
+    max_rows: int | None = None
+    #: Seconds per database statement; ``None`` means ``STREAMEXPORT_STATEMENT_TIMEOUT``.
+    statement_timeout: float | None = None
+    #: Seconds the transaction may wait on the client; ``None`` means the setting.
+    idle_in_transaction_timeout: float | None = None
     #: The class of the response; it must take an iterator of ``bytes``.
     response_class = StreamingHttpResponse
     #: The class of the stream that reads and renders the rows.
@@ -176,6 +191,67 @@ class StreamingExportMixin:
         """Return the database alias to read from; ``None`` lets the routers decide."""
         return self.using or conf.DATABASE
 
+    def get_max_rows(self) -> int | None:
+        """Return the most rows one export may send (``None``: the setting; 0: no limit)."""
+        return self.max_rows
+
+    def get_statement_timeout(self) -> float | None:
+        """Return seconds per database statement (``None``: the setting; 0: the server's)."""
+        return self.statement_timeout
+
+    def get_idle_in_transaction_timeout(self) -> float | None:
+        """Return seconds the export transaction may wait on the client (``None``: the setting)."""
+        return self.idle_in_transaction_timeout
+
+    # --- admission --------------------------------------------------------------
+
+    def get_admission_key(self) -> Any:
+        """Return the key per-user export limits count under, or ``None`` for no per-user count.
+
+        Default: the authenticated user's primary key; anonymous requests are
+        counted only against the process-wide limit.
+        """
+        user = getattr(self.request, "user", None)
+        if user is not None and user.is_authenticated:
+            return ("user", user.pk)
+        return None
+
+    def admit_export(self) -> Slot:
+        """Take a place among the exports running in this process.
+
+        Raises :class:`~django_streamexport.exceptions.TooManyExports` (429)
+        past ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS`` or
+        ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER``.
+        """
+        return export_slots.acquire(
+            self.get_admission_key(),
+            limit=conf.MAX_CONCURRENT_EXPORTS,
+            per_user_limit=conf.MAX_CONCURRENT_EXPORTS_PER_USER,
+            retry_after=conf.RETRY_AFTER,
+        )
+
+    def check_database(self, stream: ExportStream) -> None:
+        """Make sure the export's database answers before the 200 goes out.
+
+        Opens (or keeps) the connection the stream will use.  Raises
+        :class:`~django_streamexport.exceptions.DatabaseUnavailable` (503)
+        when it cannot be opened; once streaming has started the status could
+        no longer change.
+        """
+        try:
+            connections[stream.using].ensure_connection()
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning(
+                "Export %s refused: database %r unreachable: %s",
+                stream.export_id,
+                stream.using,
+                exc,
+            )
+            raise DatabaseUnavailable(
+                "The export database cannot be reached right now; try again later.",
+                retry_after=conf.RETRY_AFTER,
+            ) from exc
+
     # --- the response -----------------------------------------------------------
 
     def get_export_stream(self) -> ExportStream:
@@ -194,6 +270,10 @@ class StreamingExportMixin:
             chunk_size=self.get_chunk_size(),
             buffer_size=self.get_buffer_size(),
             using=self.get_using(),
+            max_rows=self.get_max_rows(),
+            statement_timeout=self.get_statement_timeout(),
+            idle_in_transaction_timeout=self.get_idle_in_transaction_timeout(),
+            user=getattr(self.request, "user", None),
         )
 
     def render_to_export_response(self, *, include_body: bool = True) -> HttpResponse:
@@ -201,10 +281,22 @@ class StreamingExportMixin:
 
         With ``include_body=False`` (``HEAD``) the response has the same headers
         and no body, and the export query never runs.
+
+        Before the response starts, in order: the request is validated (400),
+        the export is admitted (429, :meth:`admit_export`) and the database
+        is checked (503, :meth:`check_database`).  The admission slot is held
+        until the response is closed.
         """
         try:
             stream = self.get_export_stream()
+            slot = self.admit_export()
         except ExportRequestError as exc:
+            return self.export_request_error(exc)
+        stream.add_closer(slot.release)
+        try:
+            self.check_database(stream)
+        except ExportRequestError as exc:
+            stream.close()
             return self.export_request_error(exc)
         return export_response(
             stream,
@@ -214,10 +306,17 @@ class StreamingExportMixin:
         )
 
     def export_request_error(self, exc: ExportRequestError) -> HttpResponse:
-        """Return the plain-text 4xx response for a request that cannot be exported."""
-        return HttpResponse(
+        """Return the plain-text 4xx/5xx response for a request that cannot be exported.
+
+        Refusals (429, 503) carry ``Retry-After`` in seconds.
+        """
+        response = HttpResponse(
             f"{exc}\n", status=exc.status_code, content_type="text/plain; charset=utf-8"
         )
+        response["Cache-Control"] = "no-store"
+        if isinstance(exc, ExportRefused):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
 
 
 class BaseStreamingExportView(StreamingExportMixin, View):

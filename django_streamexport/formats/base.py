@@ -7,7 +7,10 @@ three small steps instead of one whole-file ``render()``:
 * :meth:`ExportFormat.start` returns the bytes before the first row (a CSV
   header row); the pipeline sends them before the query runs;
 * :meth:`ExportFormat.render_rows` turns a batch of database rows into bytes;
-* :meth:`ExportFormat.end` returns the bytes after the last row.
+* :meth:`ExportFormat.end` returns the bytes after the last row, knowing how
+  many rows were written;
+* :meth:`ExportFormat.error` returns the bytes sent when the export fails
+  after its first byte, just before the transfer is aborted.
 
 Values arrive as the database driver returns them for ``values_list()``.
 Each column gets a converter chosen by its kind (see
@@ -140,6 +143,20 @@ class ExportFormat:
         """Return the encoded bytes for a batch of rows (tuples in column order)."""
         raise NotImplementedError("ExportFormat subclasses must implement render_rows().")
 
-    def end(self) -> bytes:
-        """Return the bytes that follow the last row. Default: none."""
+    def end(self, rows: int | None = None) -> bytes:
+        """Return the bytes after the last row; ``rows`` data rows were written. Default: none.
+
+        Called only when the export completes; the stream passes ``rows`` by keyword.
+        """
+        return b""
+
+    def error(self, code: str, message: str) -> bytes:
+        """Return the bytes that tell the reader the export failed. Default: none.
+
+        ``code`` is one of :mod:`django_streamexport.failures`' codes
+        (``"row_limit"``, ``"statement_timeout"``...), ``message`` a short
+        sentence without internals.  Called at most once, after the last
+        rows; the transfer is aborted right after these bytes whatever they
+        are, so a format with no place for an error (CSV) returns nothing.
+        """
         return b""

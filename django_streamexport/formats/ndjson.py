@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import orjson
 
+from django_streamexport.columns import ResolvedColumn
+from django_streamexport.conf import conf
 from django_streamexport.formats.base import ExportFormat, Row, decimal_text
 
 
@@ -26,6 +28,14 @@ class NDJSONFormat(ExportFormat):
     decimals, which are exact strings (``"12.50"``, as Django REST framework
     does by default); datetimes ISO 8601 strings with their UTC offset;
     dates, times and UUIDs strings; JSON fields nested as JSON.
+
+    Control records, told from data rows by their ``"_type"`` key:
+
+    * on failure, a last line ``{"_type":"error","error":{"code":"row_limit",
+      "message":"..."}}``, then the transfer is aborted;
+    * on success, if ``end_record`` (default ``STREAMEXPORT_NDJSON_END_RECORD``),
+      a last line ``{"_type":"end","rows":N}`` with the number of data rows.
+      Consumers should then treat a file without it as incomplete.
     """
 
     format = "ndjson"
@@ -33,6 +43,12 @@ class NDJSONFormat(ExportFormat):
     extension = "ndjson"
 
     _options = orjson.OPT_APPEND_NEWLINE
+
+    def __init__(
+        self, columns: Sequence[ResolvedColumn], *, end_record: bool | None = None
+    ) -> None:
+        self.end_record = conf.NDJSON_END_RECORD if end_record is None else end_record
+        super().__init__(columns)
 
     def render_rows(self, rows: Sequence[Row]) -> bytes:
         """Return a batch of rows as newline-terminated JSON objects."""
@@ -42,4 +58,16 @@ class NDJSONFormat(ExportFormat):
         return b"".join(
             [dumps(dict(zip(keys, row)), default=_default, option=options)
              for row in self.convert_rows(rows)]
+        )
+
+    def end(self, rows: int | None = None) -> bytes:
+        """Return the end record ``{"_type":"end","rows":N}`` when ``end_record`` is on."""
+        if not self.end_record:
+            return b""
+        return orjson.dumps({"_type": "end", "rows": rows}, option=self._options)
+
+    def error(self, code: str, message: str) -> bytes:
+        """Return the error record ``{"_type":"error","error":{"code":...,"message":...}}``."""
+        return orjson.dumps(
+            {"_type": "error", "error": {"code": code, "message": message}}, option=self._options
         )

@@ -1,0 +1,29 @@
+"""Signals sent around each export, for auditing and metrics.
+
+``sender`` is the stream's class (:class:`~django_streamexport.streaming.ExportStream`
+or a subclass).  Both signals carry:
+
+* ``export_id`` (``str``): the id in log lines and the ``X-Export-Id`` header;
+* ``user``: the requesting user (``AnonymousUser`` for anonymous requests), or
+  ``None`` when the export was not made for a request (management command);
+* ``model``: the exported model class;
+* ``format`` (``str``): the format's name (``"csv"``, ``"ndjson"``);
+* ``fields`` (``list[str]``): the exported column names, in order.
+
+:data:`export_finished` adds ``rows`` (``int``, data rows sent), ``bytes``
+(``int``, body bytes produced), ``seconds`` (``float``, wall time),
+``outcome`` (``"complete"``, ``"failed"`` or ``"disconnected"``) and
+``error_code`` (a :mod:`~django_streamexport.failures` code, or ``None``).
+
+Both are sent from inside the stream, when the server iterates it: a ``HEAD``
+request or a refused export sends neither.  :data:`export_started` is sent
+with ``send()``, so a receiver that raises stops the export before its first
+byte (an audit trail may fail closed); :data:`export_finished` with
+``send_robust()``, so a failing receiver is logged and cannot mask the
+export's own outcome.
+"""
+
+from django.dispatch import Signal
+
+export_started = Signal()
+export_finished = Signal()

@@ -1,0 +1,188 @@
+"""Faults injected into real exports, served by gunicorn (deploy/gunicorn.conf.py, gevent).
+
+Each fault: the client can tell the export failed (NDJSON error record and a
+transfer without its terminating chunk; CSV the cut transfer), the server
+logged the failure under the export id, no session is left behind in
+``pg_stat_activity``, and the next export succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from django.db import connections
+
+from tests.conftest import parse_csv
+from tests.servers import (
+    SmallWindowConnection,
+    get,
+    gunicorn,
+    insert_records,
+    other_sessions,
+    read_rest,
+    wait_for_no_sessions,
+)
+from tests.testapp.models import Record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PORT = 18601
+UNREACHABLE_PORT = 18603
+CLOSED_DB_PORT = 18698
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker, tmp_path_factory):
+    with django_db_blocker.unblock(), gunicorn(PORT, tmp_path_factory.mktemp("faults")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def db_name():
+    return connections["default"].settings_dict["NAME"]
+
+
+def ndjson_lines(body: bytes) -> list[dict]:
+    return [json.loads(line) for line in body.decode().splitlines()]
+
+
+def assert_failed_and_recovered(server, download, code, db_name):
+    """The shared checks after a fault: cut transfer, logged, nothing left, next one works."""
+    assert download.status == 200
+    assert not download.complete, "the transfer must be cut, not end cleanly"
+    export_id = download.headers["X-Export-Id"]
+    log = server.wait_for_log(f"Export {export_id} failed after")
+    line = next(line for line in log.splitlines() if f"Export {export_id} failed" in line)
+    assert f"({code})" in line
+    wait_for_no_sessions(db_name)
+    total = Record.objects.count()
+    after = get(server.port, "/records/export/?format=ndjson")
+    assert after.status == 200 and after.complete
+    records = ndjson_lines(after.body)
+    assert records[-1] == {"_type": "end", "rows": total}
+    assert [r["id"] for r in records[:-1]] == list(
+        Record.objects.order_by("id").values_list("id", flat=True)
+    )
+    wait_for_no_sessions(db_name)
+
+
+def test_backend_terminated_mid_stream(server, db_name):
+    insert_records(20_000)
+    conn = SmallWindowConnection(PORT)
+    conn.request("GET", "/faults/kill/?format=ndjson")
+    response = conn.getresponse()
+    body = bytearray(response.read(4096))
+    # The server is now blocked writing to us, inside the export transaction.
+    deadline = time.monotonic() + 10
+    while not (sessions := [s for s in other_sessions(db_name) if s[1] == "idle in transaction"]):
+        assert time.monotonic() < deadline, other_sessions(db_name)
+        time.sleep(0.05)
+    [(pid, _, query)] = sessions
+    assert "FETCH" in query
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        assert cursor.fetchone()[0] is True
+    complete = read_rest(response, body)
+    conn.close()
+    download = type("D", (), {})()
+    download.status, download.headers, download.body, download.complete = (
+        response.status,
+        response.headers,
+        bytes(body),
+        complete,
+    )
+    lines = ndjson_lines(bytes(body))
+    assert lines[-1] == {
+        "_type": "error",
+        "error": {
+            "code": "database_unavailable",
+            "message": "The connection to the database was lost.",
+        },
+    }
+    rows = lines[:-1]
+    assert 0 < len(rows) < 20_000
+    assert [r["id"] for r in rows] == list(
+        Record.objects.order_by("id").values_list("id", flat=True)[: len(rows)]
+    )
+    assert_failed_and_recovered(server, download, "database_unavailable", db_name)
+
+
+def test_statement_timeout(server, db_name):
+    insert_records(1000)
+    download = get(PORT, "/faults/statement-timeout/?format=ndjson")
+    lines = ndjson_lines(download.body)
+    assert lines[-1]["_type"] == "error"
+    assert lines[-1]["error"]["code"] == "statement_timeout"
+    # Rows already rendered went out; the batch being filled when the fetch failed did not.
+    rows = lines[:-1]
+    assert 0 < len(rows) <= 300
+    assert [r["id"] for r in rows] == list(
+        Record.objects.order_by("id").values_list("id", flat=True)[: len(rows)]
+    )
+    assert_failed_and_recovered(server, download, "statement_timeout", db_name)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_row_limit(server, db_name, fmt):
+    insert_records(3000)
+    download = get(PORT, f"/faults/row-limit/?format={fmt}")
+    ids = list(Record.objects.order_by("id").values_list("id", flat=True)[:1000])
+    if fmt == "ndjson":
+        lines = ndjson_lines(download.body)
+        assert [r["id"] for r in lines[:-1]] == ids
+        assert lines[-1] == {
+            "_type": "error",
+            "error": {
+                "code": "row_limit",
+                "message": "The export has more rows than its limit of 1000 and was stopped.",
+            },
+        }
+    else:
+        rows = parse_csv(download.body)
+        assert rows[0] == ["ID", "Record title", "Body"]
+        assert [int(r[0]) for r in rows[1:]] == ids
+    assert_failed_and_recovered(server, download, "row_limit", db_name)
+
+
+def test_client_reading_1kb_per_second(server, db_name):
+    """A client at 1 KB/s keeps the export transaction idle past its 1 s bound."""
+    insert_records(20_000)
+    conn = SmallWindowConnection(PORT, rcvbuf=4096)
+    conn.request("GET", "/faults/slow-read/?format=ndjson")
+    response = conn.getresponse()
+    body = bytearray()
+    deadline = time.monotonic() + 60
+    # Read 1 KB a second until PostgreSQL has ended the idle session.
+    while other_sessions(db_name):
+        assert time.monotonic() < deadline, "the idle-in-transaction bound never tripped"
+        body += response.read(1024)
+        time.sleep(1)
+    slow_bytes = len(body)
+    # Then read the rest at full speed: the next FETCH fails and the transfer is cut.
+    complete = read_rest(response, body)
+    conn.close()
+    download = type("D", (), {})()
+    download.status, download.headers, download.body, download.complete = (
+        response.status,
+        response.headers,
+        bytes(body),
+        complete,
+    )
+    lines = ndjson_lines(bytes(body))
+    assert lines[-1]["_type"] == "error"
+    assert lines[-1]["error"]["code"] == "idle_timeout"
+    assert len(lines) - 1 < 20_000
+    assert slow_bytes >= 1024
+    assert_failed_and_recovered(server, download, "idle_timeout", db_name)
+
+
+def test_unreachable_database_is_a_503_before_streaming(django_db_setup, tmp_path):
+    with gunicorn(UNREACHABLE_PORT, tmp_path, STREAMEXPORT_SERVER_DB_PORT=str(CLOSED_DB_PORT)):
+        download = get(UNREACHABLE_PORT, "/records/export/?format=csv")
+    assert download.status == 503
+    assert download.complete
+    assert download.headers["Retry-After"] == "10"
+    assert download.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert download.body == b"The export database cannot be reached right now; try again later.\n"

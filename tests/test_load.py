@@ -1,0 +1,100 @@
+"""50 concurrent exports against one gunicorn gevent worker with an admission limit of 10.
+
+Every admitted export is complete and correct, every refused one is a 429 with
+``Retry-After`` and no body of data; the worker's memory stays flat across
+rounds, and no database session is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from django.db import connections
+
+from tests.conftest import parse_csv
+from tests.servers import get, gunicorn, insert_records, wait_for_no_sessions
+from tests.testapp.models import Record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PORT = 18602
+LIMIT = 10
+CLIENTS = 50
+ROUNDS = 3
+ROWS = 2000
+
+#: Counted across the rounds, for the closing report.
+STATS = {"requests": 0, "admitted": 0, "refused": 0, "failures": 0}
+
+
+def run_round(expected_ids: list[int]) -> tuple[int, int]:
+    """Start CLIENTS downloads at once; check each; return (admitted, refused)."""
+    barrier = threading.Barrier(CLIENTS)
+    results: list = [None] * CLIENTS
+
+    def client(i: int) -> None:
+        fmt = "ndjson" if i % 2 else "csv"
+        barrier.wait(timeout=30)
+        try:
+            results[i] = (fmt, get(PORT, f"/faults/load/?format={fmt}"))
+        except Exception as exc:  # reported below
+            results[i] = (fmt, exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    admitted = refused = 0
+    for fmt, download in results:
+        STATS["requests"] += 1
+        if isinstance(download, Exception):
+            STATS["failures"] += 1
+            raise AssertionError(f"client error: {download!r}")
+        if download.status == 429:
+            refused += 1
+            assert download.complete
+            assert int(download.headers["Retry-After"]) > 0
+            assert download.body.startswith(b"Too many exports are running (10 at most)")
+            continue
+        admitted += 1
+        if download.status != 200 or not download.complete:
+            STATS["failures"] += 1
+        assert download.status == 200 and download.complete, download
+        if fmt == "csv":
+            rows = parse_csv(download.body)
+            assert [int(row[0]) for row in rows[1:]] == expected_ids
+        else:
+            lines = [json.loads(line) for line in download.body.decode().splitlines()]
+            assert lines[-1] == {"_type": "end", "rows": len(expected_ids)}
+            assert [line["id"] for line in lines[:-1]] == expected_ids
+    STATS["admitted"] += admitted
+    STATS["refused"] += refused
+    return admitted, refused
+
+
+def test_fifty_concurrent_exports_one_worker(django_db_setup, tmp_path):
+    insert_records(ROWS)
+    expected_ids = list(Record.objects.order_by("id").values_list("id", flat=True))
+    db_name = connections["default"].settings_dict["NAME"]
+    with gunicorn(PORT, tmp_path, STREAMEXPORT_MAX_CONCURRENT_EXPORTS=str(LIMIT)) as server:
+        rss = []
+        for _ in range(ROUNDS):
+            admitted, refused = run_round(expected_ids)
+            assert admitted + refused == CLIENTS
+            # Each export lasts about a second, so the 50 overlap: the cap decides.
+            assert admitted >= LIMIT and refused > 0, (admitted, refused)
+            wait_for_no_sessions(db_name)
+            rss.append(server.worker_rss_kib())
+        # Slots came back: sequential exports are all admitted.
+        for _ in range(LIMIT + 2):
+            assert get(PORT, "/faults/load/?format=csv").status == 200
+        wait_for_no_sessions(db_name)
+        log = server.log()
+    # Memory flat: after a warm-up round, later rounds add less than 8 MiB.
+    assert rss[-1] - rss[0] < 8 * 1024, rss
+    assert "Traceback" not in log
+    print(f"load: {STATS}, worker RSS KiB per round {rss}")
