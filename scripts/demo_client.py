@@ -195,8 +195,15 @@ def parse_ndjson(stream: io.BufferedReader, result: Result, started: float) -> N
             result.errors.append(f"NDJSON line {result.rows + 1} is not an object")
             return
         if "_type" in obj:
-            # An end/error control record, if the format writes one; not a data row.
+            # A control record (STREAMEXPORT_NDJSON_END_RECORD): not a data row. "end" carries
+            # the server's row count; "error" means the export failed mid-stream.
             result.control_records.append(obj)
+            if obj["_type"] == "error":
+                result.errors.append(f"the export failed mid-stream: {json.dumps(obj)[:300]}")
+            elif obj["_type"] == "end" and obj.get("rows") != result.rows:
+                result.errors.append(
+                    f"end record says {obj.get('rows')} rows, {result.rows} data rows arrived"
+                )
             continue
         if keys is None:
             keys = list(obj)

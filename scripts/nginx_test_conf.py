@@ -23,7 +23,9 @@ import argparse
 import os
 from pathlib import Path
 
-LOCATIONS = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "streamexport-locations.conf"
+LOCATIONS = (
+    Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "streamexport-locations.conf"
+)
 
 
 def render(
