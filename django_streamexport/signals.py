@@ -12,7 +12,8 @@ or a subclass).  Both signals carry:
 
 :data:`export_finished` adds ``rows`` (``int``, data rows sent), ``bytes``
 (``int``, body bytes produced), ``seconds`` (``float``, wall time),
-``outcome`` (``"complete"``, ``"failed"`` or ``"disconnected"``) and
+``outcome`` (``"complete"``, ``"failed"``, ``"disconnected"`` or
+``"interrupted"``: the server stopped it, e.g. a worker restart) and
 ``error_code`` (a :mod:`~django_streamexport.failures` code, or ``None``).
 
 Both are sent from inside the stream, when the server iterates it: a ``HEAD``

@@ -240,14 +240,21 @@ class ExportStream:
         try:
             export_started.send(sender=type(self), **self.signal_kwargs())
             head = export_format.start()
-            if head:
-                self.bytes += len(head)
-                yield head
+            self.bytes += len(head)
+            # Yielded even when empty: the server sends the status line and
+            # headers on the first chunk, before the query runs.
+            yield head
             for chunk in self.iter_body():
                 # A backstop for iter_body() overrides that do not apply the limit.
                 if limit is not None and self.rows > limit:
                     raise RowLimitExceeded(limit)
                 yield chunk
+                # Let other requests run between chunks: under gevent a write that
+                # does not block never switches greenlets, so a fast client would
+                # otherwise keep the whole worker (and its heartbeat) to itself.
+                # time.sleep is gevent.sleep once monkey-patched; elsewhere it
+                # releases the GIL.
+                time.sleep(0)
             tail = export_format.end(rows=self.rows)
             if tail:
                 self.bytes += len(tail)
@@ -282,9 +289,9 @@ class ExportStream:
         finally:
             self.seconds = time.monotonic() - started
             if self.outcome == "running":
-                # A BaseException (gevent.Timeout, GreenletExit at a worker's
-                # shutdown): the server stopped iterating, as on a disconnect.
-                self.outcome = "disconnected"
+                # A BaseException (gevent.Timeout, GreenletExit or SystemExit at a
+                # worker's shutdown): the server stopped the export, not the client.
+                self.outcome = "interrupted"
             if self.outcome != "failed":
                 logger.info(
                     "Export %s %s: %d rows, %d bytes, %.3f s.",

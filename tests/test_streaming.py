@@ -48,6 +48,17 @@ def test_header_is_sent_before_the_query_runs(db_alias):
     stream.close()
 
 
+def test_ndjson_sends_a_first_empty_chunk_before_the_query(db_alias):
+    """NDJSON has no header row; an empty first chunk still makes the server send headers."""
+    make_records(db_alias, 50)
+    stream = make_stream(db_alias, fmt=NDJSONFormat)
+    chunks = iter(stream)
+    with CaptureQueriesContext(connections[db_alias]) as queries:
+        assert next(chunks) == b""
+    assert len(queries) == 0
+    assert len(parse_ndjson(b"".join(chunks))) == 50
+
+
 def test_export_is_one_query_whatever_its_size(db_alias):
     make_records(db_alias, 3000)
     stream = make_stream(db_alias, chunk_size=100)
