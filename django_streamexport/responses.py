@@ -6,8 +6,11 @@ share this, so every export response carries the same headers.
 
 from __future__ import annotations
 
-from django.http import StreamingHttpResponse
+from typing import Any
 
+from django.http import HttpRequest, StreamingHttpResponse
+
+from django_streamexport.asgi import AsyncExportStream, empty_async_body, is_asgi_request
 from django_streamexport.conf import conf
 from django_streamexport.http import attachment_header, safe_filename
 from django_streamexport.streaming import ExportStream
@@ -41,15 +44,20 @@ def export_response(
     *,
     include_body: bool = True,
     response_class: type[StreamingHttpResponse] = StreamingHttpResponse,
+    request: HttpRequest | None = None,
 ) -> StreamingHttpResponse:
     """Return a streaming response whose body is ``stream``.
 
     With ``include_body=False`` (a ``HEAD`` request) the response has the same
     headers and an empty body, and the stream is never iterated, so the export
     query never runs.  Closing the response closes the stream, which releases
-    its cursor.
+    its cursor.  Given the ``request`` of an ASGI server, the body is an async
+    iterator (:mod:`django_streamexport.asgi`), so Django streams it instead
+    of reading it whole into memory.
     """
-    content = stream if include_body else iter(())
+    content: Any = stream if include_body else iter(())
+    if is_asgi_request(request):
+        content = AsyncExportStream(stream) if include_body else empty_async_body()
     response = response_class(content, content_type=stream.format.content_type)
     for header, value in export_headers(stream, filename).items():
         response[header] = value

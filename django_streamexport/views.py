@@ -211,6 +211,7 @@ class StreamingExportMixin:
             self.get_filename(),
             include_body=include_body,
             response_class=self.response_class,
+            request=self.request,
         )
 
     def export_request_error(self, exc: ExportRequestError) -> HttpResponse:
