@@ -28,7 +28,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from itertools import islice
 
-from django.db import models, transaction
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, models, transaction
 
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.formats.base import ExportFormat
@@ -81,6 +82,7 @@ class ExportStream:
         self.seconds: float | None = None
         self.outcome: str | None = None
         self._iterator: Iterator[bytes] | None = None
+        self.check_database()
 
     def __iter__(self) -> Iterator[bytes]:
         if self._iterator is not None:
@@ -92,6 +94,26 @@ class ExportStream:
         """Stop the export and release its cursor and transaction (idempotent)."""
         if self._iterator is not None:
             self._iterator.close()  # type: ignore[attr-defined]
+
+    def check_database(self) -> None:
+        """Refuse a database on which :meth:`iter_rows` would not stream.
+
+        Raises ``ImproperlyConfigured`` for a PostgreSQL alias with
+        ``DISABLE_SERVER_SIDE_CURSORS`` (PgBouncer in transaction pooling):
+        ``iterator()`` would then fetch the whole result into memory at the
+        first query (Django's ``QuerySet.iterator()`` docs).  Called by
+        ``__init__``, so views fail before the response starts.
+        """
+        connection = connections[self.using]
+        if connection.vendor == "postgresql" and connection.settings_dict.get(
+            "DISABLE_SERVER_SIDE_CURSORS"
+        ):
+            raise ImproperlyConfigured(
+                f"DATABASES[{self.using!r}] sets DISABLE_SERVER_SIDE_CURSORS, so a cursor export "
+                "would load every row into memory. Use keyset pagination (export_mode = "
+                '"keyset" on the view, or django_streamexport.keyset.KeysetExportStream), or '
+                "export from an alias that connects without a transaction-mode pooler."
+            )
 
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the export's rows as tuples in column order, inside a transaction.

@@ -70,6 +70,11 @@ class StreamingExportMixin:
     response_class = StreamingHttpResponse
     #: The class of the stream that reads and renders the rows.
     stream_class = ExportStream
+    #: How rows are read: ``"cursor"`` (one server-side cursor in a transaction) or
+    #: ``"keyset"`` (short page queries by ``keyset_key``; see django_streamexport.keyset).
+    export_mode = "cursor"
+    #: The unique, non-null field keyset pages are ordered by.
+    keyset_key = "pk"
 
     request: HttpRequest
 
@@ -187,14 +192,39 @@ class StreamingExportMixin:
         queryset = self.get_queryset()
         columns = self.get_columns(queryset)
         export_format = self.get_format(columns)
-        return self.stream_class(
+        return self.get_stream_class()(
             queryset,
             columns,
             export_format,
             chunk_size=self.get_chunk_size(),
             buffer_size=self.get_buffer_size(),
             using=self.get_using(),
+            **self.get_stream_kwargs(),
         )
+
+    def get_export_mode(self) -> str:
+        """Return ``"cursor"`` or ``"keyset"``. Default: ``export_mode``."""
+        return self.export_mode
+
+    def get_stream_class(self) -> type[ExportStream]:
+        """Return ``stream_class`` in cursor mode, ``KeysetExportStream`` in keyset mode.
+
+        Raises ``ImproperlyConfigured`` for another mode.
+        """
+        mode = self.get_export_mode()
+        if mode == "keyset":
+            from django_streamexport.keyset import KeysetExportStream
+
+            return KeysetExportStream
+        if mode != "cursor":
+            raise ImproperlyConfigured(
+                f'{type(self).__name__}.export_mode must be "cursor" or "keyset", not {mode!r}.'
+            )
+        return self.stream_class
+
+    def get_stream_kwargs(self) -> dict[str, Any]:
+        """Return extra keyword arguments for the stream class (keyset mode: ``key``)."""
+        return {"key": self.keyset_key} if self.get_export_mode() == "keyset" else {}
 
     def render_to_export_response(self, *, include_body: bool = True) -> HttpResponse:
         """Return the streaming response, or a 4xx response for a bad request.
