@@ -131,7 +131,7 @@ class ExportStream:
             try:
                 yield from rows
             finally:
-                rows.close()  # type: ignore[attr-defined]  # closes the server-side cursor now
+                rows.close()  # closes the server-side cursor now
 
     def iter_body(self) -> Iterator[bytes]:
         """Yield the encoded rows in chunks of about ``buffer_size`` bytes.

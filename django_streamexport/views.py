@@ -25,7 +25,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
@@ -226,7 +226,7 @@ class StreamingExportMixin:
         """Return extra keyword arguments for the stream class (keyset mode: ``key``)."""
         return {"key": self.keyset_key} if self.get_export_mode() == "keyset" else {}
 
-    def render_to_export_response(self, *, include_body: bool = True) -> HttpResponse:
+    def render_to_export_response(self, *, include_body: bool = True) -> HttpResponseBase:
         """Return the streaming response, or a 4xx response for a bad request.
 
         With ``include_body=False`` (``HEAD``) the response has the same headers
@@ -256,10 +256,10 @@ class BaseStreamingExportView(StreamingExportMixin, View):
 
     http_method_names = ["get", "head", "options"]
 
-    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return self.render_to_export_response()
 
-    def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         # View.setup() aliases head to get; a streamed HEAD would run the whole
         # query for nothing (gunicorn iterates and discards the body).
         return self.render_to_export_response(include_body=False)

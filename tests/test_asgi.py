@@ -18,12 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from django.db import connections
 
 from tests.asgi_project.settings import APPLICATION_NAME
-from tests.conftest import parse_csv
+from tests.conftest import other_session, parse_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 PORT = 18701
@@ -33,18 +32,6 @@ TITLE_PAD = "x" * 150
 # The server commits nothing and the rows are shared by the module's tests, so
 # each test only reads (in its own transaction); the fixture cleans up.
 pytestmark = pytest.mark.django_db
-
-
-def _pg() -> psycopg.Connection:
-    settings = connections["default"].settings_dict
-    return psycopg.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        password=settings["PASSWORD"] or None,
-        dbname=settings["NAME"],
-        autocommit=True,
-    )
 
 
 @contextlib.contextmanager
@@ -131,18 +118,20 @@ def status(address: str) -> dict:
 
 def server_sessions() -> list[tuple[str, str | None, str]]:
     """Return (state, wait_event_type, query) of the server's PostgreSQL sessions."""
-    with _pg() as other:
-        return other.execute(
+    with other_session() as other:
+        other.execute(
             "SELECT state, wait_event_type, query FROM pg_stat_activity "
             "WHERE application_name = %s",
             [APPLICATION_NAME],
-        ).fetchall()
+        )
+        return other.fetchall()
 
 
 def test_first_bytes_arrive_before_the_query_can_run_and_body_is_complete(server):
     # A lock held elsewhere blocks the export query; the header row must come anyway.
-    with _pg() as locker:
-        with locker.transaction():
+    with other_session() as locker:
+        locker.execute("BEGIN")
+        try:
             locker.execute("LOCK TABLE testapp_record IN ACCESS EXCLUSIVE MODE")
             response = get(server, "/records/?format=csv")
             assert response.status == 200
@@ -154,6 +143,8 @@ def test_first_bytes_arrive_before_the_query_can_run_and_body_is_complete(server
                 lambda: any(wait == "Lock" for _, wait, _ in server_sessions()),
                 "the export query to wait on the lock",
             )
+        finally:
+            locker.execute("ROLLBACK")
         # The lock is released: the rows follow.
         rest = response.read()
     rows = parse_csv(first_line + rest)
@@ -199,14 +190,15 @@ def test_disconnect_cancels_the_export_and_releases_cursor_and_transaction(serve
         lambda: all(state == "idle" for state, _, _ in server_sessions()),
         "the server's sessions to leave their transaction",
     )
-    with _pg() as other:
+    with other_session() as other:
         # No cursor survives: the session is idle outside a transaction and
         # its backend holds no locks on the table any more.
-        locks = other.execute(
+        other.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
             "WHERE a.application_name = %s AND l.relation = 'testapp_record'::regclass",
             [APPLICATION_NAME],
-        ).fetchone()[0]
+        )
+        locks = other.fetchone()[0]
     assert locks == 0
 
 

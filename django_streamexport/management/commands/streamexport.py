@@ -193,12 +193,13 @@ class Command(BaseCommand):
     def write_stdout(self, stream: ExportStream, progress: Progress) -> None:
         # Bytes go to the binary buffer; a text stream (call_command(stdout=StringIO()))
         # gets decoded text.
-        target = getattr(self.stdout._out, "buffer", None)
+        out: IO[str] = self.stdout._out  # type: ignore[assignment]
+        target: IO[bytes] | None = getattr(out, "buffer", None)
         for chunk in stream:
             if target is not None:
                 target.write(chunk)
             else:
-                self.stdout._out.write(chunk.decode(stream.format.charset or "utf-8"))
+                out.write(chunk.decode(stream.format.charset or "utf-8"))
             progress.update(stream)
         if target is not None:
             target.flush()
