@@ -142,3 +142,20 @@ def test_subprocess_bad_input_exits_non_zero_with_the_message():
     assert b"Unknown model 'testapp.Nope'" in result.stderr
     assert result.stdout == b""
     assert Record.objects.count() == 0
+
+
+def test_keyset_mode_gives_the_same_file(tmp_path):
+    make_records("default", count=120)
+    outputs = []
+    for mode in ("cursor", "keyset"):
+        target = tmp_path / f"{mode}.csv"
+        call_command(
+            "streamexport",
+            "--view=tests.testapp.views.RecordExport",
+            f"--mode={mode}",
+            f"--output={target}",
+            verbosity=0,
+        )
+        outputs.append(target.read_bytes())
+    assert outputs[0] == outputs[1]
+    assert len(parse_csv(outputs[0])) == 121

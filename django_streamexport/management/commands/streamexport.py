@@ -102,6 +102,11 @@ class Command(BaseCommand):
         parser.add_argument("--output", "-o", default="-", help="File to write, or - (stdout).")
         parser.add_argument("--view", help="Dotted path of an export view to take settings from.")
         parser.add_argument("--database", help="Database alias to read from.")
+        parser.add_argument(
+            "--mode",
+            choices=["cursor", "keyset"],
+            help="Read rows by one server-side cursor or by keyset pages (default: the view's).",
+        )
         progress = parser.add_mutually_exclusive_group()
         progress.add_argument(
             "--progress", action="store_true", default=None, help="Always show progress."
@@ -136,6 +141,8 @@ class Command(BaseCommand):
             view.export_fields = fields
         if options["database"]:
             view.using = options["database"]
+        if options["mode"]:
+            view.export_mode = options["mode"]
         query = {view.format_query_param: options["format"]} if options["format"] else {}
         request = RequestFactory().get("/", query)
         # Exports scoped per user see an anonymous user from the command line.
