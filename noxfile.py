@@ -6,8 +6,8 @@
     nox -s lint types
 
 Every session needs PostgreSQL on 127.0.0.1:5432 (PGHOST/PGPORT/PGUSER override) and
-uses its own test database, so sessions may run side by side. Each venv installs
-only the driver under test: Django prefers psycopg 3 whenever it is importable.
+uses its own test database, so sessions may run side by side. Django prefers psycopg 3
+whenever it is importable, so the psycopg2 venvs do not install it.
 Django 6.0 needs Python 3.12 or later; those combinations are skipped on older
 interpreters.  Interpreters are found on PATH, then in pyenv's versions directory.
 """
@@ -24,7 +24,10 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 DJANGOS = {"4.2": "Django>=4.2,<5.0", "5.2": "Django>=5.2,<6.0", "6.0": "Django>=6.0,<6.1"}
-DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2"}
+#: Extras per driver. Django prefers psycopg 3 whenever it is importable, so the psycopg
+#: venv may also hold psycopg2 (test_checks' W003 test imports it); the psycopg2 venv must not
+#: hold psycopg.
+DRIVERS = {"psycopg": "psycopg,psycopg2", "psycopg2": "psycopg2"}
 #: One combination per Django version, both drivers covered: the default CI run.
 CI_COMBINATIONS = [
     ("3.10", "4.2", "psycopg2"),

@@ -22,6 +22,7 @@ does not watch for disconnects under ASGI: there the export runs to its end.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
@@ -57,11 +58,6 @@ class AsyncExportStream:
     def __init__(self, stream: ExportStream) -> None:
         self.stream = stream
 
-    # Attributes the response code reads from a stream.
-    @property
-    def export_id(self) -> str:
-        return self.stream.export_id
-
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._generate()
 
@@ -77,8 +73,7 @@ class AsyncExportStream:
                 chunk = await next_chunk(iterator)
                 if chunk is _DONE:
                     break
-                assert isinstance(chunk, bytes)
-                yield chunk
+                yield cast(bytes, chunk)
         finally:
             # Runs on completion, on an error and on cancellation (disconnect).
             # thread_sensitive: after any chunk still running in that thread,

@@ -59,7 +59,6 @@ def unique_key_field(model: type[models.Model], key: str) -> models.Field:
             "that tie at a page boundary would be skipped or repeated. Use the primary key "
             "(the default) or a unique, non-null field."
         )
-    assert field is not None
     return field
 
 
