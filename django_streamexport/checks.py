@@ -75,10 +75,11 @@ def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: An
         if vendor == "postgresql" and settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
             warnings.append(
                 Warning(
-                    f"DATABASES[{alias!r}] sets DISABLE_SERVER_SIDE_CURSORS, so exports from it "
-                    "load every row into memory before the first byte is sent.",
-                    hint="Export from an alias that connects directly or through a session-mode "
-                    "pooler (STREAMEXPORT_DATABASE).",
+                    f"DATABASES[{alias!r}] sets DISABLE_SERVER_SIDE_CURSORS, so cursor-mode "
+                    "exports from it are refused (they would load every row into memory).",
+                    hint='Use export_mode = "keyset" on export views, or export from an alias '
+                    "that connects directly or through a session-mode pooler "
+                    "(STREAMEXPORT_DATABASE).",
                     id="django_streamexport.W001",
                 )
             )

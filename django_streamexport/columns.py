@@ -120,8 +120,8 @@ def kind_of_field(model_field: models.Field) -> str:
     Relations report the kind of the field they point to, since
     ``values_list("carrier")`` returns the related primary key.
     """
-    if model_field.is_relation and model_field.target_field is not None:
-        return kind_of_field(model_field.target_field)
+    if model_field.is_relation and model_field.target_field is not None:  # type: ignore[attr-defined]
+        return kind_of_field(model_field.target_field)  # type: ignore[attr-defined]
     return _KIND_BY_INTERNAL_TYPE.get(model_field.get_internal_type(), OTHER)
 
 
@@ -141,11 +141,11 @@ def _walk_lookup(model: type[models.Model], name: str) -> tuple[list[models.Fiel
                 f"{name!r} follows the to-many relation {part!r}; only forward foreign keys "
                 "and one-to-one relations can be exported (one row per object)."
             )
-        path.append(model_field)
+        path.append(model_field)  # type: ignore[arg-type]
         if index < len(parts) - 1:
             if not model_field.is_relation:
                 raise FieldDoesNotExist(f"{part!r} in {name!r} is not a relation")
-            current = model_field.related_model
+            current = model_field.related_model  # type: ignore[assignment]
     return path, path[-1]
 
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, transaction
 
 from django_streamexport.columns import ResolvedColumn
@@ -123,6 +124,7 @@ class ExportStream:
         self.user = user
         self._iterator: Iterator[bytes] | None = None
         self._closers: list[Callable[[], None]] = []
+        self.check_cursor_support()
 
     def __iter__(self) -> Iterator[bytes]:
         if self._iterator is not None:
@@ -168,6 +170,26 @@ class ExportStream:
             idle_in_transaction_timeout=self.idle_in_transaction_timeout,
         )
 
+    def check_cursor_support(self) -> None:
+        """Refuse a database on which :meth:`iter_rows` would not stream.
+
+        Raises ``ImproperlyConfigured`` for a PostgreSQL alias with
+        ``DISABLE_SERVER_SIDE_CURSORS`` (PgBouncer in transaction pooling):
+        ``iterator()`` would then fetch the whole result into memory at the
+        first query (Django's ``QuerySet.iterator()`` docs).  Called by
+        ``__init__``, so views fail before the response starts.
+        """
+        connection = connections[self.using]
+        if connection.vendor == "postgresql" and connection.settings_dict.get(
+            "DISABLE_SERVER_SIDE_CURSORS"
+        ):
+            raise ImproperlyConfigured(
+                f"DATABASES[{self.using!r}] sets DISABLE_SERVER_SIDE_CURSORS, so a cursor export "
+                "would load every row into memory. Use keyset pagination (export_mode = "
+                '"keyset" on the view, or django_streamexport.keyset.KeysetExportStream), or '
+                "export from an alias that connects without a transaction-mode pooler."
+            )
+
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the export's rows as tuples in column order, inside a transaction.
 
@@ -185,7 +207,7 @@ class ExportStream:
             try:
                 yield from rows
             finally:
-                rows.close()  # type: ignore[attr-defined]  # closes the server-side cursor now
+                rows.close()  # closes the server-side cursor now
 
     def iter_body(self) -> Iterator[bytes]:
         """Yield the encoded rows in chunks of about ``buffer_size`` bytes.

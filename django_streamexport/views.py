@@ -26,7 +26,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import InterfaceError, OperationalError, connections, models
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
@@ -85,6 +85,11 @@ class StreamingExportMixin:
     response_class = StreamingHttpResponse
     #: The class of the stream that reads and renders the rows.
     stream_class = ExportStream
+    #: How rows are read: ``"cursor"`` (one server-side cursor in a transaction) or
+    #: ``"keyset"`` (short page queries by ``keyset_key``; see django_streamexport.keyset).
+    export_mode = "cursor"
+    #: The unique, non-null field keyset pages are ordered by.
+    keyset_key = "pk"
 
     request: HttpRequest
 
@@ -263,20 +268,54 @@ class StreamingExportMixin:
         queryset = self.get_queryset()
         columns = self.get_columns(queryset)
         export_format = self.get_format(columns)
-        return self.stream_class(
+        return self.get_stream_class()(
             queryset,
             columns,
             export_format,
             chunk_size=self.get_chunk_size(),
             buffer_size=self.get_buffer_size(),
             using=self.get_using(),
-            max_rows=self.get_max_rows(),
-            statement_timeout=self.get_statement_timeout(),
-            idle_in_transaction_timeout=self.get_idle_in_transaction_timeout(),
-            user=getattr(self.request, "user", None),
+            **self.get_stream_kwargs(),
         )
 
-    def render_to_export_response(self, *, include_body: bool = True) -> HttpResponse:
+    def get_export_mode(self) -> str:
+        """Return ``"cursor"`` or ``"keyset"``. Default: ``export_mode``."""
+        return self.export_mode
+
+    def get_stream_class(self) -> type[ExportStream]:
+        """Return ``stream_class`` in cursor mode, ``KeysetExportStream`` in keyset mode.
+
+        Raises ``ImproperlyConfigured`` for another mode.
+        """
+        mode = self.get_export_mode()
+        if mode == "keyset":
+            from django_streamexport.keyset import KeysetExportStream
+
+            return KeysetExportStream
+        if mode != "cursor":
+            raise ImproperlyConfigured(
+                f'{type(self).__name__}.export_mode must be "cursor" or "keyset", not {mode!r}.'
+            )
+        return self.stream_class
+
+    def get_stream_kwargs(self) -> dict[str, Any]:
+        """Return the stream class's keyword arguments beyond the pipeline's own.
+
+        Default: the guards (``max_rows``, ``statement_timeout``,
+        ``idle_in_transaction_timeout``), the requesting ``user`` (for the
+        signals), and in keyset mode the ordering ``key``.
+        """
+        kwargs: dict[str, Any] = {
+            "max_rows": self.get_max_rows(),
+            "statement_timeout": self.get_statement_timeout(),
+            "idle_in_transaction_timeout": self.get_idle_in_transaction_timeout(),
+            "user": getattr(self.request, "user", None),
+        }
+        if self.get_export_mode() == "keyset":
+            kwargs["key"] = self.keyset_key
+        return kwargs
+
+    def render_to_export_response(self, *, include_body: bool = True) -> HttpResponseBase:
         """Return the streaming response, or a 4xx response for a bad request.
 
         With ``include_body=False`` (``HEAD``) the response has the same headers
@@ -303,6 +342,7 @@ class StreamingExportMixin:
             self.get_filename(),
             include_body=include_body,
             response_class=self.response_class,
+            request=self.request,
         )
 
     def export_request_error(self, exc: ExportRequestError) -> HttpResponse:
@@ -324,10 +364,10 @@ class BaseStreamingExportView(StreamingExportMixin, View):
 
     http_method_names = ["get", "head", "options"]
 
-    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return self.render_to_export_response()
 
-    def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def head(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         # View.setup() aliases head to get; a streamed HEAD would run the whole
         # query for nothing (gunicorn iterates and discards the body).
         return self.render_to_export_response(include_body=False)

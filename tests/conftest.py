@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -123,17 +124,20 @@ def backend_pid(alias: str = "default") -> int:
         return cursor.fetchone()[0]
 
 
+@contextlib.contextmanager
+def other_session(alias: str = "default"):
+    """Yield a cursor on a new connection to ``alias`` (another session, autocommit, any driver)."""
+    connection = connections.create_connection(alias)
+    try:
+        with connection.cursor() as cursor:
+            yield cursor
+    finally:
+        connection.close()
+
+
 def session_state(pid: int) -> str | None:
     """Return backend ``pid``'s state as another session sees it in pg_stat_activity."""
-    import psycopg
-
-    settings = connections["default"].settings_dict
-    with psycopg.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        dbname=connections["default"].settings_dict["NAME"],
-        autocommit=True,
-    ) as other:
-        row = other.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    with other_session() as cursor:
+        cursor.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cursor.fetchone()
     return row[0] if row else None

@@ -23,6 +23,8 @@ from django.db import connections
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+#: The import path of every server the tests start: the checkout and the example project.
+PYTHONPATH = os.pathsep.join([str(ROOT), str(ROOT / "example_project")])
 
 
 @dataclass
@@ -64,7 +66,7 @@ def gunicorn(port: int, tmp_path: Path, **env: str):
     log_path = tmp_path / f"gunicorn-{port}.log"
     full_env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "example_project")]),
+        "PYTHONPATH": PYTHONPATH,
         "DJANGO_SETTINGS_MODULE": "tests.server_settings",
         "STREAMEXPORT_SERVER_DB_NAME": db_name,
         "GUNICORN_BIND": f"{HOST}:{port}",

@@ -124,7 +124,7 @@ class ExportFormat:
         active = self._active
         if not active:
             return rows
-        converted = []
+        converted: list[Any] = []
         append = converted.append
         for row in rows:
             values = list(row)

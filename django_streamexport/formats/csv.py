@@ -94,7 +94,7 @@ class CSVFormat(ExportFormat):
         """Add CSV spellings (booleans, datetimes, JSON) and formula escaping to the base."""
         convert = super().get_converter(column)
         if convert is None:
-            convert = {
+            convert = {  # type: ignore[assignment]
                 kinds.BOOLEAN: boolean_text,
                 kinds.DATETIME: datetime_text,
                 kinds.JSON: json_text,

@@ -1,0 +1,94 @@
+"""The supported matrix: Python x Django x PostgreSQL driver, plus lint and types.
+
+    nox -s ci              # one combination per Django version (what CI runs)
+    nox -s tests           # the full matrix (Python 3.10-3.13 x Django 4.2/5.2/6.0 x driver)
+    nox -s "tests-3.12(django='6.0', driver='psycopg2')"   # one combination
+    nox -s lint types
+
+Every session needs PostgreSQL on 127.0.0.1:5432 (PGHOST/PGPORT/PGUSER override) and
+uses its own test database, so sessions may run side by side. Django prefers psycopg 3
+whenever it is importable, so the psycopg2 venvs do not install it.
+Django 6.0 needs Python 3.12 or later; those combinations are skipped on older
+interpreters.  Interpreters are found on PATH, then in pyenv's versions directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nox
+
+nox.options.sessions = ["ci", "lint", "types"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+DJANGOS = {"4.2": "Django>=4.2,<5.0", "5.2": "Django>=5.2,<6.0", "6.0": "Django>=6.0,<6.1"}
+#: Extras per driver. Django prefers psycopg 3 whenever it is importable, so the psycopg
+#: venv may also hold psycopg2 (test_checks' W003 test imports it); the psycopg2 venv must not
+#: hold psycopg.
+DRIVERS = {"psycopg": "psycopg,psycopg2", "psycopg2": "psycopg2"}
+#: One combination per Django version, both drivers covered: the default CI run.
+CI_COMBINATIONS = [
+    ("3.10", "4.2", "psycopg2"),
+    ("3.11", "5.2", "psycopg"),
+    ("3.12", "6.0", "psycopg"),
+]
+EXTRAS = "serve,example,cli,filter,drf,test"
+
+# pyenv installs interpreters as ~/.pyenv/versions/3.X.Y/bin/python3.X; make them findable
+# even when pyenv's shims would not resolve them.
+for _bin in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-9].*/bin")), reverse=True):
+    if _bin not in os.environ.get("PATH", ""):
+        os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
+
+
+def _run_tests(session: nox.Session, django: str, driver: str) -> None:
+    if django == "6.0" and session.python in ("3.10", "3.11"):
+        session.skip("Django 6.0 needs Python 3.12 or later.")
+    session.install("-e", f".[{DRIVERS[driver]},{EXTRAS}]", DJANGOS[django])
+    # Each combination gets its own PostgreSQL test database.
+    name = f"test_se_nox_{str(session.python).replace('.', '')}_{django.replace('.', '')}_{driver}"
+    env = {"STREAMEXPORT_TEST_DB_NAME": os.environ.get("STREAMEXPORT_TEST_DB_NAME", name)}
+    session.run(
+        "python",
+        "-c",
+        "import django, sys; from django.db.backends.postgresql import psycopg_any as p; "
+        "print('Python', sys.version.split()[0], 'Django', django.get_version(), "
+        "'driver', 'psycopg' if p.is_psycopg3 else 'psycopg2')",
+    )
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("driver", list(DRIVERS))
+@nox.parametrize("django", list(DJANGOS))
+def tests(session: nox.Session, django: str, driver: str) -> None:
+    """Run the test suite on one Python x Django x driver combination."""
+    _run_tests(session, django, driver)
+
+
+@nox.session(python=False)
+def ci(session: nox.Session) -> None:
+    """Run one combination per Django version (see CI_COMBINATIONS)."""
+    for python, django, driver in CI_COMBINATIONS:
+        session.notify(
+            f"tests-{python}(django='{django}', driver='{driver}')", posargs=session.posargs
+        )
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """Check the code with ruff (lint and format)."""
+    session.install("ruff")
+    session.run("ruff", "check", "django_streamexport", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "django_streamexport", "tests", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def types(session: nox.Session) -> None:
+    """Type-check the package with mypy and django-stubs (config in pyproject.toml)."""
+    session.install(
+        "-e", f".[psycopg,{EXTRAS}]", "mypy", "django-stubs", "djangorestframework-stubs"
+    )
+    session.run("mypy", "django_streamexport")

@@ -1,0 +1,162 @@
+"""The ``streamexport`` management command, in process and as a subprocess writing to a pipe."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.conftest import body, make_records, parse_csv, parse_ndjson
+from tests.servers import PYTHONPATH
+from tests.testapp.models import Record
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_writes_the_filtered_fields_to_a_file(tmp_path):
+    records = make_records("default")
+    target = tmp_path / "records.csv"
+    call_command(
+        "streamexport",
+        "testapp.Record",
+        "--format=csv",
+        "--fields=id,title,author__name",
+        "--filter=status=p",
+        f"--output={target}",
+        verbosity=0,
+    )
+    rows = parse_csv(target.read_bytes())
+    assert rows[0] == ["ID", "Record title", "Author name"]
+    expected = [r for r in records if r.status == "p"]
+    assert [int(row[0]) for row in rows[1:]] == [r.id for r in expected]
+    assert not (tmp_path / "records.csv.part").exists()
+
+
+def test_in_and_isnull_filters(tmp_path):
+    records = make_records("default")
+    wanted = [records[1].id, records[4].id]
+    out = io.StringIO()
+    call_command(
+        "streamexport",
+        "testapp.Record",
+        "--format=ndjson",
+        "--fields=id,count",
+        f"--filter=id__in={wanted[0]},{wanted[1]}",
+        "--filter=count__isnull=false",
+        stdout=out,
+    )
+    lines = parse_ndjson(out.getvalue().encode())
+    rows = [line for line in lines if "id" in line]
+    expected = [r for r in records if r.id in wanted and r.count is not None]
+    assert [(row["id"], row["count"]) for row in rows] == [(r.id, r.count) for r in expected]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_view_option_gives_the_same_bytes_as_the_web(client, tmp_path, fmt):
+    make_records("default")
+    web = body(client.get(f"/records/export/?format={fmt}"))
+    target = tmp_path / f"records.{fmt}"
+    call_command(
+        "streamexport",
+        "--view=tests.testapp.views.RecordExport",
+        f"--format={fmt}",
+        f"--output={target}",
+        verbosity=0,
+    )
+    assert target.read_bytes() == web
+    assert len(web) > 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["testapp.Nope", "--fields=id"], "Unknown model 'testapp.Nope'"),
+        (["nodot", "--fields=id"], "Unknown model 'nodot'"),
+        (["testapp.Record", "--fields=id,nope"], "Cannot export 'nope'"),
+        (["testapp.Record", "--fields=id", "--filter=status"], "Malformed --filter 'status'"),
+        (["testapp.Record", "--fields=id", "--filter=nope=1"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--filter=count=abc"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--filter=day=notadate"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--format=xlsx"], "Unknown export format 'xlsx'"),
+        (["testapp.Record"], "--fields is required"),
+        ([], "Name a model"),
+        (["--view=tests.testapp.views.Nope"], "Cannot import the view"),
+        (["--view=tests.testapp.models.Record"], "is not a StreamingExportMixin"),
+        (["testapp.Record", "--view=tests.testapp.views.RecordExport"], "not both"),
+    ],
+)
+def test_bad_input_is_a_command_error(args, message):
+    with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        call_command("streamexport", *args, stdout=io.StringIO())
+
+
+def test_progress_reports_rows_and_megabytes_per_second(capsys, tmp_path):
+    make_records("default", count=50)
+    call_command(
+        "streamexport",
+        "testapp.Record",
+        "--fields=id,title",
+        f"--output={tmp_path / 'x.csv'}",
+        "--progress",
+        verbosity=0,
+    )
+    err = capsys.readouterr().err
+    assert re.search(r"\b50(\.0)? rows \[", err), err
+    assert "MB/s" in err
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": PYTHONPATH,
+        "DJANGO_SETTINGS_MODULE": "tests.asgi_project.settings",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "django", "streamexport", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,  # stdout and stderr are pipes, not terminals
+        timeout=120,
+    )
+
+
+def test_subprocess_writes_to_a_pipe_without_progress_bar():
+    records = make_records("default", count=3000)
+    result = _run("testapp.Record", "--format=csv", "--fields=id,title")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    rows = parse_csv(result.stdout)
+    assert rows[1:] == [[str(r.id), r.title] for r in records]
+
+
+def test_subprocess_bad_input_exits_non_zero_with_the_message():
+    result = _run("testapp.Nope", "--fields=id")
+    assert result.returncode != 0
+    assert b"Unknown model 'testapp.Nope'" in result.stderr
+    assert result.stdout == b""
+    assert Record.objects.count() == 0
+
+
+def test_keyset_mode_gives_the_same_file(tmp_path):
+    make_records("default", count=120)
+    outputs = []
+    for mode in ("cursor", "keyset"):
+        target = tmp_path / f"{mode}.csv"
+        call_command(
+            "streamexport",
+            "--view=tests.testapp.views.RecordExport",
+            f"--mode={mode}",
+            f"--output={target}",
+            verbosity=0,
+        )
+        outputs.append(target.read_bytes())
+    assert outputs[0] == outputs[1]
+    assert len(parse_csv(outputs[0])) == 121
