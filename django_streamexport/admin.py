@@ -48,10 +48,21 @@ from django.utils.translation import gettext as _
 
 from django_streamexport.columns import Column, ExportField, _walk_lookup, resolve_columns
 from django_streamexport.conf import conf
-from django_streamexport.exceptions import ExportRequestError, UnknownField, UnknownFormat
+from django_streamexport.exceptions import (
+    ExportRefused,
+    ExportRequestError,
+    UnknownField,
+    UnknownFormat,
+)
 from django_streamexport.formats import default_format_classes, format_classes_by_name
 from django_streamexport.formats.base import ExportFormat
-from django_streamexport.responses import export_response
+from django_streamexport.responses import (
+    admit_export,
+    ensure_database,
+    export_error_response,
+    export_response,
+    user_admission_key,
+)
 from django_streamexport.streaming import ExportStream
 
 __all__ = [
@@ -102,9 +113,7 @@ def export_action(format_name: str, description: str | None = None) -> Callable[
         try:
             return modeladmin.export_queryset_response(request, queryset, format_name)
         except ExportRequestError as exc:
-            return HttpResponse(
-                f"{exc}\n", status=exc.status_code, content_type="text/plain; charset=utf-8"
-            )
+            return export_error_response(exc)
 
     export_selected.__name__ = f"export_as_{format_name}"
     export_selected.__qualname__ = export_selected.__name__
@@ -305,9 +314,10 @@ class ExportAdminMixin:
         """Return the streaming response exporting ``queryset`` (never evaluated here).
 
         ``field_names`` picks and orders columns among the allowed fields
-        (default: all of them).  Raises ``ExportRequestError`` subclasses (400)
-        for a format or field the admin does not offer.  A ``HEAD`` request
-        gets the headers and never runs the query.
+        (default: all of them).  Raises ``ExportRequestError`` subclasses: 400
+        for a format or field the admin does not offer, 429 past the concurrent
+        export limits, 503 when the database cannot be reached.  A ``HEAD``
+        request gets the headers and never runs the query.
         """
         queryset = _rows_once(queryset)
         columns = self.get_export_columns(request, queryset, field_names)
@@ -319,9 +329,20 @@ class ExportAdminMixin:
             chunk_size=conf.CHUNK_SIZE,
             buffer_size=conf.BUFFER_SIZE,
             using=conf.DATABASE,
+            user=getattr(request, "user", None),
         )
+        # The same admission control (429) and database check (503) as the views.
+        stream.add_closer(admit_export(user_admission_key(request)).release)
+        try:
+            ensure_database(stream)
+        except ExportRequestError:
+            stream.close()
+            raise
         return export_response(
-            stream, self.get_export_filename(request), include_body=request.method != "HEAD"
+            stream,
+            self.get_export_filename(request),
+            include_body=request.method != "HEAD",
+            request=request,
         )
 
     # --- the changelist and the export page ------------------------------------------------
@@ -407,6 +428,8 @@ class ExportAdminMixin:
                 return self.export_queryset_response(
                     request, queryset, request.GET[FORMAT_VAR], field_names
                 )
+            except ExportRefused as exc:
+                return export_error_response(exc)
             except ExportRequestError as exc:
                 error = str(exc)
             except IncorrectLookupParameters:

@@ -6,15 +6,21 @@ share this, so every export response carries the same headers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Hashable, Iterator
 from typing import Any
 
-from django.http import HttpRequest, StreamingHttpResponse
+from django.db import InterfaceError, OperationalError, connections
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from django_streamexport.asgi import AsyncExportStream, AsyncNoBody, is_asgi_request
 from django_streamexport.conf import conf
+from django_streamexport.exceptions import DatabaseUnavailable, ExportRefused, ExportRequestError
 from django_streamexport.http import attachment_header, safe_filename
+from django_streamexport.limits import Slot, export_slots
 from django_streamexport.streaming import ExportStream
+
+logger = logging.getLogger("django_streamexport")
 
 
 def export_headers(stream: ExportStream, filename: str) -> dict[str, str]:
@@ -81,4 +87,66 @@ def export_response(
     response = response_class(content, content_type=stream.format.content_type)
     for header, value in export_headers(stream, filename).items():
         response[header] = value
+    return response
+
+
+def user_admission_key(request: HttpRequest | None) -> Hashable | None:
+    """Return the key per-user export limits count under: the authenticated user's pk.
+
+    Anonymous requests (and no request) return ``None``: they count only
+    against the process-wide limit.
+    """
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return ("user", user.pk)
+    return None
+
+
+def admit_export(key: Hashable | None) -> Slot:
+    """Take a place among the exports running in this process; release it with ``slot.release()``.
+
+    Raises :class:`~django_streamexport.exceptions.TooManyExports` (429) past
+    ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS``, or past
+    ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER`` for ``key``.
+    """
+    return export_slots.acquire(
+        key,
+        limit=conf.MAX_CONCURRENT_EXPORTS,
+        per_user_limit=conf.MAX_CONCURRENT_EXPORTS_PER_USER,
+        retry_after=conf.RETRY_AFTER,
+    )
+
+
+def ensure_database(stream: ExportStream) -> None:
+    """Make sure the export's database answers before the 200 goes out.
+
+    Opens (or keeps) the connection the stream will use.  Raises
+    :class:`~django_streamexport.exceptions.DatabaseUnavailable` (503) when it
+    cannot be opened; once streaming has started the status could no longer
+    change.
+    """
+    try:
+        connections[stream.using].ensure_connection()
+    except (OperationalError, InterfaceError) as exc:
+        logger.warning(
+            "Export %s refused: database %r unreachable: %s", stream.export_id, stream.using, exc
+        )
+        raise DatabaseUnavailable(
+            "The export database cannot be reached right now; try again later.",
+            retry_after=conf.RETRY_AFTER,
+        ) from exc
+
+
+def export_error_response(exc: ExportRequestError) -> HttpResponse:
+    """Return the plain-text 4xx/5xx response for an export that cannot start.
+
+    The body is the exception's message (written for the client, no
+    internals); refusals (429, 503) carry ``Retry-After`` in seconds.
+    """
+    response = HttpResponse(
+        f"{exc}\n", status=exc.status_code, content_type="text/plain; charset=utf-8"
+    )
+    response["Cache-Control"] = "no-store"
+    if isinstance(exc, ExportRefused):
+        response["Retry-After"] = str(exc.retry_after)
     return response

@@ -20,30 +20,28 @@ Three layers, as in Django's generic views:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import InterfaceError, OperationalError, connections, models
+from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
 from django_streamexport.conf import conf
-from django_streamexport.exceptions import (
-    DatabaseUnavailable,
-    ExportRefused,
-    ExportRequestError,
-    UnknownFormat,
-)
+from django_streamexport.exceptions import ExportRequestError, UnknownFormat
 from django_streamexport.formats import default_format_classes, format_classes_by_name
 from django_streamexport.formats.base import ExportFormat
-from django_streamexport.limits import Slot, export_slots
-from django_streamexport.responses import export_response
+from django_streamexport.limits import Slot
+from django_streamexport.responses import (
+    admit_export,
+    ensure_database,
+    export_error_response,
+    export_response,
+    user_admission_key,
+)
 from django_streamexport.streaming import ExportStream
-
-logger = logging.getLogger("django_streamexport")
 
 __all__ = ["BaseStreamingExportView", "StreamingExportMixin", "StreamingExportView"]
 
@@ -216,10 +214,7 @@ class StreamingExportMixin:
         Default: the authenticated user's primary key; anonymous requests are
         counted only against the process-wide limit.
         """
-        user = getattr(self.request, "user", None)
-        if user is not None and user.is_authenticated:
-            return ("user", user.pk)
-        return None
+        return user_admission_key(self.request)
 
     def admit_export(self) -> Slot:
         """Take a place among the exports running in this process.
@@ -228,34 +223,15 @@ class StreamingExportMixin:
         past ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS`` or
         ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER``.
         """
-        return export_slots.acquire(
-            self.get_admission_key(),
-            limit=conf.MAX_CONCURRENT_EXPORTS,
-            per_user_limit=conf.MAX_CONCURRENT_EXPORTS_PER_USER,
-            retry_after=conf.RETRY_AFTER,
-        )
+        return admit_export(self.get_admission_key())
 
     def check_database(self, stream: ExportStream) -> None:
         """Make sure the export's database answers before the 200 goes out.
 
-        Opens (or keeps) the connection the stream will use.  Raises
-        :class:`~django_streamexport.exceptions.DatabaseUnavailable` (503)
-        when it cannot be opened; once streaming has started the status could
-        no longer change.
+        Raises :class:`~django_streamexport.exceptions.DatabaseUnavailable`
+        (503) when it cannot be reached.
         """
-        try:
-            connections[stream.using].ensure_connection()
-        except (OperationalError, InterfaceError) as exc:
-            logger.warning(
-                "Export %s refused: database %r unreachable: %s",
-                stream.export_id,
-                stream.using,
-                exc,
-            )
-            raise DatabaseUnavailable(
-                "The export database cannot be reached right now; try again later.",
-                retry_after=conf.RETRY_AFTER,
-            ) from exc
+        ensure_database(stream)
 
     # --- the response -----------------------------------------------------------
 
@@ -350,13 +326,7 @@ class StreamingExportMixin:
 
         Refusals (429, 503) carry ``Retry-After`` in seconds.
         """
-        response = HttpResponse(
-            f"{exc}\n", status=exc.status_code, content_type="text/plain; charset=utf-8"
-        )
-        response["Cache-Control"] = "no-store"
-        if isinstance(exc, ExportRefused):
-            response["Retry-After"] = str(exc.retry_after)
-        return response
+        return export_error_response(exc)
 
 
 class BaseStreamingExportView(StreamingExportMixin, View):

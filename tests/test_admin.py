@@ -416,3 +416,40 @@ def test_rows_once_keeps_objects_with_equal_values_apart():
     assert list(_rows_once(distinct).values_list("id", flat=True)) == list(
         Record.objects.order_by("-id").values_list("id", flat=True)
     )
+
+
+# --- the same guards as the views ---------------------------------------------------------
+
+
+def test_admin_exports_take_an_admission_slot(admin_client):
+    """Past STREAMEXPORT_MAX_CONCURRENT_EXPORTS an admin export is a 429, before streaming."""
+    records = make_records("default")
+    with override_settings(STREAMEXPORT_MAX_CONCURRENT_EXPORTS=1):
+        running = post_action(admin_client, "export_as_csv", [records[0].pk])
+        assert running.status_code == 200
+        refused = post_action(admin_client, "export_as_ndjson", [records[0].pk])
+        assert refused.status_code == 429
+        assert refused["Retry-After"] == "10"
+        page = admin_client.get(EXPORT, {"format": "csv"})
+        assert page.status_code == 429
+        body(running)  # the first export ends and gives its place back
+        assert post_action(admin_client, "export_as_ndjson", [records[0].pk]).status_code == 200
+
+
+def test_admin_exports_name_the_user_in_the_signals(admin_client):
+    from django_streamexport.signals import export_finished
+
+    records = make_records("default")
+    received = []
+
+    def receiver(sender, **kwargs):
+        received.append(kwargs)
+
+    export_finished.connect(receiver)
+    try:
+        body(post_action(admin_client, "export_as_csv", [records[0].pk]))
+    finally:
+        export_finished.disconnect(receiver)
+    assert received[-1]["user"].username == "admin"
+    assert received[-1]["outcome"] == "complete"
+    assert received[-1]["rows"] == 1
