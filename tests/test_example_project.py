@@ -233,3 +233,21 @@ def test_flight_export_filters_and_rejects_a_bad_month(client):
     ]
     assert len(records) == len(expected) > 0
     assert response.status_code == 400
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.urls("config.urls")
+def test_filtered_flight_export_applies_the_filterset(client):
+    from flights.models import Flight
+
+    load("default", limit=SAMPLE)
+    url = "/exports/flights/filtered/?format=ndjson&origin=JFK&dep_delay__gte=60"
+    records = parse_ndjson(body(client.get(url)))
+    expected = Flight.objects.filter(origin="JFK", dep_delay__gte=60).order_by("time_hour", "id")
+    assert sorted(r["id"] for r in records) == sorted(expected.values_list("id", flat=True))
+    assert len(records) > 0
+    assert all(r["origin"] == "JFK" and r["dep_delay"] >= 60 for r in records)
+
+    refused = client.get("/exports/flights/filtered/?format=csv&dep_delay__gte=soon")
+    assert refused.status_code == 400
+    assert b"dep_delay__gte" in refused.content

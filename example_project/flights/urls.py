@@ -9,5 +9,10 @@ urlpatterns = [
     # Under /exports/ because deploy/nginx routes that prefix with buffering off and long
     # read timeouts.
     path("exports/flights/", views.FlightExport.as_view(), name="flight-export"),
+    path(
+        "exports/flights/filtered/",
+        views.FilteredFlightExport.as_view(),
+        name="flight-export-filtered",
+    ),
     path("exports/weather/", views.WeatherExport.as_view(), name="weather-export"),
 ]

@@ -15,7 +15,10 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.views.generic import TemplateView
 
+import django_filters
+
 from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.filters import FilteredExportView
 from django_streamexport.views import StreamingExportView
 from flights.models import Flight, Weather
 
@@ -94,6 +97,31 @@ class WeatherExport(StreamingExportView):
     filename = "weather"
 
 
+class FlightFilter(django_filters.FilterSet):
+    """The filters a flights list page would offer; the filtered export reads the same."""
+
+    class Meta:
+        model = Flight
+        fields = {
+            "origin": ["exact"],
+            "carrier": ["exact"],
+            "month": ["exact"],
+            "dep_delay": ["gte", "lte"],
+        }
+
+
+class FilteredFlightExport(FilteredExportView):
+    """Flights narrowed by a django-filter FilterSet: ?origin=JFK&dep_delay__gte=60.
+
+    Invalid filter values (``?dep_delay__gte=soon``) are a 400 listing the form errors.
+    """
+
+    model = Flight
+    filterset_class = FlightFilter
+    export_fields = ("id", "time_hour", "carrier__name", "origin", "dest_faa", "dep_delay")
+    filename = "flights-filtered"
+
+
 class IndexView(TemplateView):
     """List the export URLs in each format, and link to the admin."""
 
@@ -103,6 +131,8 @@ class IndexView(TemplateView):
         ("All flights", "flights:flight-export", {}),
         ("JetBlue flights from JFK in January", "flights:flight-export",
          {"carrier": "B6", "origin": "JFK", "month": "1"}),
+        ("Flights from JFK delayed an hour or more (django-filter)",
+         "flights:flight-export-filtered", {"origin": "JFK", "dep_delay__gte": "60"}),
         ("Hourly weather", "flights:weather-export", {}),
     )  # fmt: skip
     formats = ("csv", "ndjson")
