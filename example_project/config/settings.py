@@ -8,6 +8,11 @@ Everything that differs between a laptop and a benchmark box comes from the envi
 - ``DJANGO_DEBUG``: ``1``/``true``/``yes`` turns DEBUG on (default off, as in production).
 - ``DJANGO_SECRET_KEY``: required anywhere but a laptop.
 - ``DJANGO_ALLOWED_HOSTS``: comma-separated hosts added to the loopback ones.
+- ``STREAMEXPORT_CHUNK_SIZE``, ``STREAMEXPORT_BUFFER_SIZE``: the library settings of the same
+  names (rows per fetch, bytes per chunk), to try the latency/throughput trade-off in
+  deploy/README.md ("Concurrency") without editing this file.
+- ``STREAMEXPORT_EXAMPLE_SELF_TEST``: ``1`` turns on ``/exports/self-test/``, an export that
+  fails on purpose after some rows, to check a proxy chain (deploy/README.md). Off by default.
 """
 
 import os
@@ -136,6 +141,17 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 LOGIN_URL = "admin:login"
+
+# The library's own settings, when given in the environment (the library's defaults otherwise).
+if os.environ.get("STREAMEXPORT_CHUNK_SIZE", "").strip():
+    STREAMEXPORT_CHUNK_SIZE = int(os.environ["STREAMEXPORT_CHUNK_SIZE"])
+if os.environ.get("STREAMEXPORT_BUFFER_SIZE", "").strip():
+    STREAMEXPORT_BUFFER_SIZE = int(os.environ["STREAMEXPORT_BUFFER_SIZE"])
+
+# The deployment self-test export (flights.views.SelfTestExport): off unless asked for, since it
+# exists only to fail. Operators turn it on for a moment to check that a failed export reaches
+# clients as a failure through every proxy in front of the app (deploy/README.md).
+STREAMEXPORT_EXAMPLE_SELF_TEST = _env_bool("STREAMEXPORT_EXAMPLE_SELF_TEST")
 
 LOGGING = {
     "version": 1,

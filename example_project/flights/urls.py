@@ -10,4 +10,6 @@ urlpatterns = [
     # read timeouts.
     path("exports/flights/", views.FlightExport.as_view(), name="flight-export"),
     path("exports/weather/", views.WeatherExport.as_view(), name="weather-export"),
+    # Fails on purpose mid-stream; 404 unless STREAMEXPORT_EXAMPLE_SELF_TEST is on.
+    path("exports/self-test/", views.SelfTestExport.as_view(), name="self-test-export"),
 ]
