@@ -37,9 +37,13 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def worker_pid(self) -> int:
+    def worker_pids(self) -> list[int]:
+        """Return the pids of the master's children (two for a while during a reload)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
-        pids = [int(pid) for pid in children.split()]
+        return [int(pid) for pid in children.split()]
+
+    def worker_pid(self) -> int:
+        pids = self.worker_pids()
         assert len(pids) == 1, pids
         return pids[0]
 
@@ -398,10 +402,10 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 @dataclass
 class Latencies:
-    """Seconds each small request took, sorted, and whether every export outlasted them."""
+    """Seconds each small request took (sorted), over ``window`` seconds of measuring."""
 
     seconds: list[float]
-    exports_running_throughout: bool
+    window: float
 
     def ms(self, p: float) -> float:
         return percentile(self.seconds, p) * 1000
@@ -410,6 +414,7 @@ class Latencies:
         return (
             f"n={len(self.seconds)} p50={self.ms(50):.0f} ms p95={self.ms(95):.0f} ms "
             f"p99={self.ms(99):.0f} ms max={self.seconds[-1] * 1000:.0f} ms"
+            f" (over {self.window:.1f} s)"
         )
 
 
@@ -444,8 +449,9 @@ def ping_while_exporting(
     The downloads are real ``curl`` processes reading as fast as they can (so the exports
     are CPU-bound in the worker).  Pinging starts once all of them hold an open transaction
     on ``dbname`` (they are reading rows) and goes on, one request every ``interval`` s, for
-    ``window`` s or until the first download ends.  The downloads are then stopped and the
-    sessions are waited out (10 s at most).
+    ``window`` s or until the first download ends, so every request measured ran beside all
+    the exports.  The downloads are then stopped and the sessions are waited out (10 s at
+    most).
     """
     curls = [
         subprocess.Popen(
@@ -462,13 +468,16 @@ def ping_while_exporting(
             lambda: f"{exports} exports did not all start: {sessions_on(dbname)}",
         )
         seconds = []
-        deadline = time.monotonic() + window
-        while time.monotonic() < deadline and all(c.poll() is None for c in curls):
-            seconds.append(timed_get(ping_port, ping_path))
+        started = time.monotonic()
+        while time.monotonic() < started + window:
+            took = timed_get(ping_port, ping_path)
+            if not all(c.poll() is None for c in curls):
+                break  # an export ended while this request ran: not counted
+            seconds.append(took)
             time.sleep(interval)
-        running = all(c.poll() is None for c in curls)
+        measured = time.monotonic() - started
     finally:
         for curl in curls:
             stop_process(curl, signal.SIGTERM, timeout=5)
     wait_for(lambda: not sessions_on(dbname), 10, lambda: f"sessions left: {sessions_on(dbname)}")
-    return Latencies(sorted(seconds), running)
+    return Latencies(sorted(seconds), measured)
