@@ -5,6 +5,7 @@ Ids are stable; each is documented in the README's "System checks" section.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -129,9 +130,9 @@ def check_green_psycopg2(app_configs: Any = None, **kwargs: Any) -> list[Warning
         return []
     if postgresql_driver() != "psycopg2":
         return []
-    import psycopg2.extensions
-
-    if psycopg2.extensions.get_wait_callback() is not None:
+    # Imported by name: psycopg2 has no type stubs, and Django has imported it already.
+    extensions = importlib.import_module("psycopg2.extensions")
+    if extensions.get_wait_callback() is not None:
         return []
     return [
         Warning(
