@@ -151,8 +151,8 @@ LOGIN_URL = "admin:login"
 # them into Python values is CPU work) or rendering one BUFFER_SIZE chunk; it yields between
 # steps. Another request on the same worker waits for the steps of every export ahead of it,
 # so its latency grows with (exports running) x (step). Measured with 8 exports on one worker
-# (scripts/bench-concurrency, deploy/README.md "Concurrency"): p99 of a small request about
-# 190 ms with the defaults and under 100 ms with these, at the same export throughput.
+# (scripts/bench-concurrency, deploy/README.md "Concurrency"): p99 of a small request 180 to
+# 380 ms with the defaults and under 100 ms with these, at the same export throughput.
 # The environment variables of the same names override both.
 STREAMEXPORT_CHUNK_SIZE = int(os.environ.get("STREAMEXPORT_CHUNK_SIZE") or 500)
 STREAMEXPORT_BUFFER_SIZE = int(os.environ.get("STREAMEXPORT_BUFFER_SIZE") or 32 * 1024)
