@@ -80,10 +80,11 @@ worker_connections = _env_int(
 
 # For gevent workers this is a heartbeat, not a request time limit: the worker's main loop
 # checks in every second, so exports may run for hours. The arbiter kills a worker only when its
-# event loop has not run for this long: a greenlet that never yields. A streaming export is one
-# whenever its database driver waits outside gevent (psycopg2 without psycogreen, SQLite) and
-# the client keeps up, since writes that do not block do not yield either: such an export owns
-# the worker until it ends, and is killed with it after 30 s (facts 1.1, 1.2; deploy/README.md).
+# event loop has not run for this long: a greenlet that never yields. The exports yield between
+# chunks (a write that does not block would not), but a database call that waits outside gevent
+# does not: with psycopg2 without psycogreen (or SQLite) one query or FETCH that takes longer
+# than this, such as a big sort before the first row, gets the worker killed (facts 1.1, 1.2;
+# deploy/README.md). The arbiter logs "WORKER TIMEOUT".
 # Killing a worker takes every stream in it down, so do not lower this to "catch slow
 # requests"; 30 s (the default) recovers a stuck worker reasonably fast and tolerates long
 # CPU-bound stretches such as encoding a big batch.

@@ -1,4 +1,4 @@
-"""App configuration: registers the system checks."""
+"""App configuration: registers the system checks and logs the serving ones in gevent workers."""
 
 from django.apps import AppConfig
 
@@ -8,4 +8,7 @@ class StreamExportConfig(AppConfig):
     verbose_name = "Streaming exports"
 
     def ready(self) -> None:
-        from django_streamexport import checks  # noqa: F401  (registers the checks)
+        from django_streamexport import checks  # (importing registers the checks)
+
+        # Checks never run under gunicorn; log the ones about serving where they matter.
+        checks.log_serving_warnings()

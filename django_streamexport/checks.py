@@ -5,6 +5,8 @@ Ids are stable; each is documented in the README's "System checks" section.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import sys
 from typing import Any
 
@@ -14,6 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_streamexport.conf import conf
+
+logger = logging.getLogger("django_streamexport")
 
 
 @register(Tags.compatibility)
@@ -26,7 +30,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 Error(
                     f"STREAMEXPORT_{name} must be a positive integer, not {value!r}.",
                     hint=f"Remove STREAMEXPORT_{name} to use the default.",
-                    id="django_streamexport.E001" if name == "CHUNK_SIZE" else "django_streamexport.E002",
+                    id="django_streamexport.E001"
+                    if name == "CHUNK_SIZE"
+                    else "django_streamexport.E002",
                 )
             )
     delimiter = conf.CSV_DELIMITER
@@ -95,16 +101,39 @@ def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: An
     return warnings
 
 
+def postgresql_driver() -> str | None:
+    """Return ``"psycopg"`` or ``"psycopg2"``: the driver Django's PostgreSQL backend uses here.
+
+    ``None`` when no database in ``DATABASES`` is PostgreSQL or no driver is installed.
+    Django tries psycopg 3 first and falls back to psycopg2
+    (``django/db/backends/postgresql/psycopg_any.py``), so having psycopg2 installed (or
+    imported) does not mean it is used.
+    """
+    if not any("postgresql" in db.get("ENGINE", "") for db in settings.DATABASES.values()):
+        return None
+    try:
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+    except ImportError:
+        return None
+    return "psycopg" if is_psycopg3 else "psycopg2"
+
+
 @register(Tags.compatibility)
 def check_green_psycopg2(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
-    """Warn when gevent patched the process but psycopg2 would block it (W003)."""
+    """Warn when gevent patched the process but Django's psycopg2 would block it (W003).
+
+    psycopg 3 cooperates with a patched process on its own; psycopg2 only through a wait
+    callback (psycogreen).  Source: psycopg2 docs, "Support for coroutine libraries";
+    psycopg 3 docs, "Gevent support".
+    """
     gevent_monkey = sys.modules.get("gevent.monkey")
-    psycopg2_extensions = sys.modules.get("psycopg2.extensions")
-    if gevent_monkey is None or psycopg2_extensions is None:
+    if gevent_monkey is None or not gevent_monkey.is_module_patched("socket"):
         return []
-    if not gevent_monkey.is_module_patched("socket"):
+    if postgresql_driver() != "psycopg2":
         return []
-    if psycopg2_extensions.get_wait_callback() is not None:
+    # Imported by name: psycopg2 has no type stubs, and Django has imported it already.
+    extensions = importlib.import_module("psycopg2.extensions")
+    if extensions.get_wait_callback() is not None:
         return []
     return [
         Warning(
@@ -115,3 +144,22 @@ def check_green_psycopg2(app_configs: Any = None, **kwargs: Any) -> list[Warning
             id="django_streamexport.W003",
         )
     ]
+
+
+def log_serving_warnings() -> list[Warning]:
+    """Log the deployment warnings (W001-W003) when the app loads in a gevent server worker.
+
+    Django runs system checks in ``manage.py`` commands, never under gunicorn, so a worker
+    started without psycogreen would otherwise say nothing until exports stall.  When gevent
+    has monkey-patched the process (a gevent worker loading the application, after its
+    ``post_fork`` hook), the database checks run here once more and each warning is logged
+    to the ``django_streamexport`` logger, which reaches the server's log.  Elsewhere
+    (management commands, tests) this does nothing.  Returns the warnings logged.
+    """
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is None or not gevent_monkey.is_module_patched("socket"):
+        return []
+    warnings = [*check_databases(), *check_green_psycopg2()]
+    for warning in warnings:
+        logger.warning("%s: %s HINT: %s", warning.id, warning.msg, warning.hint)
+    return warnings

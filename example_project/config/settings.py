@@ -8,6 +8,12 @@ Everything that differs between a laptop and a benchmark box comes from the envi
 - ``DJANGO_DEBUG``: ``1``/``true``/``yes`` turns DEBUG on (default off, as in production).
 - ``DJANGO_SECRET_KEY``: required anywhere but a laptop.
 - ``DJANGO_ALLOWED_HOSTS``: comma-separated hosts added to the loopback ones.
+- ``DATABASE_DISABLE_SERVER_SIDE_CURSORS``: ``1`` sets Django's ``DISABLE_SERVER_SIDE_CURSORS``
+  (needed behind PgBouncer in transaction pooling mode; see check W001).
+- ``STREAMEXPORT_CHUNK_SIZE``, ``STREAMEXPORT_BUFFER_SIZE``: the library settings of the same
+  names (rows per fetch, bytes per chunk; 500 and 32768 here, see below).
+- ``STREAMEXPORT_EXAMPLE_SELF_TEST``: ``1`` turns on ``/exports/self-test/``, an export that
+  fails on purpose after some rows, to check a proxy chain (deploy/README.md). Off by default.
 """
 
 import os
@@ -111,6 +117,9 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'example.sqlite3'}",
         conn_max_age=0,
+        # Behind PgBouncer in transaction pooling mode Django needs this, and exports then
+        # load every row into memory first: check W001 says so at start-up.
+        disable_server_side_cursors=_env_bool("DATABASE_DISABLE_SERVER_SIDE_CURSORS"),
     ),
 }
 
@@ -136,6 +145,22 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 LOGIN_URL = "admin:login"
+
+# Smaller steps than the library's defaults (2000 rows, 64 KiB), for a gevent worker. An
+# export runs without yielding for one step at a time: one fetch of CHUNK_SIZE rows (turning
+# them into Python values is CPU work) or rendering one BUFFER_SIZE chunk; it yields between
+# steps. Another request on the same worker waits for the steps of every export ahead of it,
+# so its latency grows with (exports running) x (step). Measured with 8 exports on one worker
+# (scripts/bench-concurrency, deploy/README.md "Concurrency"): p99 of a small request 180 to
+# 380 ms with the defaults and under 100 ms with these, at the same export throughput.
+# The environment variables of the same names override both.
+STREAMEXPORT_CHUNK_SIZE = int(os.environ.get("STREAMEXPORT_CHUNK_SIZE") or 500)
+STREAMEXPORT_BUFFER_SIZE = int(os.environ.get("STREAMEXPORT_BUFFER_SIZE") or 32 * 1024)
+
+# The deployment self-test export (flights.views.SelfTestExport): off unless asked for, since it
+# exists only to fail. Operators turn it on for a moment to check that a failed export reaches
+# clients as a failure through every proxy in front of the app (deploy/README.md).
+STREAMEXPORT_EXAMPLE_SELF_TEST = _env_bool("STREAMEXPORT_EXAMPLE_SELF_TEST")
 
 LOGGING = {
     "version": 1,

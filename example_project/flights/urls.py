@@ -15,4 +15,6 @@ urlpatterns = [
         name="flight-export-filtered",
     ),
     path("exports/weather/", views.WeatherExport.as_view(), name="weather-export"),
+    # Fails on purpose mid-stream; 404 unless STREAMEXPORT_EXAMPLE_SELF_TEST is on.
+    path("exports/self-test/", views.SelfTestExport.as_view(), name="self-test-export"),
 ]

@@ -8,10 +8,13 @@ streams them without logging in. For private data, put ``PermissionRequiredMixin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.views.generic import TemplateView
 
@@ -19,6 +22,7 @@ import django_filters
 
 from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.filters import FilteredExportView
+from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportView
 from flights.models import Flight, Weather
 
@@ -120,6 +124,61 @@ class FilteredFlightExport(FilteredExportView):
     filterset_class = FlightFilter
     export_fields = ("id", "time_hour", "carrier__name", "origin", "dest_faa", "dep_delay")
     filename = "flights-filtered"
+
+
+class SelfTestFailure(RuntimeError):
+    """Raised on purpose by the self-test export, after some rows have been sent."""
+
+
+class SelfTestStream(ExportStream):
+    """An export stream that fails once at least ``fail_after`` rows have been sent."""
+
+    fail_after = 1000
+
+    def iter_body(self) -> Iterator[bytes]:
+        for chunk in super().iter_body():
+            yield chunk
+            if self.rows >= self.fail_after:
+                raise SelfTestFailure(
+                    f"Self-test export: failing on purpose after {self.rows} rows."
+                )
+
+
+class SelfTestExport(FlightExport):
+    """Stream flights, then fail on purpose: a deployment self-test for the proxy chain.
+
+    ``GET /exports/self-test/?format=csv&rows=N`` sends the headers, the first N rows or a
+    little more (whole chunks: ``STREAMEXPORT_BUFFER_SIZE`` bytes each) and then raises
+    :class:`SelfTestFailure` mid-stream, as a database error would.  A correct chain (gunicorn,
+    nginx with ``proxy_http_version 1.1``, any load balancer) hands the client a *cut*
+    transfer: ``curl`` exits with 18, a browser reports a failed download, Python raises
+    ``IncompleteRead``.  A complete-looking file means a proxy hides failed exports
+    (deploy/README.md, "Check your proxy chain").  NDJSON ends with the error record.
+
+    ``rows`` defaults to 1000 and is capped at 100,000.  The view answers 404 unless the
+    ``STREAMEXPORT_EXAMPLE_SELF_TEST`` setting is true (environment variable of the same name),
+    so it exists only while an operator checks a deployment.
+    """
+
+    stream_class = SelfTestStream
+    filename = "self-test"
+    max_fail_after = 100_000
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not getattr(settings, "STREAMEXPORT_EXAMPLE_SELF_TEST", False):
+            raise Http404("The self-test export is off (STREAMEXPORT_EXAMPLE_SELF_TEST).")
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_export_stream(self) -> ExportStream:
+        """Return the flights stream, set to fail after ``?rows=`` rows (400 if not a number)."""
+        rows = self.request.GET.get("rows", "1000")
+        if not rows.isdigit() or not 0 < int(rows) <= self.max_fail_after:
+            raise ExportRequestError(
+                f"rows must be a number from 1 to {self.max_fail_after}, not {rows[:20]!r}."
+            )
+        stream = super().get_export_stream()
+        stream.fail_after = int(rows)  # type: ignore[attr-defined]
+        return stream
 
 
 class IndexView(TemplateView):
