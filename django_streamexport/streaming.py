@@ -28,7 +28,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from itertools import islice
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
+from django.db.models.sql.constants import MULTI
 
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.formats.base import ExportFormat
@@ -39,6 +40,15 @@ logger = logging.getLogger("django_streamexport")
 FIRST_BATCH_ROWS = 16
 #: Upper bound on rows rendered per batch, whatever their size.
 MAX_BATCH_ROWS = 20_000
+
+
+def _batched(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
+    """Yield lists of up to ``size`` rows from ``rows``; close ``rows`` when closed."""
+    try:
+        while batch := list(islice(rows, size)):
+            yield batch
+    finally:
+        rows.close()  # type: ignore[attr-defined]
 
 
 class ExportStream:
@@ -93,47 +103,103 @@ class ExportStream:
         if self._iterator is not None:
             self._iterator.close()  # type: ignore[attr-defined]
 
+    def iter_batches(self) -> Iterator[Sequence[tuple]]:
+        """Yield the export's rows in batches (sequences of tuples in column order).
+
+        Default: read ``values_list()`` rows straight from the SQL compiler,
+        one ``fetchmany(chunk_size)`` batch at a time, inside a transaction
+        (so PostgreSQL declares a streaming ``WITHOUT HOLD`` cursor).  This is
+        what ``values_list().iterator(chunk_size=...)`` does, minus its
+        per-row generator: Django's ``from_db_value`` converters (JSON
+        fields, SQLite decimals and dates) are still applied.  Override to
+        read rows another way; the generator must release what it holds in
+        ``finally`` (it is closed early on a client disconnect).
+        """
+        connection = connections[self.using]
+        queryset = self.queryset.using(self.using).values_list(
+            *(column.lookup for column in self.columns)
+        )
+        if queryset._prefetch_related_lookups:
+            raise ValueError("An export cannot use prefetch_related(); use values lookups.")
+        # As QuerySet.iterator(): no server-side cursor when the settings forbid one.
+        chunked_fetch = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        with transaction.atomic(using=self.using):
+            compiler = queryset.query.get_compiler(using=self.using)
+            results = compiler.execute_sql(
+                MULTI, chunked_fetch=chunked_fetch, chunk_size=self.chunk_size
+            )
+            try:
+                # As SQLCompiler.results_iter(), per batch instead of per row.
+                fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+                converters = compiler.get_converters(fields)
+                # Composite primary keys (Django 5.2+) need results_iter()'s regrouping.
+                has_composite = getattr(compiler, "has_composite_fields", None)
+                if has_composite is not None and has_composite(fields):
+                    for batch in results:
+                        yield list(compiler.results_iter(iter([batch]), tuple_expected=True))
+                elif converters:
+                    apply = compiler.apply_converters
+                    for batch in results:
+                        yield list(map(tuple, apply(batch, converters)))
+                else:
+                    yield from results
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()  # closes the server-side cursor now
+
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the export's rows as tuples in column order, inside a transaction.
 
-        Override to read rows another way; the generator must release what it
-        holds in ``finally`` (it is closed early on a client disconnect).
+        Default: the rows of :meth:`iter_batches`.  Override to read rows one
+        by one another way (:meth:`iter_body` then batches them itself); the
+        generator must release what it holds in ``finally``.
         """
-        lookups = [column.lookup for column in self.columns]
-        with transaction.atomic(using=self.using):
-            rows = (
-                self.queryset.using(self.using)
-                .values_list(*lookups)
-                .iterator(chunk_size=self.chunk_size)
-            )
-            try:
-                yield from rows
-            finally:
-                rows.close()  # type: ignore[attr-defined]  # closes the server-side cursor now
+        batches = self.iter_batches()
+        try:
+            for batch in batches:
+                yield from batch
+        finally:
+            batches.close()  # type: ignore[attr-defined]
+
+    def _row_batches(self) -> Iterator[Sequence[tuple]]:
+        """Return :meth:`iter_batches`, or batches of :meth:`iter_rows` when only that is overridden."""
+        cls = type(self)
+        if cls.iter_rows is not ExportStream.iter_rows and cls.iter_batches is ExportStream.iter_batches:
+            return _batched(self.iter_rows(), self.chunk_size)
+        return self.iter_batches()
 
     def iter_body(self) -> Iterator[bytes]:
         """Yield the encoded rows in chunks of about ``buffer_size`` bytes.
 
-        Reads :meth:`iter_rows` and renders batches with the format, sizing
-        each batch from the last one's bytes per row.  Updates ``rows`` and
-        ``bytes``.  Override to produce the body another way (PostgreSQL
-        ``COPY``); the header and footer are not part of it.
+        Reads row batches (:meth:`iter_batches`) and renders slices of them
+        with the format, sizing each slice from the last one's bytes per row;
+        the first slice is small (:data:`FIRST_BATCH_ROWS`) so the first data
+        row leaves at once.  Updates ``rows`` and ``bytes``.  Override to
+        produce the body another way (PostgreSQL ``COPY``,
+        :mod:`django_streamexport.pgcopy`); the header and footer are not
+        part of it.
         """
-        export_format = self.format
-        rows = self.iter_rows()
+        render = self.format.render_rows
+        buffer_size = self.buffer_size
+        batches = self._row_batches()
         try:
-            batch_rows = FIRST_BATCH_ROWS
-            while batch := list(islice(rows, batch_rows)):
-                data = export_format.render_rows(batch)
-                self.rows += len(batch)
-                self.bytes += len(data)
-                yield data
-                # Size the next batch from this one's bytes per row.
-                batch_rows = max(
-                    1, min(MAX_BATCH_ROWS, self.buffer_size * len(batch) // max(1, len(data)))
-                )
+            slice_rows = FIRST_BATCH_ROWS
+            for batch in batches:
+                start, size = 0, len(batch)
+                while start < size:
+                    part = batch[start : start + slice_rows]
+                    start += slice_rows
+                    data = render(part)
+                    self.rows += len(part)
+                    self.bytes += len(data)
+                    yield data
+                    # Size the next slice from this one's bytes per row.
+                    slice_rows = max(
+                        1, min(MAX_BATCH_ROWS, buffer_size * len(part) // max(1, len(data)))
+                    )
         finally:
-            rows.close()  # type: ignore[attr-defined]
+            batches.close()  # type: ignore[attr-defined]
 
     def _generate(self) -> Iterator[bytes]:
         started = time.monotonic()
