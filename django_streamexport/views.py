@@ -70,6 +70,9 @@ class StreamingExportMixin:
     response_class = StreamingHttpResponse
     #: The class of the stream that reads and renders the rows.
     stream_class = ExportStream
+    #: CSV through PostgreSQL COPY: ``True`` (fall back when impossible), ``"require"``,
+    #: ``False``; ``None`` means ``STREAMEXPORT_COPY_MODE``.
+    copy_mode: bool | str | None = None
 
     request: HttpRequest
 
@@ -176,6 +179,32 @@ class StreamingExportMixin:
         """Return the database alias to read from; ``None`` lets the routers decide."""
         return self.using or conf.DATABASE
 
+    def get_copy_mode(self) -> bool | str:
+        """Return whether CSV bodies come from PostgreSQL ``COPY``.
+
+        Default: ``copy_mode``, else ``STREAMEXPORT_COPY_MODE``.  ``True`` uses
+        COPY where it gives the same file and falls back otherwise;
+        ``"require"`` raises ``ImproperlyConfigured`` when it cannot
+        (:mod:`django_streamexport.pgcopy`).
+        """
+        return conf.COPY_MODE if self.copy_mode is None else self.copy_mode
+
+    def get_stream_kwargs(self) -> dict[str, Any]:
+        """Return extra keyword arguments for the stream class (``copy_mode`` for a COPY stream)."""
+        from django_streamexport.pgcopy import CopyExportStream
+
+        if issubclass(self.get_stream_class(), CopyExportStream):
+            return {"copy_mode": self.get_copy_mode()}
+        return {}
+
+    def get_stream_class(self) -> type[ExportStream]:
+        """Return the stream class: ``CopyExportStream`` when COPY mode is on, else ``stream_class``."""
+        if self.get_copy_mode() and self.stream_class is ExportStream:
+            from django_streamexport.pgcopy import CopyExportStream
+
+            return CopyExportStream
+        return self.stream_class
+
     # --- the response -----------------------------------------------------------
 
     def get_export_stream(self) -> ExportStream:
@@ -187,13 +216,14 @@ class StreamingExportMixin:
         queryset = self.get_queryset()
         columns = self.get_columns(queryset)
         export_format = self.get_format(columns)
-        return self.stream_class(
+        return self.get_stream_class()(
             queryset,
             columns,
             export_format,
             chunk_size=self.get_chunk_size(),
             buffer_size=self.get_buffer_size(),
             using=self.get_using(),
+            **self.get_stream_kwargs(),
         )
 
     def render_to_export_response(self, *, include_body: bool = True) -> HttpResponse:
