@@ -130,9 +130,7 @@ _SQL_BY_KIND = {
 }
 
 
-def column_sql(
-    column: ResolvedColumn, ref: str, export_format: CSVFormat
-) -> tuple[str, list[Any]]:
+def column_sql(column: ResolvedColumn, ref: str, export_format: CSVFormat) -> tuple[str, list[Any]]:
     """Return the SQL text expression (and its parameters) that spells ``column`` as CSV does.
 
     ``ref`` is the column's reference in the outer query.  Raises
@@ -144,9 +142,8 @@ def column_sql(
     if column.choices is not None:
         # CASE over the choices, labels escaped here as the converter would; values not
         # among the choices are written as stored (escaped only when stored as text).
-        stored_kind = (
-            kinds.kind_of_field(column.model_field) if column.model_field is not None else kinds.OTHER
-        )
+        field = column.model_field
+        stored_kind = kinds.kind_of_field(field) if field is not None else kinds.OTHER
         stored = _SQL_BY_KIND.get(stored_kind)
         if stored is None:
             raise CopyModeUnavailable(f"column {column.name!r} stores {stored_kind} values")
@@ -213,7 +210,7 @@ def copy_sql(stream: ExportStream) -> tuple[str, list[Any]]:
     names = [f"c{index}" for index in range(len(stream.columns))]
     expressions: list[str] = []
     params: list[Any] = []
-    for name, column in zip(names, stream.columns):
+    for name, column in zip(names, stream.columns):  # noqa: B905 (same length)
         sql, column_params = column_sql(column, f"se.{name}", export_format)
         expressions.append(sql)
         params += column_params
@@ -303,4 +300,3 @@ class CopyExportStream(ExportStream):
                         self.rows += rows
                         self.bytes += len(data)
                         yield data
-

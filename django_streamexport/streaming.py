@@ -163,9 +163,10 @@ class ExportStream:
             batches.close()  # type: ignore[attr-defined]
 
     def _row_batches(self) -> Iterator[Sequence[tuple]]:
-        """Return :meth:`iter_batches`, or batches of :meth:`iter_rows` when only that is overridden."""
+        """Return :meth:`iter_batches`, or batches of :meth:`iter_rows` if only it is overridden."""
         cls = type(self)
-        if cls.iter_rows is not ExportStream.iter_rows and cls.iter_batches is ExportStream.iter_batches:
+        rows_overridden = cls.iter_rows is not ExportStream.iter_rows
+        if rows_overridden and cls.iter_batches is ExportStream.iter_batches:
             return _batched(self.iter_rows(), self.chunk_size)
         return self.iter_batches()
 

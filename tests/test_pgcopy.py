@@ -67,9 +67,15 @@ def test_copy_spells_edge_values_as_python_does(pg_alias):
     ]
     for ratio, took, at in edge:
         Record.objects.using(pg_alias).create(
-            title="", body="-x", ratio=ratio, took=took, at=at, flag=False,
+            title="",
+            body="-x",
+            ratio=ratio,
+            took=took,
+            at=at,
+            flag=False,
             created=datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc),
-            amount=Decimal("0.00"), key=uuid.uuid4(),
+            amount=Decimal("0.00"),
+            key=uuid.uuid4(),
         )
     standard, copy = streams(pg_alias)
     assert copy.copy_reason is None
@@ -94,8 +100,13 @@ def test_copy_handles_annotations_filters_joins_and_forced_escaping(pg_alias):
         .annotate(shout=Concat(F("title"), Value("!")))
         .order_by("-id")
     )
-    fields = ["shout", "id", Column("flag", escape_formulas=True), "author__name",
-              Column("title", escape_formulas=False)]
+    fields = [
+        "shout",
+        "id",
+        Column("flag", escape_formulas=True),
+        "author__name",
+        Column("title", escape_formulas=False),
+    ]
     standard, copy = streams(pg_alias, fields, queryset)
     assert copy.copy_reason is None
     assert b"".join(copy) == b"".join(standard)
@@ -140,8 +151,12 @@ def test_copy_mode_require_refuses_before_the_response(pg_alias):
     columns = resolve_columns(queryset, ALL_FIELDS)
     with pytest.raises(ImproperlyConfigured, match="column 'data' holds json"):
         CopyExportStream(
-            queryset, columns, CSVFormat(columns), copy_mode="require",
-            chunk_size=10, buffer_size=100,
+            queryset,
+            columns,
+            CSVFormat(columns),
+            copy_mode="require",
+            chunk_size=10,
+            buffer_size=100,
         )
 
 
