@@ -28,8 +28,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from itertools import islice
 
+from django.conf import settings
+from django.core.exceptions import EmptyResultSet
 from django.db import connections, models, transaction
-from django.db.models.sql.constants import MULTI
 
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.formats.base import ExportFormat
@@ -40,6 +41,30 @@ logger = logging.getLogger("django_streamexport")
 FIRST_BATCH_ROWS = 16
 #: Upper bound on rows rendered per batch, whatever their size.
 MAX_BATCH_ROWS = 20_000
+
+
+def _use_fast_loaders(connection, cursor) -> None:
+    """Let psycopg 3 load ``timestamptz`` with its C loader on this export's cursor.
+
+    Django registers a pure-Python ``timestamptz`` loader on every psycopg 3
+    connection (``psycopg_any.BaseTzLoader``) to replace each value's
+    ``tzinfo``; for an export it costs more than all other columns together.
+    Under ``USE_TZ`` the session time zone is UTC, so psycopg's own loader
+    gives the same instants in UTC (the same ``isoformat()``).  Registered on
+    this cursor only; the connection keeps Django's loader.  A no-op for
+    psycopg2, other databases and ``USE_TZ = False`` (naive values).
+    """
+    if connection.vendor != "postgresql" or not settings.USE_TZ:
+        return
+    raw = getattr(cursor, "cursor", None)
+    adapters = getattr(raw, "adapters", None)
+    if adapters is None:
+        return
+    if connection.timezone_name != "UTC":
+        return
+    from psycopg.types.datetime import TimestamptzLoader  # psycopg 3: has adapters
+
+    adapters.register_loader("timestamptz", TimestamptzLoader)
 
 
 def _batched(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
@@ -106,13 +131,15 @@ class ExportStream:
     def iter_batches(self) -> Iterator[Sequence[tuple]]:
         """Yield the export's rows in batches (sequences of tuples in column order).
 
-        Default: read ``values_list()`` rows straight from the SQL compiler,
-        one ``fetchmany(chunk_size)`` batch at a time, inside a transaction
-        (so PostgreSQL declares a streaming ``WITHOUT HOLD`` cursor).  This is
-        what ``values_list().iterator(chunk_size=...)`` does, minus its
-        per-row generator: Django's ``from_db_value`` converters (JSON
-        fields, SQLite decimals and dates) are still applied.  Override to
-        read rows another way; the generator must release what it holds in
+        Default: run the ``values_list()`` query of the queryset on a
+        server-side cursor inside a transaction (so PostgreSQL declares a
+        streaming ``WITHOUT HOLD`` cursor) and yield ``fetchmany()`` batches
+        as they come: first :data:`FIRST_BATCH_ROWS` rows, so the first data
+        row leaves at once, then ``chunk_size`` rows.  This is what
+        ``values_list().iterator(chunk_size=...)`` does, minus its per-row
+        generator: Django's ``from_db_value`` converters (JSON fields, SQLite
+        decimals and dates) are still applied, per batch.  Override to read
+        rows another way; the generator must release what it holds in
         ``finally`` (it is closed early on a client disconnect).
         """
         connection = connections[self.using]
@@ -121,32 +148,37 @@ class ExportStream:
         )
         if queryset._prefetch_related_lookups:
             raise ValueError("An export cannot use prefetch_related(); use values lookups.")
+        compiler = queryset.query.get_compiler(using=self.using)
+        try:
+            sql, params = compiler.as_sql()
+        except EmptyResultSet:
+            return
+        # As SQLCompiler.results_iter(): converters of the selected columns, extra
+        # ordering columns cut off.
+        fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+        converters = compiler.get_converters(fields)
+        has_composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
+        composite = has_composite is not None and has_composite(fields)
+        col_count = compiler.col_count if compiler.has_extra_select else None
         # As QuerySet.iterator(): no server-side cursor when the settings forbid one.
-        chunked_fetch = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        chunked = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
         with transaction.atomic(using=self.using):
-            compiler = queryset.query.get_compiler(using=self.using)
-            results = compiler.execute_sql(
-                MULTI, chunked_fetch=chunked_fetch, chunk_size=self.chunk_size
-            )
+            cursor = connection.chunked_cursor() if chunked else connection.cursor()
             try:
-                # As SQLCompiler.results_iter(), per batch instead of per row.
-                fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
-                converters = compiler.get_converters(fields)
-                # Composite primary keys (Django 5.2+) need results_iter()'s regrouping.
-                has_composite = getattr(compiler, "has_composite_fields", None)
-                if has_composite is not None and has_composite(fields):
-                    for batch in results:
-                        yield list(compiler.results_iter(iter([batch]), tuple_expected=True))
-                elif converters:
-                    apply = compiler.apply_converters
-                    for batch in results:
-                        yield list(map(tuple, apply(batch, converters)))
-                else:
-                    yield from results
+                _use_fast_loaders(connection, cursor)
+                cursor.execute(sql, params)
+                size = FIRST_BATCH_ROWS
+                while batch := cursor.fetchmany(size):
+                    size = self.chunk_size
+                    if col_count is not None:
+                        batch = [row[:col_count] for row in batch]
+                    if composite:
+                        batch = list(compiler.results_iter(iter([batch]), tuple_expected=True))
+                    elif converters:
+                        batch = list(map(tuple, compiler.apply_converters(batch, converters)))
+                    yield batch
             finally:
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()  # closes the server-side cursor now
+                cursor.close()  # closes the server-side cursor now
 
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the export's rows as tuples in column order, inside a transaction.
