@@ -127,14 +127,14 @@ class ExportFormat:
         active = self._active
         if not active or not rows:
             return rows
-        columns: list[Sequence[Any]] = list(zip(*rows))
+        columns: list[Sequence[Any]] = list(zip(*rows))  # noqa: B905 (equal lengths)
         for index, convert in active:
             values = columns[index]
             if None in values:
                 columns[index] = [None if value is None else convert(value) for value in values]
             else:
                 columns[index] = list(map(convert, values))
-        return list(zip(*columns))
+        return list(zip(*columns))  # noqa: B905
 
     def start(self) -> bytes:
         """Return the bytes that precede the first row. Default: none."""
