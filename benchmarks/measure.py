@@ -229,6 +229,8 @@ def over_http(approach: str, url: str, port: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Run the finally blocks (stop gunicorn) when the runner is interrupted.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("approach", choices=sorted(APPROACHES))
     parser.add_argument("dataset")

@@ -37,7 +37,6 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django_streamexport",
-    "import_export",
     "flights",
     "benchmarks.benchapp",
 ]
