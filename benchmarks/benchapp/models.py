@@ -26,7 +26,7 @@ class SyntheticRow(models.Model):
     ratio = models.FloatField(null=True)
     code = models.CharField(max_length=8)
     label = models.CharField(max_length=64)
-    note = models.TextField(null=True)
+    note = models.TextField(null=True)  # noqa: DJ001 (NULLs are part of the test data)
     active = models.BooleanField()
     created = models.DateTimeField()
     day = models.DateField()
