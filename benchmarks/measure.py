@@ -22,6 +22,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -173,7 +174,20 @@ def worker_pid(master: int) -> int:
     return int(children[0])
 
 
+def free_port(first: int, count: int = 50) -> int:
+    """Return the first port in ``first .. first + count - 1`` free on 127.0.0.1."""
+    for port in range(first, first + count):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}..{first + count - 1}")
+
+
 def over_http(approach: str, url: str, port: int) -> dict:
+    port = free_port(port)
     env = dict(
         os.environ,
         GUNICORN_WORKERS="1",
