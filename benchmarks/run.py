@@ -172,7 +172,8 @@ def plot(results: list[dict], path: Path) -> None:
     shown = ["copy-psql", "http-ours-csv", "http-ours-ndjson", "http-ours-copy",
              "http-recipe", "buffered", "import-export"]  # fmt: skip
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for approach in shown:
+    for index, approach in enumerate(shown):
+        color = f"C{index}"  # the same color in both panels
         points = sorted(
             (r["rows"], r["seconds"], r["peak_mb"])
             for r in results
@@ -183,9 +184,10 @@ def plot(results: list[dict], path: Path) -> None:
         if not points:
             continue
         rows = [p[0] for p in points]
-        left.plot(rows, [p[1] for p in points], marker="o", label=LABELS[approach])
+        left.plot(rows, [p[1] for p in points], marker="o", color=color, label=LABELS[approach])
         if points[0][2] is not None:
-            right.plot(rows, [p[2] for p in points], marker="o", label=LABELS[approach])
+            memory = [p[2] for p in points]
+            right.plot(rows, memory, marker="o", color=color, label=LABELS[approach])
     for axis, title, unit in ((left, "Time", "seconds"), (right, "Peak RSS", "MiB")):
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -194,6 +196,7 @@ def plot(results: list[dict], path: Path) -> None:
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=7)
+    right.legend(fontsize=7)
     fig.suptitle("django-streamexport vs COPY, the buffered approach and django-import-export")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
