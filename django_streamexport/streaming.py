@@ -4,8 +4,8 @@ The pipeline, in order:
 
 1. the format's opening bytes (CSV header row) are yielded *before* the query
    runs, so the client sees the first bytes at once;
-2. a transaction is opened and the rows are read with
-   ``values_list(...).iterator(chunk_size=...)``.  Inside a transaction
+2. a transaction is opened and the ``values_list(...)`` rows are read in
+   ``fetchmany()`` batches from a server-side cursor (:meth:`ExportStream.iter_batches`).  Inside a transaction
    Django's PostgreSQL backend declares a ``WITHOUT HOLD`` server-side cursor,
    which streams; in autocommit it would declare ``WITH HOLD``, which makes
    PostgreSQL run and store the whole result before the first ``FETCH``
