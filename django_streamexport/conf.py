@@ -57,6 +57,16 @@ class Settings:
         return getattr(settings, "STREAMEXPORT_CSV_ESCAPE_FORMULAS", True)
 
     @property
+    def COPY_MODE(self) -> bool | str:
+        """Produce CSV bodies with PostgreSQL ``COPY`` (``True``, ``"require"``). Default False.
+
+        ``True`` falls back to the standard path when COPY cannot give the same
+        output; ``"require"`` raises ``ImproperlyConfigured`` instead.  See
+        :mod:`django_streamexport.pgcopy`.
+        """
+        return getattr(settings, "STREAMEXPORT_COPY_MODE", False)
+
+    @property
     def X_ACCEL_BUFFERING(self) -> bool:
         """Send ``X-Accel-Buffering: no`` so nginx passes chunks on at once. Default True."""
         return getattr(settings, "STREAMEXPORT_X_ACCEL_BUFFERING", True)

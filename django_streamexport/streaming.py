@@ -4,8 +4,8 @@ The pipeline, in order:
 
 1. the format's opening bytes (CSV header row) are yielded *before* the query
    runs, so the client sees the first bytes at once;
-2. a transaction is opened and the rows are read with
-   ``values_list(...).iterator(chunk_size=...)``.  Inside a transaction
+2. a transaction is opened and the ``values_list(...)`` rows are read in
+   ``fetchmany()`` batches from a server-side cursor (:meth:`ExportStream.iter_batches`).  Inside a transaction
    Django's PostgreSQL backend declares a ``WITHOUT HOLD`` server-side cursor,
    which streams; in autocommit it would declare ``WITH HOLD``, which makes
    PostgreSQL run and store the whole result before the first ``FETCH``
@@ -39,7 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
+from django.conf import settings
+from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
 from django.db import connections, models, transaction
 
 from django_streamexport.columns import ResolvedColumn
@@ -56,6 +57,39 @@ logger = logging.getLogger("django_streamexport")
 FIRST_BATCH_ROWS = 16
 #: Upper bound on rows rendered per batch, whatever their size.
 MAX_BATCH_ROWS = 20_000
+
+
+def _use_fast_loaders(connection, cursor) -> None:
+    """Let psycopg 3 load ``timestamptz`` with its C loader on this export's cursor.
+
+    Django registers a pure-Python ``timestamptz`` loader on every psycopg 3
+    connection (``psycopg_any.BaseTzLoader``) to replace each value's
+    ``tzinfo``; for an export it costs more than all other columns together.
+    Under ``USE_TZ`` the session time zone is UTC, so psycopg's own loader
+    gives the same instants in UTC (the same ``isoformat()``).  Registered on
+    this cursor only; the connection keeps Django's loader.  A no-op for
+    psycopg2, other databases and ``USE_TZ = False`` (naive values).
+    """
+    if connection.vendor != "postgresql" or not settings.USE_TZ:
+        return
+    raw = getattr(cursor, "cursor", None)
+    adapters = getattr(raw, "adapters", None)
+    if adapters is None:
+        return
+    if connection.timezone_name != "UTC":
+        return
+    from psycopg.types.datetime import TimestamptzLoader  # psycopg 3: has adapters
+
+    adapters.register_loader("timestamptz", TimestamptzLoader)
+
+
+def _batched(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
+    """Yield lists of up to ``size`` rows from ``rows``; close ``rows`` when closed."""
+    try:
+        while batch := list(islice(rows, size)):
+            yield batch
+    finally:
+        rows.close()  # type: ignore[attr-defined]
 
 
 class ExportStream:
@@ -161,7 +195,7 @@ class ExportStream:
     def apply_guards(self) -> None:
         """Set the export's database timeouts; call inside the export's transaction.
 
-        :meth:`iter_rows` calls it; an override that opens its own
+        :meth:`iter_batches` calls it; an override that opens its own
         transaction should call it too.  See :mod:`django_streamexport.guards`.
         """
         apply_guards(
@@ -190,58 +224,122 @@ class ExportStream:
                 "export from an alias that connects without a transaction-mode pooler."
             )
 
+    def iter_batches(self) -> Iterator[Sequence[tuple]]:
+        """Yield the export's rows in batches (sequences of tuples in column order).
+
+        Default: run the ``values_list()`` query of the queryset on a
+        server-side cursor inside a transaction (so PostgreSQL declares a
+        streaming ``WITHOUT HOLD`` cursor) and yield ``fetchmany()`` batches
+        as they come: first :data:`FIRST_BATCH_ROWS` rows, so the first data
+        row leaves at once, then ``chunk_size`` rows.  This is what
+        ``values_list().iterator(chunk_size=...)`` does, minus its per-row
+        generator: Django's ``from_db_value`` converters (JSON fields, SQLite
+        decimals and dates) are still applied, per batch.  Override to read
+        rows another way; the generator must release what it holds in
+        ``finally`` (it is closed early on a client disconnect).
+        """
+        connection = connections[self.using]
+        queryset = self.queryset.using(self.using).values_list(
+            *(column.lookup for column in self.columns)
+        )
+        if queryset._prefetch_related_lookups:
+            raise ValueError("An export cannot use prefetch_related(); use values lookups.")
+        compiler = queryset.query.get_compiler(using=self.using)
+        try:
+            sql, params = compiler.as_sql()
+        except EmptyResultSet:
+            return
+        # As SQLCompiler.results_iter(): converters of the selected columns, extra
+        # ordering columns cut off.
+        fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+        converters = compiler.get_converters(fields)
+        has_composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
+        composite = has_composite is not None and has_composite(fields)
+        col_count = compiler.col_count if compiler.has_extra_select else None
+        # As QuerySet.iterator(): no server-side cursor when the settings forbid one.
+        chunked = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        with transaction.atomic(using=self.using):
+            self.apply_guards()
+            cursor = connection.chunked_cursor() if chunked else connection.cursor()
+            try:
+                _use_fast_loaders(connection, cursor)
+                cursor.execute(sql, params)
+                size = FIRST_BATCH_ROWS
+                while batch := cursor.fetchmany(size):
+                    size = self.chunk_size
+                    if col_count is not None:
+                        batch = [row[:col_count] for row in batch]
+                    if composite:
+                        batch = list(compiler.results_iter(iter([batch]), tuple_expected=True))
+                    elif converters:
+                        batch = list(map(tuple, compiler.apply_converters(batch, converters)))
+                    yield batch
+            finally:
+                cursor.close()  # closes the server-side cursor now
+
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the export's rows as tuples in column order, inside a transaction.
 
-        Override to read rows another way; the generator must release what it
-        holds in ``finally`` (it is closed early on a client disconnect).
+        Default: the rows of :meth:`iter_batches`.  Override to read rows one
+        by one another way (:meth:`iter_body` then batches them itself); the
+        generator must release what it holds in ``finally``.
         """
-        lookups = [column.lookup for column in self.columns]
-        with transaction.atomic(using=self.using):
-            self.apply_guards()
-            rows = (
-                self.queryset.using(self.using)
-                .values_list(*lookups)
-                .iterator(chunk_size=self.chunk_size)
-            )
-            try:
-                yield from rows
-            finally:
-                rows.close()  # closes the server-side cursor now
+        batches = self.iter_batches()
+        try:
+            for batch in batches:
+                yield from batch
+        finally:
+            batches.close()  # type: ignore[attr-defined]
+
+    def _row_batches(self) -> Iterator[Sequence[tuple]]:
+        """Return :meth:`iter_batches`, or batches of :meth:`iter_rows` if only it is overridden."""
+        cls = type(self)
+        rows_overridden = cls.iter_rows is not ExportStream.iter_rows
+        if rows_overridden and cls.iter_batches is ExportStream.iter_batches:
+            return _batched(self.iter_rows(), self.chunk_size)
+        return self.iter_batches()
 
     def iter_body(self) -> Iterator[bytes]:
         """Yield the encoded rows in chunks of about ``buffer_size`` bytes.
 
-        Reads :meth:`iter_rows` and renders batches with the format, sizing
-        each batch from the last one's bytes per row.  Updates ``rows`` and
-        ``bytes``.  Sends exactly ``max_rows`` rows and then raises
-        :class:`RowLimitExceeded` when there are more.  Override to produce
-        the body another way (PostgreSQL ``COPY``); the header and footer are
-        not part of it, and it must keep ``rows`` up to date.
+        Reads row batches (:meth:`iter_batches`) and renders slices of them
+        with the format, sizing each slice from the last one's bytes per row;
+        the first slice is small (:data:`FIRST_BATCH_ROWS`) so the first data
+        row leaves at once.  Updates ``rows`` and ``bytes``.  Override to
+        produce the body another way (PostgreSQL ``COPY``,
+        :mod:`django_streamexport.pgcopy`); the header and footer are not
+        part of it, and it must keep ``rows`` up to date.  Sends exactly
+        ``max_rows`` rows and then raises :class:`RowLimitExceeded` when there
+        are more.
         """
-        export_format = self.format
+        render = self.format.render_rows
+        buffer_size = self.buffer_size
         limit = self.max_rows
-        rows = self.iter_rows()
+        batches = self._row_batches()
         try:
-            batch_rows = FIRST_BATCH_ROWS
-            while batch := list(islice(rows, batch_rows)):
-                over_limit = limit is not None and self.rows + len(batch) > limit
-                if over_limit:
-                    batch = batch[: limit - self.rows]  # type: ignore[operator]
-                    if not batch:
+            slice_rows = FIRST_BATCH_ROWS
+            for batch in batches:
+                start, size = 0, len(batch)
+                while start < size:
+                    part = batch[start : start + slice_rows]
+                    start += slice_rows
+                    over_limit = limit is not None and self.rows + len(part) > limit
+                    if over_limit:
+                        part = part[: limit - self.rows]  # type: ignore[operator]
+                        if not part:
+                            raise RowLimitExceeded(limit)  # type: ignore[arg-type]
+                    data = render(part)
+                    self.rows += len(part)
+                    self.bytes += len(data)
+                    yield data
+                    if over_limit:
                         raise RowLimitExceeded(limit)  # type: ignore[arg-type]
-                data = export_format.render_rows(batch)
-                self.rows += len(batch)
-                self.bytes += len(data)
-                yield data
-                if over_limit:
-                    raise RowLimitExceeded(limit)  # type: ignore[arg-type]
-                # Size the next batch from this one's bytes per row.
-                batch_rows = max(
-                    1, min(MAX_BATCH_ROWS, self.buffer_size * len(batch) // max(1, len(data)))
-                )
+                    # Size the next slice from this one's bytes per row.
+                    slice_rows = max(
+                        1, min(MAX_BATCH_ROWS, buffer_size * len(part) // max(1, len(data)))
+                    )
         finally:
-            rows.close()  # type: ignore[attr-defined]
+            batches.close()  # type: ignore[attr-defined]
 
     def signal_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments both export signals carry."""

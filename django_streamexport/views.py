@@ -88,6 +88,9 @@ class StreamingExportMixin:
     export_mode = "cursor"
     #: The unique, non-null field keyset pages are ordered by.
     keyset_key = "pk"
+    #: CSV through PostgreSQL COPY: ``True`` (fall back when impossible), ``"require"``,
+    #: ``False``; ``None`` means ``STREAMEXPORT_COPY_MODE``.
+    copy_mode: bool | str | None = None
 
     request: HttpRequest
 
@@ -233,6 +236,16 @@ class StreamingExportMixin:
         """
         ensure_database(stream)
 
+    def get_copy_mode(self) -> bool | str:
+        """Return whether CSV bodies come from PostgreSQL ``COPY``.
+
+        Default: ``copy_mode``, else ``STREAMEXPORT_COPY_MODE``.  ``True`` uses
+        COPY where it gives the same file and falls back otherwise;
+        ``"require"`` raises ``ImproperlyConfigured`` when it cannot
+        (:mod:`django_streamexport.pgcopy`).
+        """
+        return conf.COPY_MODE if self.copy_mode is None else self.copy_mode
+
     # --- the response -----------------------------------------------------------
 
     def get_export_stream(self) -> ExportStream:
@@ -259,9 +272,12 @@ class StreamingExportMixin:
         return self.export_mode
 
     def get_stream_class(self) -> type[ExportStream]:
-        """Return ``stream_class`` in cursor mode, ``KeysetExportStream`` in keyset mode.
+        """Return the class of the export's stream.
 
-        Raises ``ImproperlyConfigured`` for another mode.
+        ``KeysetExportStream`` in keyset mode; in cursor mode
+        ``CopyExportStream`` when COPY mode is on (:meth:`get_copy_mode`) and
+        ``stream_class`` is the default, else ``stream_class``.  Raises
+        ``ImproperlyConfigured`` for an unknown mode.
         """
         mode = self.get_export_mode()
         if mode == "keyset":
@@ -272,6 +288,10 @@ class StreamingExportMixin:
             raise ImproperlyConfigured(
                 f'{type(self).__name__}.export_mode must be "cursor" or "keyset", not {mode!r}.'
             )
+        if self.get_copy_mode() and self.stream_class is ExportStream:
+            from django_streamexport.pgcopy import CopyExportStream
+
+            return CopyExportStream
         return self.stream_class
 
     def get_stream_kwargs(self) -> dict[str, Any]:
@@ -279,7 +299,8 @@ class StreamingExportMixin:
 
         Default: the guards (``max_rows``, ``statement_timeout``,
         ``idle_in_transaction_timeout``), the requesting ``user`` (for the
-        signals), and in keyset mode the ordering ``key``.
+        signals), in keyset mode the ordering ``key``, and for a COPY stream
+        its ``copy_mode``.
         """
         kwargs: dict[str, Any] = {
             "max_rows": self.get_max_rows(),
@@ -289,6 +310,10 @@ class StreamingExportMixin:
         }
         if self.get_export_mode() == "keyset":
             kwargs["key"] = self.keyset_key
+        from django_streamexport.pgcopy import CopyExportStream
+
+        if issubclass(self.get_stream_class(), CopyExportStream):
+            kwargs["copy_mode"] = self.get_copy_mode()
         return kwargs
 
     def render_to_export_response(self, *, include_body: bool = True) -> HttpResponseBase:

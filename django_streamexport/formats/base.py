@@ -120,20 +120,24 @@ class ExportFormat:
         return None
 
     def convert_rows(self, rows: Sequence[Row]) -> Sequence[Row]:
-        """Return ``rows`` with each column's converter applied to its non-null values."""
+        """Return ``rows`` with each column's converter applied to its non-null values.
+
+        Rows without an active converter are returned as they are (no copy).
+        Otherwise the batch is converted column by column (``zip(*rows)``,
+        then one ``map()`` per converted column), which costs far less per
+        value than rebuilding every row in a Python loop.
+        """
         active = self._active
-        if not active:
+        if not active or not rows:
             return rows
-        converted: list[Any] = []
-        append = converted.append
-        for row in rows:
-            values = list(row)
-            for index, convert in active:
-                value = values[index]
-                if value is not None:
-                    values[index] = convert(value)
-            append(values)
-        return converted
+        columns: list[Sequence[Any]] = list(zip(*rows))  # noqa: B905 (equal lengths)
+        for index, convert in active:
+            values = columns[index]
+            if None in values:
+                columns[index] = [None if value is None else convert(value) for value in values]
+            else:
+                columns[index] = list(map(convert, values))
+        return list(zip(*columns))  # noqa: B905
 
     def start(self) -> bytes:
         """Return the bytes that precede the first row. Default: none."""

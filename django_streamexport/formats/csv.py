@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 from collections.abc import Sequence
 
 import orjson
+from django.conf import settings
 
 from django_streamexport import columns as kinds
 from django_streamexport.columns import ResolvedColumn
@@ -94,9 +96,11 @@ class CSVFormat(ExportFormat):
         """Add CSV spellings (booleans, datetimes, JSON) and formula escaping to the base."""
         convert = super().get_converter(column)
         if convert is None:
+            # Under USE_TZ Django returns aware datetimes, which need only isoformat().
+            aware = settings.USE_TZ
             convert = {  # type: ignore[assignment]
                 kinds.BOOLEAN: boolean_text,
-                kinds.DATETIME: datetime_text,
+                kinds.DATETIME: datetime.datetime.isoformat if aware else datetime_text,
                 kinds.JSON: json_text,
                 kinds.OTHER: other_text,
             }.get(column.kind)

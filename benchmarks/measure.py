@@ -1,0 +1,265 @@
+"""Measure one approach on one data set, in this fresh process; print one JSON line.
+
+    python -m benchmarks.measure <approach> <dataset> [--port PORT]
+
+Approaches (see ``APPROACHES``): ``copy-psql`` runs ``psql -c "COPY (<the queryset's SQL>)
+TO STDOUT WITH CSV" > /dev/null``; in-process approaches call the WSGI application directly and
+iterate the body as a server would; ``http-*`` approaches start gunicorn with
+``deploy/gunicorn.conf.py`` (one gevent worker on 127.0.0.1:PORT), read the response with a
+plain socket client and the worker's memory from ``/proc/<pid>/status``.
+
+Output keys: ``seconds`` (request to last byte), ``bytes`` (body), ``rows`` (data rows
+counted from line ends), ``ttfb`` (first body byte), ``first_row`` (first complete data row),
+``idle_mb`` (RSS before the export: the warmed-up worker, or this process after set-up) and
+``peak_mb`` (VmHWM after it), all times in seconds, memory in MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: approach -> (how, URL path template); how is "psql", "wsgi" or "http".
+APPROACHES = {
+    "copy-psql": ("psql", ""),
+    "ours-csv": ("wsgi", "/export/{ds}/?format=csv"),
+    "ours-ndjson": ("wsgi", "/export/{ds}/?format=ndjson"),
+    "ours-copy": ("wsgi", "/export/{ds}/?format=csv&copy=1"),
+    "recipe": ("wsgi", "/recipe/{ds}/"),
+    "buffered": ("wsgi", "/buffered/{ds}/"),
+    "import-export": ("wsgi", "/import-export/{ds}/"),
+    "http-ours-csv": ("http", "/export/{ds}/?format=csv"),
+    "http-ours-ndjson": ("http", "/export/{ds}/?format=ndjson"),
+    "http-ours-copy": ("http", "/export/{ds}/?format=csv&copy=1"),
+    "http-recipe": ("http", "/recipe/{ds}/"),
+}
+
+
+def status_mb(pid: int | str = "self") -> dict[str, float]:
+    """Return VmRSS and VmHWM of process ``pid`` in MiB (Linux ``/proc``)."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+class Counter:
+    """Count body bytes and line ends; note when the first byte and first data row arrive."""
+
+    def __init__(self, started: float, header_lines: int) -> None:
+        self.started = started
+        self.rows_at = header_lines + 1
+        self.bytes = 0
+        self.lines = 0
+        self.ttfb: float | None = None
+        self.first_row: float | None = None
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        now = time.perf_counter()
+        if self.ttfb is None:
+            self.ttfb = now - self.started
+        self.bytes += len(data)
+        self.lines += data.count(b"\n")
+        if self.first_row is None and self.lines >= self.rows_at:
+            self.first_row = now - self.started
+
+
+def header_lines(approach: str) -> int:
+    return 0 if "ndjson" in approach else 1
+
+
+def copy_psql(ds: str) -> dict:
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    django.setup()
+    from django.db import connection
+
+    from benchmarks.datasets import dataset
+
+    queryset, fields = dataset(ds)
+    with connection.cursor():
+        sql, params = queryset.values_list(*fields).query.get_compiler("default").as_sql()
+        query = connection.ops.compose_sql(sql, params)
+    settings = connection.settings_dict
+    command = [
+        "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+        "-h", settings["HOST"], "-p", str(settings["PORT"]), "-U", settings["USER"],
+        "-d", settings["NAME"],
+        "-c", f"COPY ({query}) TO STDOUT WITH CSV",
+    ]  # fmt: skip
+    connection.close()
+    out = Path(f"/tmp/streamexport-bench-{os.getpid()}.csv")
+    started = time.perf_counter()
+    with open(os.devnull, "wb") as devnull:
+        subprocess.run(command, stdout=devnull, check=True)
+    seconds = time.perf_counter() - started
+    # Size and rows from a second run into a file (not timed).
+    with open(out, "wb") as sink:
+        subprocess.run(command, stdout=sink, check=True)
+    data_bytes = out.stat().st_size
+    with open(out, "rb") as sink:
+        rows = sum(chunk.count(b"\n") for chunk in iter(lambda: sink.read(1 << 20), b""))
+    out.unlink()
+    return {"seconds": seconds, "bytes": data_bytes, "rows": rows, "ttfb": None,
+            "first_row": None, "idle_mb": None, "peak_mb": None}  # fmt: skip
+
+
+def in_process(approach: str, url: str) -> dict:
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    django.setup()
+    from django.core.handlers.wsgi import WSGIHandler
+
+    application = WSGIHandler()
+    path, _, query = url.partition("?")
+
+    def environ(path: str, query: str) -> dict:
+        return {
+            "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "HTTP_HOST": "127.0.0.1",
+            "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.url_scheme": "http",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+        }  # fmt: skip
+
+    def start_response(status, headers, exc_info=None):
+        if not status.startswith("200"):
+            raise RuntimeError(f"{url} answered {status}")
+
+    # Warm up (imports, URL resolver, database connection), then measure from here.
+    b"".join(application(environ("/ping/", ""), start_response))
+    idle = status_mb()["VmRSS"]
+    started = time.perf_counter()
+    counter = Counter(started, header_lines(approach))
+    body = application(environ(path, query), start_response)
+    try:
+        for chunk in body:
+            counter.feed(chunk)
+    finally:
+        close = getattr(body, "close", None)
+        if close:
+            close()
+    seconds = time.perf_counter() - started
+    return result(counter, seconds, idle, status_mb()["VmHWM"], approach)
+
+
+def result(counter: Counter, seconds: float, idle: float, peak: float, approach: str) -> dict:
+    return {
+        "seconds": seconds, "bytes": counter.bytes,
+        "rows": counter.lines - header_lines(approach), "ttfb": counter.ttfb,
+        "first_row": counter.first_row, "idle_mb": idle, "peak_mb": peak,
+    }  # fmt: skip
+
+
+def worker_pid(master: int) -> int:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    if len(children) != 1:
+        raise RuntimeError(f"expected one gunicorn worker, found {children}")
+    return int(children[0])
+
+
+def free_port(first: int, count: int = 50) -> int:
+    """Return the first port in ``first .. first + count - 1`` free on 127.0.0.1."""
+    for port in range(first, first + count):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}..{first + count - 1}")
+
+
+def over_http(approach: str, url: str, port: int) -> dict:
+    port = free_port(port)
+    env = dict(
+        os.environ,
+        GUNICORN_WORKERS="1",
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_LOGLEVEL="warning",
+        DJANGO_SETTINGS_MODULE="benchmarks.settings",
+        PYTHONPATH=str(REPO),
+    )
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    server = subprocess.Popen(
+        [str(gunicorn), "-c", str(REPO / "deploy" / "gunicorn.conf.py"),
+         "--access-logfile", "/dev/null", "benchmarks.wsgi:application"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                connection.request("GET", "/ping/")
+                response = connection.getresponse()
+                response.read()
+                connection.close()
+                if response.status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start: {server.stderr.read().decode()}")
+            time.sleep(0.1)
+        pid = worker_pid(server.pid)
+        idle = status_mb(pid)["VmRSS"]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        started = time.perf_counter()
+        counter = Counter(started, header_lines(approach))
+        connection.request("GET", url, headers={"Connection": "close"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"{url} answered {response.status}: {response.read()[:500]!r}")
+        while data := response.read1(1 << 20):
+            counter.feed(data)
+        seconds = time.perf_counter() - started
+        connection.close()
+        peak = status_mb(pid)["VmHWM"]
+        return result(counter, seconds, idle, peak, approach)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Run the finally blocks (stop gunicorn) when the runner is interrupted.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("approach", choices=sorted(APPROACHES))
+    parser.add_argument("dataset")
+    parser.add_argument("--port", type=int, default=18500)
+    args = parser.parse_args(argv)
+    how, template = APPROACHES[args.approach]
+    url = template.format(ds=args.dataset)
+    if how == "psql":
+        outcome = copy_psql(args.dataset)
+    elif how == "wsgi":
+        outcome = in_process(args.approach, url)
+    else:
+        outcome = over_http(args.approach, url, args.port)
+    print(json.dumps(outcome))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The views the benchmark serves: our export, the Django docs recipe, a buffered response.
+
+``/export/<dataset>/?format=csv|ndjson[&copy=1]`` is django-streamexport's view;
+``/recipe/<dataset>/`` is the Django docs "Streaming large CSV files" recipe (an ``Echo``
+pseudo-buffer and ``csv.writer`` over ``values_list().iterator()``); ``/buffered/<dataset>/``
+writes the whole CSV into an ``HttpResponse``; ``/ping/`` answers ``ok`` (warm-up).
+"""
+
+from __future__ import annotations
+
+import csv
+
+from django.http import HttpResponse, StreamingHttpResponse
+from django.urls import path
+
+from benchmarks.datasets import dataset
+from django_streamexport.columns import resolve_columns
+from django_streamexport.views import StreamingExportView
+
+
+class BenchExport(StreamingExportView):
+    """Our export of any data set; ``?copy=1`` turns COPY mode on (``require``: no fall-back)."""
+
+    def get_queryset(self):
+        return dataset(self.kwargs["dataset"])[0]
+
+    def get_export_fields(self):
+        return dataset(self.kwargs["dataset"])[1]
+
+    def get_copy_mode(self):
+        return "require" if self.request.GET.get("copy") else False
+
+
+def header(name: str) -> list[str]:
+    queryset, fields = dataset(name)
+    return [column.label for column in resolve_columns(queryset, fields)]
+
+
+class Echo:
+    """An object that implements just the write method of the file-like interface."""
+
+    def write(self, value):
+        """Write the value by returning it, instead of storing in a buffer."""
+        return value
+
+
+def recipe(request, dataset_name):
+    """The Django docs recipe ("How to create CSV output", streaming large CSV files)."""
+    queryset, fields = dataset(dataset_name)
+    rows = queryset.values_list(*fields).iterator()
+    writer = csv.writer(Echo())
+
+    def content():
+        yield writer.writerow(header(dataset_name))
+        for row in rows:
+            yield writer.writerow(row)
+
+    return StreamingHttpResponse(
+        content(),
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="recipe.csv"'},
+    )
+
+
+def buffered(request, dataset_name):
+    """The naive export: the whole CSV written into one ``HttpResponse``."""
+    queryset, fields = dataset(dataset_name)
+    response = HttpResponse(
+        content_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="buffered.csv"'},
+    )
+    writer = csv.writer(response)
+    writer.writerow(header(dataset_name))
+    for row in queryset.values_list(*fields):
+        writer.writerow(row)
+    return response
+
+
+def import_export(request, dataset_name):
+    """django-import-export: ``ModelResource.export(queryset).csv`` into one response."""
+    from import_export.resources import modelresource_factory
+
+    queryset, fields = dataset(dataset_name)
+    resource = modelresource_factory(queryset.model, meta_options={"fields": fields})()
+    return HttpResponse(resource.export(queryset=queryset).csv, content_type="text/csv")
+
+
+def ping(request):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+urlpatterns = [
+    path("export/<str:dataset>/", BenchExport.as_view()),
+    path("recipe/<str:dataset_name>/", recipe),
+    path("buffered/<str:dataset_name>/", buffered),
+    path("import-export/<str:dataset_name>/", import_export),
+    path("ping/", ping),
+]

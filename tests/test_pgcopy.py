@@ -1,0 +1,241 @@
+"""COPY mode gives the same CSV as the standard path, or falls back / refuses with a reason."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import CharField, F, Value
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Concat
+from django.test import override_settings
+
+from django_streamexport.columns import Column, resolve_columns
+from django_streamexport.exceptions import RowLimitExceeded
+from django_streamexport.formats.csv import CSVFormat
+from django_streamexport.formats.ndjson import NDJSONFormat
+from django_streamexport.pgcopy import CopyExportStream
+from django_streamexport.streaming import ExportStream
+from tests.conftest import both_databases, make_records, parse_csv, server_side_cursors
+from tests.testapp.models import Record
+from tests.testapp.views import ALL_FIELDS
+
+pytestmark = both_databases
+
+#: Every column COPY can spell (ALL_FIELDS minus the JSON column).
+COPY_FIELDS = [f for f in ALL_FIELDS if f != "data"]
+
+
+def streams(alias, fields=COPY_FIELDS, queryset=None, fmt=CSVFormat, copy_mode=True, **options):
+    queryset = queryset if queryset is not None else Record.objects.using(alias).order_by("id")
+    columns = resolve_columns(queryset, fields)
+    kwargs = dict(chunk_size=7, buffer_size=512, using=alias)
+    standard = ExportStream(queryset, columns, fmt(columns, **options), **kwargs)
+    copy = CopyExportStream(
+        queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs
+    )
+    return standard, copy
+
+
+def test_copy_output_equals_the_standard_output_byte_for_byte(pg_alias):
+    make_records(pg_alias)
+    standard, copy = streams(pg_alias)
+    assert copy.copy_reason is None
+    expected, got = b"".join(standard), b"".join(copy)
+    assert got == expected
+    assert copy.rows == standard.rows == Record.objects.count()
+    assert copy.bytes == len(got)
+    # Parsed independently, too: same cells, CRLF line ends, escaped formulas.
+    assert parse_csv(got) == parse_csv(expected)
+    assert got.count(b"\r\n") >= copy.rows + 1
+    assert server_side_cursors(pg_alias) == []
+
+
+def test_copy_spells_edge_values_as_python_does(pg_alias):
+    make_records(pg_alias, count=3)
+    edge = [
+        (1e15, datetime.timedelta(days=-2, microseconds=1), datetime.time(0, 0)),
+        (-1234567890123456.8, datetime.timedelta(0), datetime.time(1, 2, 3, 40)),
+        (float("inf"), -datetime.timedelta(seconds=1), None),
+        (float("nan"), datetime.timedelta(days=3), datetime.time(23, 59, 59, 999999)),
+        (-0.0, datetime.timedelta(microseconds=-5), datetime.time(12)),
+        (100.0, datetime.timedelta(days=10_000), datetime.time(0, 0, 0, 1)),
+        (1e-7, None, None),
+        (1e22, None, None),
+    ]
+    for ratio, took, at in edge:
+        Record.objects.using(pg_alias).create(
+            title="",
+            body="-x",
+            ratio=ratio,
+            took=took,
+            at=at,
+            flag=False,
+            created=datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc),
+            amount=Decimal("0.00"),
+            key=uuid.uuid4(),
+        )
+    standard, copy = streams(pg_alias)
+    assert copy.copy_reason is None
+    assert b"".join(copy) == b"".join(standard)
+
+
+@pytest.mark.parametrize(
+    "options", [{"delimiter": ";"}, {"bom": True}, {"escape_formulas": False}, {"header": False}]
+)
+def test_copy_follows_the_format_options(pg_alias, options):
+    make_records(pg_alias)
+    standard, copy = streams(pg_alias, **options)
+    assert copy.copy_reason is None
+    assert b"".join(copy) == b"".join(standard)
+
+
+def test_copy_handles_annotations_filters_joins_and_forced_escaping(pg_alias):
+    make_records(pg_alias)
+    queryset = (
+        Record.objects.using(pg_alias)
+        .filter(title__contains="e")
+        .annotate(shout=Concat(F("title"), Value("!")))
+        .order_by("-id")
+    )
+    fields = [
+        "shout",
+        "id",
+        Column("flag", escape_formulas=True),
+        "author__name",
+        Column("title", escape_formulas=False),
+    ]
+    standard, copy = streams(pg_alias, fields, queryset)
+    assert copy.copy_reason is None
+    assert b"".join(copy) == b"".join(standard)
+
+
+def test_copy_empty_queryset(pg_alias):
+    standard, copy = streams(pg_alias, queryset=Record.objects.none())
+    assert b"".join(copy) == b"".join(standard)
+    assert copy.rows == 0
+
+
+@pytest.mark.parametrize(
+    "fields, fmt, reason",
+    [
+        (ALL_FIELDS, CSVFormat, "column 'data' holds json values"),
+        (["title"], CSVFormat, "one-column"),
+        (COPY_FIELDS, NDJSONFormat, "not CSV"),
+    ],
+)
+def test_copy_falls_back_with_a_reason_and_the_same_output(pg_alias, caplog, fields, fmt, reason):
+    make_records(pg_alias)
+    with caplog.at_level(logging.INFO, logger="django_streamexport"):
+        standard, copy = streams(pg_alias, fields, fmt=fmt)
+    assert reason in copy.copy_reason
+    assert any(reason in r.getMessage() for r in caplog.records)
+    assert b"".join(copy) == b"".join(standard)
+
+
+def test_copy_falls_back_for_a_custom_converter_and_on_sqlite(db_alias):
+    class Shouting(CSVFormat):
+        def get_converter(self, column):
+            return str.upper if column.kind == "text" else super().get_converter(column)
+
+    make_records(db_alias)
+    standard, copy = streams(db_alias, fmt=Shouting)
+    assert copy.copy_reason is not None
+    assert b"".join(copy) == b"".join(standard)
+
+
+def test_copy_mode_require_refuses_before_the_response(pg_alias):
+    queryset = Record.objects.using(pg_alias)
+    columns = resolve_columns(queryset, ALL_FIELDS)
+    with pytest.raises(ImproperlyConfigured, match="column 'data' holds json"):
+        CopyExportStream(
+            queryset,
+            columns,
+            CSVFormat(columns),
+            copy_mode="require",
+            chunk_size=10,
+            buffer_size=100,
+        )
+
+
+def test_copy_under_use_tz_false(pg_alias):
+    make_records(pg_alias)
+    with override_settings(USE_TZ=False):
+        from django.db import connections
+
+        connections[pg_alias].close()
+        try:
+            standard, copy = streams(pg_alias)
+            assert copy.copy_reason is None
+            assert b"".join(copy) == b"".join(standard)
+        finally:
+            connections[pg_alias].close()
+
+
+def test_copy_stream_closed_early_leaves_a_usable_connection(pg_alias):
+    make_records(pg_alias, count=3000)
+    _, copy = streams(pg_alias)
+    chunks = iter(copy)
+    first = next(chunks)
+    assert first.startswith(b"ID,")
+    next(chunks)
+    copy.close()
+    assert Record.objects.using(pg_alias).count() == 3000
+    assert server_side_cursors(pg_alias) == []
+
+
+@override_settings(STREAMEXPORT_COPY_MODE=True)
+def test_view_uses_copy_mode_from_the_setting(pg_alias, client):
+    make_records(pg_alias)
+    from tests.testapp.views import RecordExport
+
+    view = RecordExport()
+    view.setup(type("R", (), {"GET": {}, "method": "GET"})())
+    stream = view.get_export_stream()
+    assert isinstance(stream, CopyExportStream)
+    # ALL_FIELDS has a JSON column: the fall-back gives the standard file.
+    assert stream.copy_reason is not None
+    response = client.get("/records/export/?format=csv")
+    with override_settings(STREAMEXPORT_COPY_MODE=False):
+        plain = client.get("/records/export/?format=csv")
+    assert b"".join(response.streaming_content) == b"".join(plain.streaming_content)
+
+
+def test_copy_falls_back_under_a_row_limit(pg_alias):
+    """COPY hands over whole blocks; the standard path stops at exactly max_rows."""
+    make_records(pg_alias)
+    queryset = Record.objects.using(pg_alias).order_by("id")
+    columns = resolve_columns(queryset, COPY_FIELDS)
+    copy = CopyExportStream(
+        queryset, columns, CSVFormat(columns), chunk_size=7, buffer_size=512, using=pg_alias,
+        max_rows=5,
+    )
+    assert "row limit" in copy.copy_reason
+    chunks = []
+    with pytest.raises(RowLimitExceeded):
+        for chunk in copy:
+            chunks.append(chunk)
+    assert len(parse_csv(b"".join(chunks))) == 1 + 5
+
+
+def test_copy_statement_timeout_bounds_the_whole_export(pg_alias):
+    """COPY is one statement, so STREAMEXPORT_STATEMENT_TIMEOUT applies to all of it."""
+    make_records(pg_alias, 2000)
+    queryset = Record.objects.using(pg_alias).annotate(
+        slow=RawSQL("pg_sleep(0.002)::text", [], output_field=CharField())
+    ).order_by("id")
+    columns = resolve_columns(queryset, ["id", "title", "slow"])
+    copy = CopyExportStream(
+        queryset, columns, CSVFormat(columns), chunk_size=7, buffer_size=512, using=pg_alias,
+        statement_timeout=0.5,
+    )
+    assert copy.copy_reason is None
+    # COPY reads through the raw psycopg cursor, so the driver's QueryCanceled surfaces.
+    with pytest.raises(Exception, match="statement timeout"):
+        b"".join(copy)
+    assert copy.error_code == "statement_timeout"
+    assert server_side_cursors(pg_alias) == []
