@@ -231,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, str]] = []
     only = set(args.only.split(",")) if args.only else None
     for rows in sizes:
-        approaches = QUICK if args.quick else STREAMING + (
-            PEERS if rows <= PEERS_MAX_ROWS else []
-        )
+        approaches = QUICK if args.quick else STREAMING + (PEERS if rows <= PEERS_MAX_ROWS else [])
         plan += [(a, f"synthetic-{rows}") for a in approaches]
     if multiply:
         plan += [(a, "flights") for a in [*STREAMING, "recipe", "http-recipe"]]

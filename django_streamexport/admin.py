@@ -40,7 +40,7 @@ from django.contrib.auth import get_permission_codename
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, PermissionDenied
 from django.db import models
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, QueryDict
+from django.http import HttpRequest, HttpResponseBase, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
@@ -86,7 +86,9 @@ PERMISSION_MODES = ("view", "export")
 # --- actions ----------------------------------------------------------------------------
 
 
-def export_action(format_name: str, description: str | None = None) -> Callable[..., HttpResponse]:
+def export_action(
+    format_name: str, description: str | None = None
+) -> Callable[..., HttpResponseBase]:
     """Return an admin action that streams the selected rows in the format ``format_name``.
 
     Use it for formats of your own (``actions = [export_action("xlsx")]``); the
@@ -107,7 +109,7 @@ def export_action(format_name: str, description: str | None = None) -> Callable[
     )
     def export_selected(
         modeladmin: ExportAdminMixin, request: HttpRequest, queryset: models.QuerySet
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         if not modeladmin.has_export_permission(request):
             raise PermissionDenied
         try:
@@ -132,7 +134,7 @@ export_as_ndjson = export_action("ndjson")
 def _skip_results(self: ChangeList, request: HttpRequest) -> None:
     # ChangeList.get_results() runs the paginator's COUNT(*) (twice with
     # show_full_result_count) and fetches a page; an export needs neither.
-    self.result_count = None
+    self.result_count = None  # type: ignore[assignment]
     self.full_result_count = None
     self.result_list = self.queryset.none()
     self.can_show_all = False
@@ -310,7 +312,7 @@ class ExportAdminMixin:
         queryset: models.QuerySet,
         format_name: str | None,
         field_names: Sequence[str] | None = None,
-    ) -> HttpResponse:
+    ) -> HttpResponseBase:
         """Return the streaming response exporting ``queryset`` (never evaluated here).
 
         ``field_names`` picks and orders columns among the allowed fields
@@ -403,7 +405,7 @@ class ExportAdminMixin:
             *super().get_urls(),  # type: ignore[misc]
         ]
 
-    def export_view(self, request: HttpRequest) -> HttpResponse:
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
         """Show the export page; with ``format`` in the query, stream the download.
 
         The download is ``GET ?_changelist_filters=<changelist query>&format=<name>
@@ -519,7 +521,7 @@ class ExportAdminMixin:
         return errors
 
 
-class ExportModelAdmin(ExportAdminMixin, admin.ModelAdmin):
+class ExportModelAdmin(ExportAdminMixin, admin.ModelAdmin):  # type: ignore[misc]  # stubs' signatures
     """A ``ModelAdmin`` with streaming exports (see :class:`ExportAdminMixin`)."""
 
 

@@ -109,7 +109,8 @@ def postgresql_driver() -> str | None:
     (``django/db/backends/postgresql/psycopg_any.py``), so having psycopg2 installed (or
     imported) does not mean it is used.
     """
-    if not any("postgresql" in db.get("ENGINE", "") for db in settings.DATABASES.values()):
+    databases: dict[str, Any] = settings.DATABASES
+    if not any("postgresql" in db.get("ENGINE", "") for db in databases.values()):
         return None
     try:
         from django.db.backends.postgresql.psycopg_any import is_psycopg3

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
@@ -96,7 +96,7 @@ class Column:
 
 
 #: What ``export_fields`` may contain.
-ExportField = Union[str, Column]
+ExportField = str | Column
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class Settings:
 
     @property
     def CSV_DELIMITER(self) -> str:
-        """One-character CSV field separator. Default ``","`` (use ``";"`` for some Excel locales)."""
+        """One-character CSV field separator. Default ``","`` (``";"`` for some Excel locales)."""
         return getattr(settings, "STREAMEXPORT_CSV_DELIMITER", ",")
 
     @property

@@ -78,6 +78,10 @@ def describe_failure(exc: BaseException) -> Failure:
         code = IDLE_TIMEOUT
     elif state in {"57P01", "57P02", "57P03"} or (state or "").startswith("08"):
         code = DATABASE_UNAVAILABLE
+    elif state is None and "idle-in-transaction timeout" in str(exc):
+        # psycopg2 reports the server's FATAL on a closed connection without its
+        # SQLSTATE; the message is PostgreSQL's (postgres.c, ERRCODE 25P03).
+        code = IDLE_TIMEOUT
     elif state is None and isinstance(exc, (OperationalError, InterfaceError)):
         # No SQLSTATE: the driver lost the connection (closed socket, killed backend).
         code = DATABASE_UNAVAILABLE

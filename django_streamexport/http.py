@@ -41,9 +41,7 @@ def safe_filename(name: str, extension: str, default: str = "export") -> str:
     stem = _UNSAFE.sub("-", stem)
     # Invisible format characters (bidi overrides such as U+202E make
     # "evil\u202ecsv.exe" display as "evilexe.csv"), line and paragraph separators.
-    stem = "".join(
-        "-" if unicodedata.category(ch) in ("Cf", "Zl", "Zp") else ch for ch in stem
-    )
+    stem = "".join("-" if unicodedata.category(ch) in ("Cf", "Zl", "Zp") else ch for ch in stem)
     stem = " ".join(stem.split())
     stem = stem.strip(" .-")
     stem = stem[: MAX_FILENAME_LENGTH - len(suffix)].rstrip(" .-")

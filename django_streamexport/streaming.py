@@ -5,9 +5,10 @@ The pipeline, in order:
 1. the format's opening bytes (CSV header row) are yielded *before* the query
    runs, so the client sees the first bytes at once;
 2. a transaction is opened and the ``values_list(...)`` rows are read in
-   ``fetchmany()`` batches from a server-side cursor (:meth:`ExportStream.iter_batches`).  Inside a transaction
-   Django's PostgreSQL backend declares a ``WITHOUT HOLD`` server-side cursor,
-   which streams; in autocommit it would declare ``WITH HOLD``, which makes
+   ``fetchmany()`` batches from a server-side cursor
+   (:meth:`ExportStream.iter_batches`).  Inside a transaction Django's
+   PostgreSQL backend declares a ``WITHOUT HOLD`` server-side cursor, which
+   streams; in autocommit it would declare ``WITH HOLD``, which makes
    PostgreSQL run and store the whole result before the first ``FETCH``
    (see the PostgreSQL ``DECLARE`` notes);
 3. rows are rendered in batches sized so each yielded chunk is about
@@ -59,7 +60,7 @@ FIRST_BATCH_ROWS = 16
 MAX_BATCH_ROWS = 20_000
 
 
-def _use_fast_loaders(connection, cursor) -> None:
+def _use_fast_loaders(connection: Any, cursor: Any) -> None:
     """Let psycopg 3 load ``timestamptz`` with its C loader on this export's cursor.
 
     Django registers a pure-Python ``timestamptz`` loader on every psycopg 3

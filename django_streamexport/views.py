@@ -357,7 +357,7 @@ class StreamingExportMixin:
 class BaseStreamingExportView(StreamingExportMixin, View):
     """Stream the export on ``GET``; answer ``HEAD`` with headers only."""
 
-    http_method_names = ["get", "head", "options"]
+    http_method_names = ("get", "head", "options")
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         return self.render_to_export_response()
@@ -370,4 +370,3 @@ class BaseStreamingExportView(StreamingExportMixin, View):
 
 class StreamingExportView(BaseStreamingExportView):
     """Stream a queryset as CSV or NDJSON; subclass and set ``model`` and ``export_fields``."""
-

@@ -59,11 +59,15 @@ def pg_alias():
 def make_records(alias: str, count: int | None = None) -> list[Record]:
     """Create records with nasty values (and NULLs) on ``alias``; return them fresh from the DB."""
     country = Country.objects.using(alias).create(name='Côte d\'Ivoire, "CI"')
-    author = Author.objects.using(alias).create(name="=HYPERLINK(\"x\")", country=country)
+    author = Author.objects.using(alias).create(name='=HYPERLINK("x")', country=country)
     lonely = Author.objects.using(alias).create(name="No country", country=None)
     tz_plus = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
     records = []
-    texts = NASTY_TEXTS if count is None else [f"row {i}, \"q\"\n{NASTY_TEXTS[i % len(NASTY_TEXTS)]}" for i in range(count)]
+    texts = (
+        NASTY_TEXTS
+        if count is None
+        else [f'row {i}, "q"\n{NASTY_TEXTS[i % len(NASTY_TEXTS)]}' for i in range(count)]
+    )
     for i, text in enumerate(texts):
         records.append(
             Record(
@@ -78,9 +82,13 @@ def make_records(alias: str, count: int | None = None) -> list[Record]:
                 if i % 7 == 0
                 else datetime.datetime(2013, 1, 1, 5, 30, 15, 123000, tzinfo=tz_plus)
                 + datetime.timedelta(hours=i),
-                day=None if i % 8 == 0 else datetime.date(2013, 12, 31) - datetime.timedelta(days=i),
+                day=None
+                if i % 8 == 0
+                else datetime.date(2013, 12, 31) - datetime.timedelta(days=i),
                 at=None if i % 9 == 0 else datetime.time(23, 59, i % 60),
-                took=None if i % 10 == 0 else datetime.timedelta(days=i, seconds=3661, microseconds=5),
+                took=None
+                if i % 10 == 0
+                else datetime.timedelta(days=i, seconds=3661, microseconds=5),
                 key=uuid.UUID(int=i + 1),
                 data=None if i % 11 == 0 else {"i": i, "text": text, "nested": [1, "=2", None]},
                 author=(author, lonely, None)[i % 3],

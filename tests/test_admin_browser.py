@@ -21,10 +21,10 @@ import os
 from pathlib import Path
 
 import pytest
-from django.utils.text import capfirst
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.db import connections
+from django.utils.text import capfirst
 from flights.admin import FlightAdmin
 from flights.models import Flight
 

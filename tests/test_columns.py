@@ -45,7 +45,12 @@ def test_labels():
         ["title", "author__country__name", Column("count", label="How many"), "amount"],
         labels={"amount": "Sum"},
     )
-    assert [c.label for c in columns] == ["Record title", "Author country country name", "How many", "Sum"]
+    assert [c.label for c in columns] == [
+        "Record title",
+        "Author country country name",
+        "How many",
+        "Sum",
+    ]
 
 
 def test_choices_display_maps_labels():

@@ -436,7 +436,7 @@ def test_hup_during_an_export_cuts_it_and_closes_the_cursor(proxy, app, dbname, 
             lambda: f"the export did not start: {sessions_on(dbname)}",
         )
         app.process.send_signal(signal.SIGHUP)
-        _, stderr = download.communicate(timeout=GRACEFUL_TIMEOUT + 20)
+        _, stderr = download.communicate(timeout=GRACEFUL_TIMEOUT + 45)  # slack for a busy CI
     finally:
         if download.poll() is None:
             download.kill()

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.t
 class RecordFilter(django_filters.FilterSet):
     class Meta:
         model = Record
-        fields = {"status": ("exact",), "count": ("gte", "lte"), "day": ("gte",)}  # noqa: RUF012
+        fields = {"status": ("exact",), "count": ("gte", "lte"), "day": ("gte",)}
 
 
 class RecordFilteredExport(FilteredExportView):

@@ -44,12 +44,28 @@ def test_csv_round_trip_matches_the_database(db_alias):
     rows = parse_csv(export(db_alias, CSVFormat))
     header, data = rows[0], rows[1:]
     assert header == [
-        "ID", "Record title", "Body", "Status", "Count", "Amount", "Ratio", "Flag", "Created",
-        "Day", "At", "Took", "Key", "Data", "Author name", "Author country country name",
+        "ID",
+        "Record title",
+        "Body",
+        "Status",
+        "Count",
+        "Amount",
+        "Ratio",
+        "Flag",
+        "Created",
+        "Day",
+        "At",
+        "Took",
+        "Key",
+        "Data",
+        "Author name",
+        "Author country country name",
     ]
     assert len(data) == len(records) == len(NASTY_TEXTS)
-    for record, row in zip(records, data):
-        cell = dict(zip([f if isinstance(f, str) else f.name for f in ALL_FIELDS], row))
+    for record, row in zip(records, data, strict=True):
+        cell = dict(
+            zip([f if isinstance(f, str) else f.name for f in ALL_FIELDS], row, strict=True)
+        )
         assert cell["id"] == str(record.id)
         assert cell["title"] == expected_text(record.title)
         assert cell["body"] == ("" if record.body is None else expected_text(record.body))
@@ -90,7 +106,7 @@ def test_ndjson_round_trip_matches_the_database(db_alias):
     records = make_records(db_alias)
     lines = parse_ndjson(export(db_alias, NDJSONFormat))
     assert len(lines) == len(records)
-    for record, line in zip(records, lines):
+    for record, line in zip(records, lines, strict=True):
         assert list(line) == [f if isinstance(f, str) else f.name for f in ALL_FIELDS]
         assert line["id"] == record.id
         assert line["title"] == record.title  # no formula escaping in JSON
@@ -121,8 +137,8 @@ def test_csv_and_ndjson_carry_the_same_values(db_alias):
     fields = ["id", "amount", "flag", "created", "day", "at", "took", "key"]
     csv_rows = parse_csv(export(db_alias, CSVFormat, fields))[1:]
     json_rows = parse_ndjson(export(db_alias, NDJSONFormat, fields))
-    for csv_row, json_row in zip(csv_rows, json_rows):
-        for name, cell in zip(fields, csv_row):
+    for csv_row, json_row in zip(csv_rows, json_rows, strict=True):
+        for name, cell in zip(fields, csv_row, strict=True):
             value = json_row[name]
             if value is None:
                 assert cell == ""
@@ -150,9 +166,13 @@ def test_numbers_are_never_escaped(db_alias):
 def test_formula_escaping_can_be_turned_off(db_alias):
     Record.objects.using(db_alias).create(title="=1+1", body="=2+2")
     with override_settings(STREAMEXPORT_CSV_ESCAPE_FORMULAS=False):
-        row = parse_csv(export(db_alias, CSVFormat, ["title", Column("body", escape_formulas=True)]))[1]
+        row = parse_csv(
+            export(db_alias, CSVFormat, ["title", Column("body", escape_formulas=True)])
+        )[1]
     assert row == ["=1+1", "'=2+2"]
-    row = parse_csv(export(db_alias, CSVFormat, [Column("title", escape_formulas=False), "body"]))[1]
+    row = parse_csv(export(db_alias, CSVFormat, [Column("title", escape_formulas=False), "body"]))[
+        1
+    ]
     assert row == ["=1+1", "'=2+2"]
 
 
@@ -179,7 +199,9 @@ def test_annotations_and_expressions_export(db_alias):
         .annotate(double=F("count") * 2, label=Concat(Value("="), F("title")))
         .order_by("id")
     )
-    rows = parse_ndjson(export(db_alias, NDJSONFormat, ["id", "double", "label"], queryset=queryset))
+    rows = parse_ndjson(
+        export(db_alias, NDJSONFormat, ["id", "double", "label"], queryset=queryset)
+    )
     records = list(queryset)
     assert [row["double"] for row in rows] == [r.double for r in records]
     csv_rows = parse_csv(export(db_alias, CSVFormat, ["double", "label"], queryset=queryset))

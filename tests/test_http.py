@@ -32,9 +32,18 @@ def test_safe_filename(name, expected):
     ("filename", "header"),
     [
         ("flights.csv", 'attachment; filename="flights.csv"'),
-        ("vols-été.csv", "attachment; filename=\"vols-ete.csv\"; filename*=UTF-8''vols-%C3%A9t%C3%A9.csv"),
-        ("🎉 party.ndjson", "attachment; filename=\"party.ndjson\"; filename*=UTF-8''%F0%9F%8E%89%20party.ndjson"),
-        ("航班.csv", "attachment; filename=\"export.csv\"; filename*=UTF-8''%E8%88%AA%E7%8F%AD.csv"),
+        (
+            "vols-été.csv",
+            "attachment; filename=\"vols-ete.csv\"; filename*=UTF-8''vols-%C3%A9t%C3%A9.csv",
+        ),
+        (
+            "🎉 party.ndjson",
+            "attachment; filename=\"party.ndjson\"; filename*=UTF-8''%F0%9F%8E%89%20party.ndjson",
+        ),
+        (
+            "航班.csv",
+            "attachment; filename=\"export.csv\"; filename*=UTF-8''%E8%88%AA%E7%8F%AD.csv",
+        ),
     ],
 )
 def test_attachment_header(filename, header):

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.db.models import CharField, F, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Concat
@@ -26,6 +27,11 @@ from tests.testapp.views import ALL_FIELDS
 
 pytestmark = both_databases
 
+#: COPY mode streams only through psycopg 3; on psycopg2 it falls back (tested at the end).
+needs_psycopg3 = pytest.mark.skipif(
+    not is_psycopg3, reason="COPY mode needs psycopg 3; the psycopg2 fallback is tested below"
+)
+
 #: Every column COPY can spell (ALL_FIELDS minus the JSON column).
 COPY_FIELDS = [f for f in ALL_FIELDS if f != "data"]
 
@@ -41,6 +47,7 @@ def streams(alias, fields=COPY_FIELDS, queryset=None, fmt=CSVFormat, copy_mode=T
     return standard, copy
 
 
+@needs_psycopg3
 def test_copy_output_equals_the_standard_output_byte_for_byte(pg_alias):
     make_records(pg_alias)
     standard, copy = streams(pg_alias)
@@ -55,6 +62,7 @@ def test_copy_output_equals_the_standard_output_byte_for_byte(pg_alias):
     assert server_side_cursors(pg_alias) == []
 
 
+@needs_psycopg3
 def test_copy_spells_edge_values_as_python_does(pg_alias):
     make_records(pg_alias, count=3)
     edge = [
@@ -87,6 +95,7 @@ def test_copy_spells_edge_values_as_python_does(pg_alias):
 @pytest.mark.parametrize(
     "options", [{"delimiter": ";"}, {"bom": True}, {"escape_formulas": False}, {"header": False}]
 )
+@needs_psycopg3
 def test_copy_follows_the_format_options(pg_alias, options):
     make_records(pg_alias)
     standard, copy = streams(pg_alias, **options)
@@ -94,6 +103,7 @@ def test_copy_follows_the_format_options(pg_alias, options):
     assert b"".join(copy) == b"".join(standard)
 
 
+@needs_psycopg3
 def test_copy_handles_annotations_filters_joins_and_forced_escaping(pg_alias):
     make_records(pg_alias)
     queryset = (
@@ -114,6 +124,7 @@ def test_copy_handles_annotations_filters_joins_and_forced_escaping(pg_alias):
     assert b"".join(copy) == b"".join(standard)
 
 
+@needs_psycopg3
 def test_copy_empty_queryset(pg_alias):
     standard, copy = streams(pg_alias, queryset=Record.objects.none())
     assert b"".join(copy) == b"".join(standard)
@@ -128,6 +139,7 @@ def test_copy_empty_queryset(pg_alias):
         (COPY_FIELDS, NDJSONFormat, "not CSV"),
     ],
 )
+@needs_psycopg3
 def test_copy_falls_back_with_a_reason_and_the_same_output(pg_alias, caplog, fields, fmt, reason):
     make_records(pg_alias)
     with caplog.at_level(logging.INFO, logger="django_streamexport"):
@@ -148,6 +160,7 @@ def test_copy_falls_back_for_a_custom_converter_and_on_sqlite(db_alias):
     assert b"".join(copy) == b"".join(standard)
 
 
+@needs_psycopg3
 def test_copy_mode_require_refuses_before_the_response(pg_alias):
     queryset = Record.objects.using(pg_alias)
     columns = resolve_columns(queryset, ALL_FIELDS)
@@ -162,6 +175,7 @@ def test_copy_mode_require_refuses_before_the_response(pg_alias):
         )
 
 
+@needs_psycopg3
 def test_copy_under_use_tz_false(pg_alias):
     make_records(pg_alias)
     with override_settings(USE_TZ=False):
@@ -176,6 +190,7 @@ def test_copy_under_use_tz_false(pg_alias):
             connections[pg_alias].close()
 
 
+@needs_psycopg3
 def test_copy_stream_closed_early_leaves_a_usable_connection(pg_alias):
     make_records(pg_alias, count=3000)
     _, copy = streams(pg_alias)
@@ -188,6 +203,7 @@ def test_copy_stream_closed_early_leaves_a_usable_connection(pg_alias):
     assert server_side_cursors(pg_alias) == []
 
 
+@needs_psycopg3
 @override_settings(STREAMEXPORT_COPY_MODE=True)
 def test_view_uses_copy_mode_from_the_setting(pg_alias, client):
     make_records(pg_alias)
@@ -205,13 +221,19 @@ def test_view_uses_copy_mode_from_the_setting(pg_alias, client):
     assert b"".join(response.streaming_content) == b"".join(plain.streaming_content)
 
 
+@needs_psycopg3
 def test_copy_falls_back_under_a_row_limit(pg_alias):
     """COPY hands over whole blocks; the standard path stops at exactly max_rows."""
     make_records(pg_alias)
     queryset = Record.objects.using(pg_alias).order_by("id")
     columns = resolve_columns(queryset, COPY_FIELDS)
     copy = CopyExportStream(
-        queryset, columns, CSVFormat(columns), chunk_size=7, buffer_size=512, using=pg_alias,
+        queryset,
+        columns,
+        CSVFormat(columns),
+        chunk_size=7,
+        buffer_size=512,
+        using=pg_alias,
         max_rows=5,
     )
     assert "row limit" in copy.copy_reason
@@ -222,15 +244,23 @@ def test_copy_falls_back_under_a_row_limit(pg_alias):
     assert len(parse_csv(b"".join(chunks))) == 1 + 5
 
 
+@needs_psycopg3
 def test_copy_statement_timeout_bounds_the_whole_export(pg_alias):
     """COPY is one statement, so STREAMEXPORT_STATEMENT_TIMEOUT applies to all of it."""
     make_records(pg_alias, 2000)
-    queryset = Record.objects.using(pg_alias).annotate(
-        slow=RawSQL("pg_sleep(0.002)::text", [], output_field=CharField())
-    ).order_by("id")
+    queryset = (
+        Record.objects.using(pg_alias)
+        .annotate(slow=RawSQL("pg_sleep(0.002)::text", [], output_field=CharField()))
+        .order_by("id")
+    )
     columns = resolve_columns(queryset, ["id", "title", "slow"])
     copy = CopyExportStream(
-        queryset, columns, CSVFormat(columns), chunk_size=7, buffer_size=512, using=pg_alias,
+        queryset,
+        columns,
+        CSVFormat(columns),
+        chunk_size=7,
+        buffer_size=512,
+        using=pg_alias,
         statement_timeout=0.5,
     )
     assert copy.copy_reason is None
@@ -239,3 +269,13 @@ def test_copy_statement_timeout_bounds_the_whole_export(pg_alias):
         b"".join(copy)
     assert copy.error_code == "statement_timeout"
     assert server_side_cursors(pg_alias) == []
+
+
+@pytest.mark.skipif(is_psycopg3, reason="checks the psycopg2 fallback")
+def test_copy_mode_on_psycopg2_falls_back_to_the_same_file(pg_alias):
+    make_records(pg_alias)
+    standard, copy = streams(pg_alias)
+    assert "psycopg2" in copy.copy_reason
+    assert b"".join(copy) == b"".join(standard)
+    with pytest.raises(ImproperlyConfigured, match="psycopg 3"):
+        streams(pg_alias, copy_mode="require")

@@ -13,8 +13,8 @@ from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.streaming import ExportStream
 from tests.conftest import (
-    both_databases,
     backend_pid,
+    both_databases,
     make_records,
     parse_csv,
     parse_ndjson,
@@ -32,8 +32,13 @@ def make_stream(alias, fmt=CSVFormat, fields=FIELDS, buffer_size=16 * 1024, **kw
     queryset = Record.objects.using(alias).order_by("id")
     columns = resolve_columns(queryset, fields)
     return ExportStream(
-        queryset, columns, fmt(columns), chunk_size=kwargs.pop("chunk_size", 500),
-        buffer_size=buffer_size, using=alias, **kwargs
+        queryset,
+        columns,
+        fmt(columns),
+        chunk_size=kwargs.pop("chunk_size", 500),
+        buffer_size=buffer_size,
+        using=alias,
+        **kwargs,
     )
 
 
@@ -43,7 +48,9 @@ def test_header_is_sent_before_the_query_runs(db_alias):
     chunks = iter(stream)
     with CaptureQueriesContext(connections[db_alias]) as queries:
         first = next(chunks)
-    assert parse_csv(first) == [["ID", "Record title", "Amount", "Author name", "Author country country name"]]
+    assert parse_csv(first) == [
+        ["ID", "Record title", "Amount", "Author name", "Author country country name"]
+    ]
     assert len(queries) == 0
     stream.close()
 
@@ -173,9 +180,13 @@ def test_memory_does_not_grow_with_rows(pg_alias):
 
     def peak(limit):
         queryset = Record.objects.using(pg_alias).order_by("id")[:limit]
-        columns = resolve_columns(queryset, FIELDS + ["data", "created", "body"])
+        columns = resolve_columns(queryset, [*FIELDS, "data", "created", "body"])
         stream = ExportStream(
-            queryset, columns, NDJSONFormat(columns), chunk_size=500, buffer_size=64 * 1024,
+            queryset,
+            columns,
+            NDJSONFormat(columns),
+            chunk_size=500,
+            buffer_size=64 * 1024,
             using=pg_alias,
         )
         tracemalloc.start()

@@ -14,7 +14,6 @@ from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.views import StreamingExportMixin, StreamingExportView
 from tests.conftest import body, both_databases, make_records, parse_csv, parse_ndjson
 from tests.testapp.models import Record
-from tests.testapp.views import RecordExport
 
 pytestmark = both_databases
 
@@ -50,7 +49,9 @@ def test_export_matches_queryset_rows(client):
     assert [line["title"] for line in lines] == [r.title for r in records]
 
 
-@pytest.mark.parametrize("query", ["?format=xlsx", "?format=%00", "?format=" + "x" * 5000, "?format=CSV"])
+@pytest.mark.parametrize(
+    "query", ["?format=xlsx", "?format=%00", "?format=" + "x" * 5000, "?format=CSV"]
+)
 def test_unknown_format_is_a_clear_400(client, query):
     response = client.get("/records/export/" + query)
     assert response.status_code == 400
@@ -87,7 +88,11 @@ def test_labels_default_and_override(db_alias):
     response = view_for(
         model=Record,
         using=db_alias,
-        export_fields=["title", Column("status", label="State", choices_display=True), "author__name"],
+        export_fields=[
+            "title",
+            Column("status", label="State", choices_display=True),
+            "author__name",
+        ],
         export_labels={"author__name": "Writer"},
     )
     rows = parse_csv(body(response))
@@ -98,7 +103,10 @@ def test_queryset_attribute_and_filename_default(db_alias):
     Record.objects.using(db_alias).create(title="keep", count=1)
     Record.objects.using(db_alias).create(title="drop", count=2)
     response = view_for(
-        "?format=ndjson", queryset=Record.objects.filter(count=1), using=db_alias, export_fields=["title"]
+        "?format=ndjson",
+        queryset=Record.objects.filter(count=1),
+        using=db_alias,
+        export_fields=["title"],
     )
     assert response["Content-Disposition"] == 'attachment; filename="records.ndjson"'
     assert parse_ndjson(body(response)) == [{"title": "keep"}]
@@ -124,7 +132,12 @@ def test_format_classes_and_kwargs_hooks():
     )
     assert response["Content-Disposition"] == 'attachment; filename="records.csv"'
     assert body(response) == b"\xef\xbb\xbfID\r\n"
-    assert view_for("?format=csv", model=Record, export_fields=["id"], format_classes=[SemicolonCSV]).status_code == 400
+    assert (
+        view_for(
+            "?format=csv", model=Record, export_fields=["id"], format_classes=[SemicolonCSV]
+        ).status_code
+        == 400
+    )
 
 
 @pytest.mark.parametrize(
@@ -135,9 +148,18 @@ def test_format_classes_and_kwargs_hooks():
         ({"model": Record, "export_fields": ["nope"]}, "Cannot export 'nope'"),
         ({"model": Record, "export_fields": ["tags__name"]}, "to-many relation"),
         ({"model": Record, "export_fields": ["id", "id"]}, "declared twice"),
-        ({"model": Record, "export_fields": [Column("title", choices_display=True)]}, "has no choices"),
-        ({"model": Record, "export_fields": ["id"], "format_classes": []}, "offers no export formats"),
-        ({"model": Record, "export_fields": ["id"], "format_classes": [object]}, "not an ExportFormat"),
+        (
+            {"model": Record, "export_fields": [Column("title", choices_display=True)]},
+            "has no choices",
+        ),
+        (
+            {"model": Record, "export_fields": ["id"], "format_classes": []},
+            "offers no export formats",
+        ),
+        (
+            {"model": Record, "export_fields": ["id"], "format_classes": [object]},
+            "not an ExportFormat",
+        ),
     ],
 )
 def test_misconfigured_views_raise_improperly_configured(attrs, message):

@@ -77,7 +77,9 @@ class CSVFormat(ExportFormat):
     ) -> None:
         self.delimiter = conf.CSV_DELIMITER if delimiter is None else delimiter
         self.bom = conf.CSV_BOM if bom is None else bom
-        self.escape_formulas = conf.CSV_ESCAPE_FORMULAS if escape_formulas is None else escape_formulas
+        self.escape_formulas = (
+            conf.CSV_ESCAPE_FORMULAS if escape_formulas is None else escape_formulas
+        )
         self.header = header
         self._buffer = io.StringIO()
         # RFC 4180: CRLF line breaks, fields with quotes, separators or line
@@ -98,12 +100,13 @@ class CSVFormat(ExportFormat):
         if convert is None:
             # Under USE_TZ Django returns aware datetimes, which need only isoformat().
             aware = settings.USE_TZ
-            convert = {  # type: ignore[assignment]
+            spellings: dict[str, Converter] = {
                 kinds.BOOLEAN: boolean_text,
                 kinds.DATETIME: datetime.datetime.isoformat if aware else datetime_text,
                 kinds.JSON: json_text,
                 kinds.OTHER: other_text,
-            }.get(column.kind)
+            }
+            convert = spellings.get(column.kind)
         escape = column.escape_formulas
         if escape is None:
             escape = self.escape_formulas and column.kind == kinds.TEXT

@@ -56,8 +56,10 @@ class NDJSONFormat(ExportFormat):
         dumps = orjson.dumps
         options = self._options
         return b"".join(
-            [dumps(dict(zip(keys, row)), default=_default, option=options)
-             for row in self.convert_rows(rows)]
+            [
+                dumps(dict(zip(keys, row, strict=True)), default=_default, option=options)
+                for row in self.convert_rows(rows)
+            ]
         )
 
     def end(self, rows: int | None = None) -> bytes:
