@@ -4,6 +4,7 @@ per-user querysets behind login/permission mixins, and a fuzzed query string."""
 from __future__ import annotations
 
 import json
+import sys
 from urllib.parse import quote
 
 import pytest
@@ -43,9 +44,12 @@ def test_owasp_payloads_are_escaped_in_csv():
     queryset = Record.objects.all()
     columns = resolve_columns(queryset, ["title", "count"], {})
     fmt = CSVFormat(columns)
-    data = fmt.start() + fmt.render_rows([(p, -5) for p in OWASP_PAYLOADS])
+    # Python 3.10's csv module cannot write NUL at all (3.11 can); PostgreSQL text cannot
+    # hold it either, so only the trigger rule matters there (tests/test_formats.py).
+    payloads = [p for p in OWASP_PAYLOADS if "\0" not in p or sys.version_info >= (3, 11)]
+    data = fmt.start() + fmt.render_rows([(p, -5) for p in payloads])
     rows = parse_csv(data)[1:]
-    assert [row[0] for row in rows] == ["'" + p for p in OWASP_PAYLOADS]
+    assert [row[0] for row in rows] == ["'" + p for p in payloads]
     assert {row[1] for row in rows} == {"-5"}  # numbers are never altered
 
 
