@@ -178,9 +178,11 @@ def copy_sql(stream: ExportStream) -> tuple[str, list[Any]]:
     if not isinstance(export_format, CSVFormat):
         raise CopyModeUnavailable(f"the format is {export_format.format!r}, not CSV")
     cls = type(export_format)
-    for hook in ("get_converter", "convert_rows", "render_rows"):
+    for hook in ("get_converter", "get_batch_converter", "convert_rows", "render_rows"):
         if getattr(cls, hook) is not getattr(CSVFormat, hook):
             raise CopyModeUnavailable(f"{cls.__name__} overrides {hook}()")
+    if cls.batch_converters is not CSVFormat.batch_converters:
+        raise CopyModeUnavailable(f"{cls.__name__} overrides batch_converters")
     if len(stream.columns) < 2:
         raise CopyModeUnavailable("a one-column CSV spells empty rows differently")
     if stream.max_rows is not None:

@@ -13,7 +13,13 @@ from django.test import override_settings
 from django.utils.dateparse import parse_duration
 
 from django_streamexport.columns import Column, resolve_columns
-from django_streamexport.formats.csv import FORMULA_TRIGGERS, CSVFormat, escape_formula
+from django_streamexport.formats.base import decimal_text
+from django_streamexport.formats.csv import (
+    FORMULA_TRIGGERS,
+    CSVFormat,
+    boolean_text,
+    escape_formula,
+)
 from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.streaming import ExportStream
 from tests.conftest import NASTY_TEXTS, both_databases, make_records, parse_csv, parse_ndjson
@@ -155,6 +161,33 @@ def test_formula_escaping_covers_the_owasp_triggers(text):
         assert escaped == "'" + text
     else:
         assert escaped == text
+
+
+@pytest.mark.parametrize(
+    ("convert", "values"),
+    [
+        (escape_formula, [*NASTY_TEXTS, None, ""]),
+        (boolean_text, [True, None, False]),
+        (decimal_text, [Decimal("-0.50"), None, Decimal("1E-7"), Decimal("12E+3")]),
+    ],
+    ids=["escape_formula", "boolean_text", "decimal_text"],
+)
+def test_batch_forms_give_what_their_converters_give(convert, values):
+    convert_batch = CSVFormat.batch_converters[convert]
+    assert convert_batch(tuple(values)) == [None if v is None else convert(v) for v in values]
+
+
+def test_a_get_converter_override_wins_over_the_batch_forms(db_alias):
+    class YesNo(CSVFormat):
+        def get_converter(self, column):
+            if column.kind == "boolean":
+                return lambda value: "yes" if value else "no"
+            return super().get_converter(column)
+
+    Record.objects.using(db_alias).create(title="=x", flag=True)
+    Record.objects.using(db_alias).create(title="y", flag=False)
+    rows = parse_csv(export(db_alias, YesNo, ["title", "flag"]))[1:]
+    assert rows == [["'=x", "yes"], ["y", "no"]]
 
 
 def test_numbers_are_never_escaped(db_alias):

@@ -6,6 +6,7 @@ import csv
 import datetime
 import io
 from collections.abc import Sequence
+from typing import ClassVar
 
 import orjson
 from django.conf import settings
@@ -13,7 +14,13 @@ from django.conf import settings
 from django_streamexport import columns as kinds
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.conf import conf
-from django_streamexport.formats.base import Converter, ExportFormat, Row, datetime_text
+from django_streamexport.formats.base import (
+    BatchConverter,
+    Converter,
+    ExportFormat,
+    Row,
+    datetime_text,
+)
 
 #: First characters that make a spreadsheet treat a cell as a formula, per
 #: OWASP "CSV Injection" (= + - @ tab CR, and LF in one revision) and OWASP
@@ -30,9 +37,23 @@ def escape_formula(value: str) -> str:
     return value
 
 
+def escape_formulas(values: Sequence[str | None]) -> list[str | None]:
+    """Return :func:`escape_formula` of each value of a column, ``None`` kept."""
+    triggers = FORMULA_TRIGGERS
+    return [
+        "'" + value if value is not None and value.startswith(triggers) else value
+        for value in values
+    ]
+
+
 def boolean_text(value: bool) -> str:
     """Return ``"true"`` or ``"false"``, the spelling NDJSON uses too."""
     return "true" if value else "false"
+
+
+def boolean_texts(values: Sequence[bool | None]) -> list[str | None]:
+    """Return :func:`boolean_text` of each value of a column, ``None`` kept."""
+    return [None if value is None else "true" if value else "false" for value in values]
 
 
 def json_text(value: object) -> str:
@@ -65,6 +86,11 @@ class CSVFormat(ExportFormat):
     format = "csv"
     media_type = "text/csv"
     extension = "csv"
+    batch_converters: ClassVar[dict[Converter, BatchConverter]] = {
+        **ExportFormat.batch_converters,
+        escape_formula: escape_formulas,
+        boolean_text: boolean_texts,
+    }
 
     def __init__(
         self,
