@@ -16,6 +16,7 @@ from django.db import connections
 
 from tests.conftest import parse_csv
 from tests.servers import (
+    Download,
     SmallWindowConnection,
     get,
     gunicorn,
@@ -86,13 +87,7 @@ def test_backend_terminated_mid_stream(server, db_name):
         assert cursor.fetchone()[0] is True
     complete = read_rest(response, body)
     conn.close()
-    download = type("D", (), {})()
-    download.status, download.headers, download.body, download.complete = (
-        response.status,
-        response.headers,
-        bytes(body),
-        complete,
-    )
+    download = Download(response.status, response.headers, bytes(body), complete)
     lines = ndjson_lines(bytes(body))
     assert lines[-1] == {
         "_type": "error",
@@ -163,13 +158,7 @@ def test_client_reading_1kb_per_second(server, db_name):
     # Then read the rest at full speed: the next FETCH fails and the transfer is cut.
     complete = read_rest(response, body)
     conn.close()
-    download = type("D", (), {})()
-    download.status, download.headers, download.body, download.complete = (
-        response.status,
-        response.headers,
-        bytes(body),
-        complete,
-    )
+    download = Download(response.status, response.headers, bytes(body), complete)
     lines = ndjson_lines(bytes(body))
     assert lines[-1]["_type"] == "error"
     assert lines[-1]["error"]["code"] == "idle_timeout"
