@@ -52,9 +52,12 @@ from django_streamexport.exceptions import (
     ExportRefused,
     ExportRequestError,
     UnknownField,
-    UnknownFormat,
 )
-from django_streamexport.formats import default_format_classes, format_classes_by_name
+from django_streamexport.formats import (
+    default_format_classes,
+    format_classes_by_name,
+    select_format_class,
+)
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.responses import (
     admit_export,
@@ -295,16 +298,7 @@ class ExportAdminMixin:
 
         Raises :class:`~django_streamexport.exceptions.UnknownFormat` (400).
         """
-        by_name = format_classes_by_name(self.get_export_format_classes(request))
-        if name is None and by_name:
-            return next(iter(by_name.values()))
-        try:
-            return by_name[name]  # type: ignore[index]
-        except KeyError:
-            raise UnknownFormat(
-                f"Unknown export format {str(name)[:40]!r}. Choose one of: "
-                f"{', '.join(sorted(by_name))}."
-            ) from None
+        return select_format_class(self.get_export_format_classes(request), name)
 
     def export_queryset_response(
         self,

@@ -30,8 +30,8 @@ from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
 from django_streamexport.conf import conf
-from django_streamexport.exceptions import ExportRequestError, UnknownFormat
-from django_streamexport.formats import default_format_classes, format_classes_by_name
+from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.formats import default_format_classes, select_format_class
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.limits import Slot
 from django_streamexport.responses import (
@@ -151,19 +151,10 @@ class StreamingExportMixin:
         Raises :class:`~django_streamexport.exceptions.UnknownFormat` (400)
         when the request names a format this view does not offer.
         """
-        by_name = format_classes_by_name(self.get_format_classes())
-        if not by_name:
+        classes = self.get_format_classes()
+        if not classes:
             raise ImproperlyConfigured(f"{type(self).__name__} offers no export formats.")
-        name = self.get_format_name()
-        if name is None:
-            return next(iter(by_name.values()))
-        try:
-            return by_name[name]
-        except KeyError:
-            offered = ", ".join(sorted(by_name))
-            raise UnknownFormat(
-                f"Unknown export format {name[:40]!r}. Choose one of: {offered}."
-            ) from None
+        return select_format_class(classes, self.get_format_name())
 
     def get_format_kwargs(self) -> dict[str, Any]:
         """Return keyword arguments for the format class (``delimiter``, ``bom``...)."""

@@ -36,10 +36,19 @@ needs_psycopg3 = pytest.mark.skipif(
 COPY_FIELDS = [f for f in ALL_FIELDS if f != "data"]
 
 
-def streams(alias, fields=COPY_FIELDS, queryset=None, fmt=CSVFormat, copy_mode=True, **options):
+def streams(
+    alias,
+    fields=COPY_FIELDS,
+    queryset=None,
+    fmt=CSVFormat,
+    copy_mode=True,
+    stream_options=None,
+    **options,
+):
+    """Return (standard, COPY) streams of the same export; ``options`` go to the format."""
     queryset = queryset if queryset is not None else Record.objects.using(alias).order_by("id")
     columns = resolve_columns(queryset, fields)
-    kwargs = dict(chunk_size=7, buffer_size=512, using=alias)
+    kwargs = dict(chunk_size=7, buffer_size=512, using=alias, **(stream_options or {}))
     standard = ExportStream(queryset, columns, fmt(columns, **options), **kwargs)
     copy = CopyExportStream(
         queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs
@@ -225,17 +234,7 @@ def test_view_uses_copy_mode_from_the_setting(pg_alias, client):
 def test_copy_falls_back_under_a_row_limit(pg_alias):
     """COPY hands over whole blocks; the standard path stops at exactly max_rows."""
     make_records(pg_alias)
-    queryset = Record.objects.using(pg_alias).order_by("id")
-    columns = resolve_columns(queryset, COPY_FIELDS)
-    copy = CopyExportStream(
-        queryset,
-        columns,
-        CSVFormat(columns),
-        chunk_size=7,
-        buffer_size=512,
-        using=pg_alias,
-        max_rows=5,
-    )
+    _, copy = streams(pg_alias, stream_options={"max_rows": 5})
     assert "row limit" in copy.copy_reason
     chunks = []
     with pytest.raises(RowLimitExceeded):
@@ -253,15 +252,8 @@ def test_copy_statement_timeout_bounds_the_whole_export(pg_alias):
         .annotate(slow=RawSQL("pg_sleep(0.002)::text", [], output_field=CharField()))
         .order_by("id")
     )
-    columns = resolve_columns(queryset, ["id", "title", "slow"])
-    copy = CopyExportStream(
-        queryset,
-        columns,
-        CSVFormat(columns),
-        chunk_size=7,
-        buffer_size=512,
-        using=pg_alias,
-        statement_timeout=0.5,
+    _, copy = streams(
+        pg_alias, ["id", "title", "slow"], queryset, stream_options={"statement_timeout": 0.5}
     )
     assert copy.copy_reason is None
     # COPY reads through the raw psycopg cursor, so the driver's QueryCanceled surfaces.

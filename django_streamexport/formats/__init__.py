@@ -9,9 +9,15 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from django_streamexport.conf import conf
+from django_streamexport.exceptions import UnknownFormat
 from django_streamexport.formats.base import ExportFormat
 
-__all__ = ["ExportFormat", "default_format_classes", "format_classes_by_name"]
+__all__ = [
+    "ExportFormat",
+    "default_format_classes",
+    "format_classes_by_name",
+    "select_format_class",
+]
 
 
 @lru_cache(maxsize=16)
@@ -47,3 +53,24 @@ def format_classes_by_name(classes: Iterable[type[ExportFormat]]) -> dict[str, t
             raise ImproperlyConfigured(f"Two export formats are named {cls.format!r}.")
         by_name[cls.format] = cls
     return by_name
+
+
+def select_format_class(
+    classes: Iterable[type[ExportFormat]], name: str | None
+) -> type[ExportFormat]:
+    """Return the class among ``classes`` whose ``format`` is ``name`` (``None``: the first).
+
+    Raises :class:`~django_streamexport.exceptions.UnknownFormat` (400), naming
+    the formats offered, when none is called ``name``; ``ImproperlyConfigured``
+    as :func:`format_classes_by_name` does.
+    """
+    by_name = format_classes_by_name(classes)
+    if name is None and by_name:
+        return next(iter(by_name.values()))
+    try:
+        return by_name[name]  # type: ignore[index]
+    except KeyError:
+        raise UnknownFormat(
+            f"Unknown export format {str(name)[:40]!r}. Choose one of: "
+            f"{', '.join(sorted(by_name))}."
+        ) from None
