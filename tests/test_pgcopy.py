@@ -84,9 +84,11 @@ def test_copy_spells_edge_values_as_python_does(pg_alias):
         (1e-7, None, None),
         (1e22, None, None),
     ]
-    for ratio, took, at in edge:
+    # Text around the SQL fast path (first code point above 64, "A") and each trigger.
+    titles = ["", "9 digit first", " space first", "\nlf first", "Ωmega", "A", "@", "'"]
+    for (ratio, took, at), title in zip(edge, titles, strict=True):
         Record.objects.using(pg_alias).create(
-            title="",
+            title=title,
             body="-x",
             ratio=ratio,
             took=took,
@@ -271,3 +273,16 @@ def test_copy_mode_on_psycopg2_falls_back_to_the_same_file(pg_alias):
     assert b"".join(copy) == b"".join(standard)
     with pytest.raises(ImproperlyConfigured, match="psycopg 3"):
         streams(pg_alias, copy_mode="require")
+
+
+@needs_psycopg3
+def test_copy_reads_row_by_row_where_psycopg_lacks_the_fast_reader(pg_alias, monkeypatch):
+    """Other psycopg versions: the per-row ``Copy.read()`` fallback gives the same bytes."""
+    import psycopg.generators
+
+    make_records(pg_alias, count=300)
+    standard, copy = streams(pg_alias)
+    monkeypatch.delattr(psycopg.generators, "fetch_many")
+    assert b"".join(copy) == b"".join(standard)
+    assert copy.rows == standard.rows == 300
+    assert server_side_cursors(pg_alias) == []
