@@ -67,6 +67,16 @@ class Settings:
         return getattr(settings, "STREAMEXPORT_COPY_MODE", False)
 
     @property
+    def DATABASE_FORMATTING(self) -> bool:
+        """Let PostgreSQL spell CSV cells as text for cursor exports. Default True.
+
+        Same bytes, about twice as fast: Python then only quotes strings.  Applies
+        where :func:`django_streamexport.pgtext.text_select` can spell every column;
+        other exports format values in Python as before.
+        """
+        return getattr(settings, "STREAMEXPORT_DATABASE_FORMATTING", True)
+
+    @property
     def X_ACCEL_BUFFERING(self) -> bool:
         """Send ``X-Accel-Buffering: no`` so nginx passes chunks on at once. Default True."""
         return getattr(settings, "STREAMEXPORT_X_ACCEL_BUFFERING", True)

@@ -50,6 +50,7 @@ from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.failures import DATABASE_ERROR, EXPORT_ERROR, describe_failure
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.guards import apply_guards
+from django_streamexport.pgtext import TextUnavailable, prepare_session, text_select
 from django_streamexport.signals import export_finished, export_started
 
 logger = logging.getLogger("django_streamexport")
@@ -113,6 +114,11 @@ class ExportStream:
     ``user`` is passed on to the signals, for auditing; the stream does not
     otherwise use it.
 
+    ``database_formatting`` (``None``: ``STREAMEXPORT_DATABASE_FORMATTING``, on by
+    default) lets PostgreSQL spell a CSV export's cells
+    (:mod:`django_streamexport.pgtext`) when it can give the same text; Python then only
+    quotes them.  ``text_reason`` says why it did not, once the export has started.
+
     Exceptions from the database or a format propagate unchanged after being
     logged and after the format's error bytes, so that the server aborts the
     transfer (the client sees a truncated response, never a clean end).
@@ -134,6 +140,7 @@ class ExportStream:
         statement_timeout: float | None = None,
         idle_in_transaction_timeout: float | None = None,
         user: Any = None,
+        database_formatting: bool | None = None,
     ) -> None:
         self.queryset = queryset
         self.columns = list(columns)
@@ -157,6 +164,11 @@ class ExportStream:
             else idle_in_transaction_timeout
         ) or None
         self.user = user
+        self.database_formatting = (
+            conf.DATABASE_FORMATTING if database_formatting is None else database_formatting
+        )
+        self.text_reason: str | None = None
+        self._text_select: tuple[str, list[Any]] | None = None
         self._iterator: Iterator[bytes] | None = None
         self._closers: list[Callable[[], None]] = []
         self.check_cursor_support()
@@ -235,32 +247,42 @@ class ExportStream:
         row leaves at once, then ``chunk_size`` rows.  This is what
         ``values_list().iterator(chunk_size=...)`` does, minus its per-row
         generator: Django's ``from_db_value`` converters (JSON fields, SQLite
-        decimals and dates) are still applied, per batch.  Override to read
-        rows another way; the generator must release what it holds in
-        ``finally`` (it is closed early on a client disconnect).
+        decimals and dates) are still applied, per batch.  When :meth:`iter_body`
+        chose database formatting, the query is :meth:`get_text_select`'s and
+        each cell arrives as the format's text.  Override to read rows another
+        way; the generator must release what it holds in ``finally`` (it is
+        closed early on a client disconnect).
         """
         connection = connections[self.using]
-        queryset = self.queryset.using(self.using).values_list(
-            *(column.lookup for column in self.columns)
-        )
-        if queryset._prefetch_related_lookups:
-            raise ValueError("An export cannot use prefetch_related(); use values lookups.")
-        compiler = queryset.query.get_compiler(using=self.using)
-        try:
-            sql, params = compiler.as_sql()
-        except EmptyResultSet:
-            return
-        # As SQLCompiler.results_iter(): converters of the selected columns, extra
-        # ordering columns cut off.
-        fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
-        converters = compiler.get_converters(fields)
-        has_composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
-        composite = has_composite is not None and has_composite(fields)
-        col_count = compiler.col_count if compiler.has_extra_select else None
+        converters: Any = None
+        composite = False
+        col_count = None
+        if self._text_select is not None:
+            sql, params = self._text_select
+        else:
+            queryset = self.queryset.using(self.using).values_list(
+                *(column.lookup for column in self.columns)
+            )
+            if queryset._prefetch_related_lookups:
+                raise ValueError("An export cannot use prefetch_related(); use values lookups.")
+            compiler = queryset.query.get_compiler(using=self.using)
+            try:
+                sql, params = compiler.as_sql()
+            except EmptyResultSet:
+                return
+            # As SQLCompiler.results_iter(): converters of the selected columns, extra
+            # ordering columns cut off.
+            fields = [s[0] for s in compiler.select[0 : compiler.col_count]]
+            converters = compiler.get_converters(fields)
+            has_composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
+            composite = has_composite is not None and has_composite(fields)
+            col_count = compiler.col_count if compiler.has_extra_select else None
         # As QuerySet.iterator(): no server-side cursor when the settings forbid one.
         chunked = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
         with transaction.atomic(using=self.using):
             self.apply_guards()
+            if self._text_select is not None:
+                prepare_session(connection)
             cursor = connection.chunked_cursor() if chunked else connection.cursor()
             try:
                 _use_fast_loaders(connection, cursor)
@@ -277,6 +299,31 @@ class ExportStream:
                     yield batch
             finally:
                 cursor.close()  # closes the server-side cursor now
+
+    def get_text_select(self) -> tuple[str, list[Any]] | None:
+        """Return the query that has PostgreSQL spell the cells, or ``None`` to format in Python.
+
+        Default: :func:`django_streamexport.pgtext.text_select` when
+        ``database_formatting`` is on and rows are read by this class's
+        :meth:`iter_batches`; otherwise, or when it cannot spell every column
+        (the reason is kept in ``text_reason`` and logged at DEBUG), ``None``.
+        """
+        cls = type(self)
+        if not self.database_formatting:
+            self.text_reason = "database_formatting is off"
+        elif cls.iter_batches is not ExportStream.iter_batches or (
+            cls.iter_rows is not ExportStream.iter_rows
+        ):
+            self.text_reason = f"{cls.__name__} reads its own rows"
+        else:
+            try:
+                return text_select(self)
+            except TextUnavailable as exc:
+                self.text_reason = str(exc)
+        logger.debug(
+            "Export %s: values are formatted in Python: %s.", self.export_id, self.text_reason
+        )
+        return None
 
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the export's rows as tuples in column order, inside a transaction.
@@ -313,7 +360,11 @@ class ExportStream:
         ``max_rows`` rows and then raises :class:`RowLimitExceeded` when there
         are more.
         """
-        render = self.format.render_rows
+        self._text_select = self.get_text_select()
+        if self._text_select is not None:
+            render = self.format.write_rows  # type: ignore[attr-defined]  # CSVFormat
+        else:
+            render = self.format.render_rows
         buffer_size = self.buffer_size
         limit = self.max_rows
         batches = self._row_batches()

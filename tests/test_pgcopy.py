@@ -1,4 +1,8 @@
-"""COPY mode gives the same CSV as the standard path, or falls back / refuses with a reason."""
+"""PostgreSQL spells the same CSV as Python: COPY mode and database formatting (pgtext).
+
+Each fast path is compared byte for byte with the pure-Python path
+(``database_formatting=False``), and falls back (or refuses) with a reason.
+"""
 
 from __future__ import annotations
 
@@ -43,25 +47,50 @@ def streams(
     fmt=CSVFormat,
     copy_mode=True,
     stream_options=None,
+    mode="copy",
     **options,
 ):
-    """Return (standard, COPY) streams of the same export; ``options`` go to the format."""
+    """Return (Python, fast) streams of the same export; ``options`` go to the format.
+
+    The first formats every value in Python.  The second is a :class:`CopyExportStream`
+    (``mode="copy"``; it falls back to database formatting) or an :class:`ExportStream`
+    with database formatting (``mode="text"``).
+    """
     queryset = queryset if queryset is not None else Record.objects.using(alias).order_by("id")
     columns = resolve_columns(queryset, fields)
     kwargs = dict(chunk_size=7, buffer_size=512, using=alias, **(stream_options or {}))
-    standard = ExportStream(queryset, columns, fmt(columns, **options), **kwargs)
-    copy = CopyExportStream(
-        queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs
+    python = ExportStream(
+        queryset, columns, fmt(columns, **options), database_formatting=False, **kwargs
     )
-    return standard, copy
+    if mode == "text":
+        fast = ExportStream(
+            queryset, columns, fmt(columns, **options), database_formatting=True, **kwargs
+        )
+    else:
+        fast = CopyExportStream(
+            queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs
+        )
+    return python, fast
 
 
-@needs_psycopg3
-def test_copy_output_equals_the_standard_output_byte_for_byte(pg_alias):
+def fast_path_used(stream) -> bool:
+    """Say whether ``stream`` (iterated) used its fast path: COPY, or database formatting."""
+    if isinstance(stream, CopyExportStream):
+        return stream.copy_reason is None
+    return stream.text_reason is None
+
+
+#: Both fast paths; COPY only with psycopg 3.
+MODES = [pytest.param("copy", marks=needs_psycopg3), "text"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_output_equals_the_python_output_byte_for_byte(pg_alias, mode):
     make_records(pg_alias)
-    standard, copy = streams(pg_alias)
-    assert copy.copy_reason is None
+    standard, copy = streams(pg_alias, mode=mode)
     expected, got = b"".join(standard), b"".join(copy)
+    assert fast_path_used(copy)
+    assert standard.text_reason == "database_formatting is off"
     assert got == expected
     assert copy.rows == standard.rows == Record.objects.count()
     assert copy.bytes == len(got)
@@ -71,8 +100,8 @@ def test_copy_output_equals_the_standard_output_byte_for_byte(pg_alias):
     assert server_side_cursors(pg_alias) == []
 
 
-@needs_psycopg3
-def test_copy_spells_edge_values_as_python_does(pg_alias):
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_spells_edge_values_as_python_does(pg_alias, mode):
     make_records(pg_alias, count=3)
     edge = [
         (1e15, datetime.timedelta(days=-2, microseconds=1), datetime.time(0, 0)),
@@ -98,24 +127,24 @@ def test_copy_spells_edge_values_as_python_does(pg_alias):
             amount=Decimal("0.00"),
             key=uuid.uuid4(),
         )
-    standard, copy = streams(pg_alias)
-    assert copy.copy_reason is None
+    standard, copy = streams(pg_alias, mode=mode)
     assert b"".join(copy) == b"".join(standard)
+    assert fast_path_used(copy)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     "options", [{"delimiter": ";"}, {"bom": True}, {"escape_formulas": False}, {"header": False}]
 )
-@needs_psycopg3
-def test_copy_follows_the_format_options(pg_alias, options):
+def test_fast_path_follows_the_format_options(pg_alias, options, mode):
     make_records(pg_alias)
-    standard, copy = streams(pg_alias, **options)
-    assert copy.copy_reason is None
+    standard, copy = streams(pg_alias, mode=mode, **options)
     assert b"".join(copy) == b"".join(standard)
+    assert fast_path_used(copy)
 
 
-@needs_psycopg3
-def test_copy_handles_annotations_filters_joins_and_forced_escaping(pg_alias):
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_handles_annotations_filters_joins_and_forced_escaping(pg_alias, mode):
     make_records(pg_alias)
     queryset = (
         Record.objects.using(pg_alias)
@@ -130,14 +159,14 @@ def test_copy_handles_annotations_filters_joins_and_forced_escaping(pg_alias):
         "author__name",
         Column("title", escape_formulas=False),
     ]
-    standard, copy = streams(pg_alias, fields, queryset)
-    assert copy.copy_reason is None
+    standard, copy = streams(pg_alias, fields, queryset, mode=mode)
     assert b"".join(copy) == b"".join(standard)
+    assert fast_path_used(copy)
 
 
-@needs_psycopg3
-def test_copy_empty_queryset(pg_alias):
-    standard, copy = streams(pg_alias, queryset=Record.objects.none())
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_empty_queryset(pg_alias, mode):
+    standard, copy = streams(pg_alias, queryset=Record.objects.none(), mode=mode)
     assert b"".join(copy) == b"".join(standard)
     assert copy.rows == 0
 
@@ -160,15 +189,42 @@ def test_copy_falls_back_with_a_reason_and_the_same_output(pg_alias, caplog, fie
     assert b"".join(copy) == b"".join(standard)
 
 
-def test_copy_falls_back_for_a_custom_converter_and_on_sqlite(db_alias):
+def test_one_column_csv_uses_database_formatting(pg_alias):
+    """COPY refuses a one-column CSV; database formatting gives Python's spelling of it."""
+    make_records(pg_alias)
+    standard, fast = streams(pg_alias, ["title"], mode="text")
+    assert b"".join(fast) == b"".join(standard)
+    assert fast_path_used(fast)
+
+
+@pytest.mark.parametrize(
+    "fields, fmt, reason",
+    [
+        (ALL_FIELDS, CSVFormat, "column 'data' holds json values"),
+        (COPY_FIELDS, NDJSONFormat, "not CSV"),
+    ],
+)
+def test_database_formatting_falls_back_with_a_reason_and_the_same_output(
+    pg_alias, fields, fmt, reason
+):
+    make_records(pg_alias)
+    standard, fast = streams(pg_alias, fields, fmt=fmt, mode="text")
+    assert b"".join(fast) == b"".join(standard)
+    assert reason in fast.text_reason
+
+
+@pytest.mark.parametrize("mode", ["copy", "text"])
+def test_fast_paths_fall_back_for_a_custom_converter_and_on_sqlite(db_alias, mode):
     class Shouting(CSVFormat):
         def get_converter(self, column):
             return str.upper if column.kind == "text" else super().get_converter(column)
 
     make_records(db_alias)
-    standard, copy = streams(db_alias, fmt=Shouting)
-    assert copy.copy_reason is not None
-    assert b"".join(copy) == b"".join(standard)
+    standard, copy = streams(db_alias, fmt=Shouting, mode=mode)
+    data = b"".join(copy)
+    assert data == b"".join(standard)
+    assert not fast_path_used(copy)
+    assert b",PLAIN," in data  # the converter ran
 
 
 @needs_psycopg3
@@ -186,17 +242,17 @@ def test_copy_mode_require_refuses_before_the_response(pg_alias):
         )
 
 
-@needs_psycopg3
-def test_copy_under_use_tz_false(pg_alias):
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_under_use_tz_false(pg_alias, mode):
     make_records(pg_alias)
     with override_settings(USE_TZ=False):
         from django.db import connections
 
         connections[pg_alias].close()
         try:
-            standard, copy = streams(pg_alias)
-            assert copy.copy_reason is None
+            standard, copy = streams(pg_alias, mode=mode)
             assert b"".join(copy) == b"".join(standard)
+            assert fast_path_used(copy)
         finally:
             connections[pg_alias].close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 import orjson
@@ -162,5 +162,13 @@ class CSVFormat(ExportFormat):
 
     def render_rows(self, rows: Sequence[Row]) -> bytes:
         """Return a batch of rows as CSV lines, encoded in UTF-8."""
-        self._writer.writerows(self.convert_rows(rows))
+        return self.write_rows(self.convert_rows(rows))
+
+    def write_rows(self, rows: Iterable[Row]) -> bytes:
+        """Return rows of cells already converted (text or ``None``) as CSV lines, in UTF-8.
+
+        :meth:`render_rows` after the converters; used directly for rows that
+        PostgreSQL spelled (:mod:`django_streamexport.pgtext`).
+        """
+        self._writer.writerows(rows)
         return self._drain()
