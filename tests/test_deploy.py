@@ -316,7 +316,9 @@ def test_small_request_is_fast_while_eight_exports_stream(app, psycopg2_apps, db
     """p99 of a small request under 100 ms beside 8 CPU-bound exports, on one gevent worker.
 
     psycopg 3 and psycopg2 with deploy/'s psycogreen hook pass; the same measurement with the
-    hook switched off fails the bound by far, which shows the test can tell.
+    hook switched off is several times slower and answers far fewer requests in the same
+    time, which shows the test can tell (its p99 is near the bound: with database
+    formatting each FETCH that blocks the worker is short, and the exports end sooner).
     scripts/bench-concurrency prints the same figures.
     """
     ports = {
@@ -333,10 +335,12 @@ def test_small_request_is_fast_while_eight_exports_stream(app, psycopg2_apps, db
         # At least 30 requests (one every 10 ms, for 4 s or until an export ends).
         assert len(results[name].seconds) >= 30, (name, results[name].summary())
         assert results[name].ms(99) < P99_BOUND_MS, (name, results[name].summary())
-    blocking = results["psycopg2, no psycogreen"]
+    blocking, green = results["psycopg2, no psycogreen"], results["psycopg2 + psycogreen"]
     assert len(blocking.seconds) >= 5, blocking.summary()
-    assert blocking.ms(99) > P99_BOUND_MS, blocking.summary()
-    assert blocking.ms(50) > 3 * results["psycopg2 + psycogreen"].ms(50), blocking.summary()
+    assert blocking.ms(50) > 3 * green.ms(50), (blocking.summary(), green.summary())
+    # Requests are sequential, one every 10 ms: a blocked worker answers fewer per second.
+    rate = {name: len(r.seconds) / r.window for name, r in results.items()}
+    assert rate["psycopg2, no psycogreen"] < rate["psycopg2 + psycogreen"] / 2, rate
 
 
 def test_start_up_warnings_in_the_gunicorn_log(app, psycopg2_apps, flights_db, tmp_path):
