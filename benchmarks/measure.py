@@ -42,6 +42,7 @@ APPROACHES = {
     "http-ours-csv": ("http", "/export/{ds}/?format=csv"),
     "http-ours-ndjson": ("http", "/export/{ds}/?format=ndjson"),
     "http-ours-copy": ("http", "/export/{ds}/?format=csv&copy=1"),
+    "http-ours-csv-python": ("http", "/export/{ds}/?format=csv&python=1"),
     "http-recipe": ("http", "/recipe/{ds}/"),
 }
 

@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 #: the whole file in memory) / on the flights data set.
 STREAMING = [
     "copy-psql", "ours-csv", "ours-ndjson", "ours-copy",
-    "http-ours-csv", "http-ours-ndjson", "http-ours-copy",
+    "http-ours-csv", "http-ours-ndjson", "http-ours-copy", "http-ours-csv-python",
 ]  # fmt: skip
 #: The peers, measured up to PEERS_MAX_ROWS rows: the buffered ones hold the whole file in
 #: memory, and the recipe over HTTP takes about half an hour at 10M rows on 2 cores.
@@ -50,6 +50,7 @@ LABELS = {
     "http-ours-csv": "streamexport CSV, gunicorn",
     "http-ours-ndjson": "streamexport NDJSON, gunicorn",
     "http-ours-copy": "streamexport CSV COPY mode, gunicorn",
+    "http-ours-csv-python": "streamexport CSV, values formatted in Python, gunicorn",
     "http-recipe": "Django docs streaming recipe, gunicorn",
 }
 

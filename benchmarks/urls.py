@@ -1,6 +1,6 @@
 """The views the benchmark serves: our export, the Django docs recipe, a buffered response.
 
-``/export/<dataset>/?format=csv|ndjson[&copy=1]`` is django-streamexport's view;
+``/export/<dataset>/?format=csv|ndjson[&copy=1][&python=1]`` is django-streamexport's view;
 ``/recipe/<dataset>/`` is the Django docs "Streaming large CSV files" recipe (an ``Echo``
 pseudo-buffer and ``csv.writer`` over ``values_list().iterator()``); ``/buffered/<dataset>/``
 writes the whole CSV into an ``HttpResponse``; ``/ping/`` answers ``ok`` (warm-up).
@@ -19,7 +19,8 @@ from django_streamexport.views import StreamingExportView
 
 
 class BenchExport(StreamingExportView):
-    """Our export of any data set; ``?copy=1`` turns COPY mode on (``require``: no fall-back)."""
+    """Our export of any data set: ``?copy=1`` turns COPY mode on (``require``: no fall-back),
+    ``?python=1`` database formatting off."""
 
     def get_queryset(self):
         return dataset(self.kwargs["dataset"])[0]
@@ -29,6 +30,13 @@ class BenchExport(StreamingExportView):
 
     def get_copy_mode(self):
         return "require" if self.request.GET.get("copy") else False
+
+    def get_stream_kwargs(self):
+        # ?python=1: every value formatted in Python (no database formatting).
+        return {
+            **super().get_stream_kwargs(),
+            "database_formatting": not self.request.GET.get("python"),
+        }
 
 
 def header(name: str) -> list[str]:

@@ -91,6 +91,9 @@ class StreamingExportMixin:
     #: CSV through PostgreSQL COPY: ``True`` (fall back when impossible), ``"require"``,
     #: ``False``; ``None`` means ``STREAMEXPORT_COPY_MODE``.
     copy_mode: bool | str | None = None
+    #: Let PostgreSQL spell CSV cells (django_streamexport.pgtext); ``None`` means
+    #: ``STREAMEXPORT_DATABASE_FORMATTING`` (on).
+    database_formatting: bool | None = None
 
     request: HttpRequest
 
@@ -290,14 +293,15 @@ class StreamingExportMixin:
 
         Default: the guards (``max_rows``, ``statement_timeout``,
         ``idle_in_transaction_timeout``), the requesting ``user`` (for the
-        signals), in keyset mode the ordering ``key``, and for a COPY stream
-        its ``copy_mode``.
+        signals), ``database_formatting``, in keyset mode the ordering ``key``,
+        and for a COPY stream its ``copy_mode``.
         """
         kwargs: dict[str, Any] = {
             "max_rows": self.get_max_rows(),
             "statement_timeout": self.get_statement_timeout(),
             "idle_in_transaction_timeout": self.get_idle_in_transaction_timeout(),
             "user": getattr(self.request, "user", None),
+            "database_formatting": self.database_formatting,
         }
         if self.get_export_mode() == "keyset":
             kwargs["key"] = self.keyset_key
