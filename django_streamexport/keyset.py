@@ -1,7 +1,10 @@
 """Keyset pagination: read an export as short page queries instead of one cursor.
 
-Each page is one query, ``WHERE key > last ORDER BY key LIMIT chunk_size``,
-in autocommit: no server-side cursor, no transaction held between pages.
+Each page is one query, ``WHERE key > last ORDER BY key LIMIT chunk_size``:
+no server-side cursor, no transaction held between pages.  On PostgreSQL with a
+``statement_timeout`` (``STREAMEXPORT_STATEMENT_TIMEOUT``) each page runs in its
+own short transaction that sets it with ``SET LOCAL``, so the limit bounds each
+page; elsewhere pages run in autocommit.
 That is what works through **PgBouncer in transaction pooling** (which
 requires ``DISABLE_SERVER_SIDE_CURSORS``, so a cursor export would load every
 row), on **hot-standby replicas** (a long query there can be cancelled by
@@ -26,10 +29,11 @@ every page an index range scan.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
-from django.db import models
+from django.db import connections, models, transaction
 
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.formats.base import ExportFormat
@@ -92,8 +96,10 @@ class KeysetExportStream(ExportStream):
     def iter_rows(self) -> Iterator[tuple]:
         """Yield the rows in key order, one short query per ``chunk_size`` rows.
 
-        Each page is read whole (``chunk_size`` rows) and runs in autocommit:
-        nothing is held between pages.
+        Each page is read whole (``chunk_size`` rows) before its rows are
+        yielded, so nothing is held between pages; on PostgreSQL with a
+        statement timeout it runs in a transaction of its own with the
+        export's guards (:meth:`apply_guards`), otherwise in autocommit.
         """
         key = self.key_field.attname
         lookups = [column.lookup for column in self.columns]
@@ -101,10 +107,17 @@ class KeysetExportStream(ExportStream):
         queryset = self.queryset.using(self.using).order_by(key)
         # The key is read as an extra last value, so exported columns stay as declared.
         values = queryset.values_list(*lookups, key)
+        guarded = connections[self.using].vendor == "postgresql" and bool(self.statement_timeout)
         last: Any = None
         while True:
             page_query = values if last is None else values.filter(**{f"{key}__gt": last})
-            page = list(page_query[: self.chunk_size])
+            page_transaction: AbstractContextManager[Any] = (
+                transaction.atomic(using=self.using) if guarded else nullcontext()
+            )
+            with page_transaction:
+                if guarded:
+                    self.apply_guards()
+                page = list(page_query[: self.chunk_size])
             self.pages += 1
             for row in page:
                 yield row[:width]

@@ -6,7 +6,9 @@ import math
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
+from django.db import DatabaseError, connections
+from django.db.models import CharField
+from django.db.models.expressions import RawSQL
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
@@ -62,8 +64,9 @@ def test_boundary_rows_are_neither_repeated_nor_skipped(db_alias, rows, page):
     # One query per page, plus one empty page when the last page was full.
     expected_pages = rows // page + 1 if rows % page == 0 else math.ceil(rows / page)
     assert stream.pages == expected_pages
-    assert len([q for q in queries if "testapp_record" in q["sql"]]) == expected_pages
-    assert all("LIMIT" in q["sql"] for q in queries)
+    pages = [q["sql"] for q in queries if "testapp_record" in q["sql"]]
+    assert len(pages) == expected_pages
+    assert all("LIMIT" in sql for sql in pages)
 
 
 def test_holds_no_cursor_or_transaction_between_pages(pg_alias):
@@ -77,6 +80,35 @@ def test_holds_no_cursor_or_transaction_between_pages(pg_alias):
     assert connection.get_autocommit()
     assert server_side_cursors(pg_alias) == []
     stream.close()
+
+
+def test_statement_timeout_bounds_each_page(pg_alias):
+    """Each page is its own short transaction with SET LOCAL statement_timeout."""
+    make_ties(pg_alias, 10)
+    queryset = Record.objects.using(pg_alias).annotate(
+        slow=RawSQL("pg_sleep(0.2)::text", [], output_field=CharField())
+    )
+    columns = resolve_columns(queryset, ["id", "slow"])
+    stream = KeysetExportStream(
+        queryset,
+        columns,
+        CSVFormat(columns),
+        chunk_size=2,
+        buffer_size=512,
+        using=pg_alias,
+        statement_timeout=0.1,
+    )
+    with CaptureQueriesContext(connections[pg_alias]) as queries:
+        with pytest.raises(DatabaseError, match="statement timeout"):
+            b"".join(stream)
+    assert stream.error_code == "statement_timeout"
+    assert any("SET LOCAL statement_timeout = 100" in q["sql"] for q in queries)
+    connection = connections[pg_alias]
+    assert not connection.in_atomic_block and connection.get_autocommit()
+    # The timeout ended with the page's transaction.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
 
 
 def test_a_non_unique_or_nullable_key_is_refused(db_alias):
@@ -107,7 +139,11 @@ def test_views_choose_keyset_mode_by_attribute(pg_alias):
     with CaptureQueriesContext(connections[pg_alias]) as queries:
         data = _view_body(KeysetRecordExport)
     assert [int(row[0]) for row in parse_csv(data)[1:]] == [r.id for r in records]
-    assert not any("DECLARE" in q["sql"] or "BEGIN" in q["sql"] for q in queries)
+    assert not any("DECLARE" in q["sql"] for q in queries)
+    # Each page is a transaction of its own (the statement timeout), none spans two pages.
+    kinds = [q["sql"].split()[0] for q in queries]
+    pages = len(records) // KeysetRecordExport.chunk_size + 1
+    assert kinds == ["BEGIN", "SET", "SELECT", "COMMIT"] * pages
 
 
 def test_unknown_export_mode_is_improperly_configured():
