@@ -120,13 +120,28 @@ def admit_export(key: Hashable | None) -> Slot:
 def ensure_database(stream: ExportStream) -> None:
     """Make sure the export's database answers before the 200 goes out.
 
-    Opens (or keeps) the connection the stream will use.  Raises
+    Opens the connection the stream will use, or checks an open one with a
+    round trip (``is_usable()``) and replaces it if the server dropped it: a
+    persistent connection (``CONN_MAX_AGE``) without ``CONN_HEALTH_CHECKS``
+    would otherwise fail only after the 200.  Raises
     :class:`~django_streamexport.exceptions.DatabaseUnavailable` (503) when it
     cannot be opened; once streaming has started the status could no longer
     change.
     """
+    connection = connections[stream.using]
     try:
-        connections[stream.using].ensure_connection()
+        if (
+            connection.connection is not None
+            and not connection.in_atomic_block
+            and not connection.is_usable()
+        ):
+            logger.info(
+                "Export %s: database %r connection was dropped; reconnecting.",
+                stream.export_id,
+                stream.using,
+            )
+            connection.close()
+        connection.ensure_connection()
     except (OperationalError, InterfaceError) as exc:
         logger.warning(
             "Export %s refused: database %r unreachable: %s", stream.export_id, stream.using, exc

@@ -175,3 +175,32 @@ def test_unreachable_database_is_a_503_before_streaming(django_db_setup, tmp_pat
     assert download.headers["Retry-After"] == "10"
     assert download.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert download.body == b"The export database cannot be reached right now; try again later.\n"
+
+
+def test_a_dropped_persistent_connection_is_replaced_before_the_200(client, db_name):
+    """A kept connection the server has ended is found and replaced before streaming.
+
+    Django's test client keeps the connection between requests, as ``CONN_MAX_AGE`` does
+    in production; without the check the export would fail after its 200.
+    """
+    insert_records(50)
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    response = client.get("/records/export/?format=csv")
+    assert response.status_code == 200
+    rows = parse_csv(b"".join(response.streaming_content))
+    response.close()
+    assert [int(row[0]) for row in rows[1:]] == list(
+        Record.objects.order_by("id").values_list("id", flat=True)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != pid
