@@ -35,6 +35,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 
+from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.pgtext import TextUnavailable, prepare_session, text_select
 from django_streamexport.streaming import ExportStream
 
@@ -70,7 +71,9 @@ def copy_sql(stream: ExportStream) -> tuple[str, list[Any]]:
         raise CopyModeUnavailable(
             "Django uses psycopg2, which cannot stream COPY under gevent; install psycopg 3"
         )
-    delimiter = stream.format.delimiter.replace("'", "''")
+    export_format = stream.format
+    assert isinstance(export_format, CSVFormat)  # text_select() refuses other formats
+    delimiter = export_format.delimiter.replace("'", "''")
     statement = (
         f"COPY ({select})"
         f" TO STDOUT WITH (FORMAT csv, HEADER false, DELIMITER '{delimiter}', QUOTE '\"')"
