@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import django
 from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models.constants import LOOKUP_SEP
@@ -229,3 +230,27 @@ def resolve_columns(
     if not columns:
         raise ImproperlyConfigured("An export needs at least one field.")
     return columns
+
+
+def sql_positions(queryset: models.QuerySet) -> list[int] | None:
+    """Return where each value of a ``values_list()`` queryset sits in its SQL row.
+
+    ``None`` when the SQL selects them in the requested order.  Before Django 5.2
+    the SQL lists ``extra()`` columns, then model fields, then annotations, and
+    ``ValuesListIterable`` reorders each row; an export that reads rows from the
+    compiler (or wraps its SQL) must do the same, or an annotation exported
+    before a model field lands in the wrong column.
+    """
+    if django.VERSION >= (5, 2) or not queryset._fields:
+        return None
+    query = queryset.query
+    # As Django 4.2's ValuesListIterable.
+    names = [*query.extra_select, *query.values_select, *query.annotation_select]
+    fields = [
+        *queryset._fields,
+        *(f for f in query.annotation_select if f not in queryset._fields),
+    ]
+    if fields == names:
+        return None
+    index = {name: position for position, name in enumerate(names)}
+    return [index[name] for name in fields]

@@ -44,7 +44,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections
 
 from django_streamexport import columns as kinds
-from django_streamexport.columns import ResolvedColumn
+from django_streamexport.columns import ResolvedColumn, sql_positions
 from django_streamexport.formats.csv import FORMULA_TRIGGERS, CSVFormat, escape_formula
 
 
@@ -238,20 +238,25 @@ def text_select(stream: Any, *, typed: bool = False) -> tuple[str, list[Any]]:
         inner, inner_params = compiler.as_sql()
     except EmptyResultSet as exc:
         raise TextUnavailable("the queryset can match no rows") from exc
-    names = [f"c{index}" for index in range(len(stream.columns))]
+    # The SQL position of each column's value (Django < 5.2 selects annotations last).
+    positions = sql_positions(queryset) or list(range(len(stream.columns)))
+    names = [f"c{index}" for index in range(max(positions) + 1)] if positions else []
     # The export's session time zone (prepare_session()); "+00:00" is a constant in UTC.
     utc = connection.timezone_name.upper() in ("UTC", "ETC/UTC")
     expressions: list[str] = []
     params: list[Any] = []
-    for name, column in zip(names, stream.columns):  # noqa: B905 (same length)
-        sql, column_params = column_sql(column, f"se.{name}", export_format, utc=utc, typed=typed)
+    for position, column in zip(positions, stream.columns):  # noqa: B905 (one per column)
+        sql, column_params = column_sql(
+            column, f"se.c{position}", export_format, utc=utc, typed=typed
+        )
         expressions.append(sql)
         params += column_params
     fields = [select[0] for select in compiler.select[0 : compiler.col_count]]
     for index in compiler.get_converters(fields):
         # from_db_value() and backend converters expect the typed value.
-        column = stream.columns[index]
-        raise TextUnavailable(f"Django converts the values of column {column.name!r}")
+        at = [c.name for c, p in zip(stream.columns, positions, strict=False) if p == index]
+        name = at[0] if at else f"#{index}"
+        raise TextUnavailable(f"Django converts the values of column {name!r}")
     select = f"SELECT {', '.join(expressions)} FROM ({inner}) AS se({', '.join(names)})"
     return select, params + list(inner_params)
 

@@ -44,7 +44,7 @@ from django.conf import settings
 from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
 from django.db import connections, models, transaction
 
-from django_streamexport.columns import ResolvedColumn
+from django_streamexport.columns import ResolvedColumn, sql_positions
 from django_streamexport.conf import conf
 from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.failures import DATABASE_ERROR, EXPORT_ERROR, describe_failure
@@ -83,6 +83,15 @@ def _use_fast_loaders(connection: Any, cursor: Any) -> None:
     from psycopg.types.datetime import TimestamptzLoader  # psycopg 3: has adapters
 
     adapters.register_loader("timestamptz", TimestamptzLoader)
+
+
+def _reorderer(positions: list[int]) -> Callable[[Sequence[Any]], tuple]:
+    """Return a function giving a row's values at ``positions``, in that order."""
+
+    def reorder(row: Sequence[Any]) -> tuple:
+        return tuple([row[position] for position in positions])
+
+    return reorder
 
 
 def _batched(rows: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
@@ -257,6 +266,7 @@ class ExportStream:
         converters: Any = None
         composite = False
         col_count = None
+        reorder: Callable[[Sequence[Any]], tuple] | None = None
         if self._text_select is not None:
             sql, params = self._text_select
         else:
@@ -277,6 +287,10 @@ class ExportStream:
             has_composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
             composite = has_composite is not None and has_composite(fields)
             col_count = compiler.col_count if compiler.has_extra_select else None
+            # Django < 5.2 selects annotations after model fields; put them back in order.
+            positions = sql_positions(queryset)
+            if positions is not None:
+                reorder = _reorderer(positions[: len(self.columns)])
         # As QuerySet.iterator(): no server-side cursor when the settings forbid one.
         chunked = not connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
         with transaction.atomic(using=self.using):
@@ -296,6 +310,8 @@ class ExportStream:
                         batch = list(compiler.results_iter(iter([batch]), tuple_expected=True))
                     elif converters:
                         batch = list(map(tuple, compiler.apply_converters(batch, converters)))
+                    if reorder is not None:
+                        batch = list(map(reorder, batch))
                     yield batch
             finally:
                 cursor.close()  # closes the server-side cursor now

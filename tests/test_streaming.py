@@ -6,6 +6,8 @@ import tracemalloc
 
 import pytest
 from django.db import connections
+from django.db.models import F, Value
+from django.db.models.functions import Concat
 from django.test.utils import CaptureQueriesContext
 
 from django_streamexport.columns import resolve_columns
@@ -207,3 +209,30 @@ def test_memory_does_not_grow_with_rows(pg_alias):
     # A buffered export would peak at about large_bytes (several MB) here.
     # Ten times the output may not need more than a tenth of the extra bytes.
     assert large_peak - small_peak < (large_bytes - small_bytes) / 10, (small_peak, large_peak)
+
+
+def test_annotations_before_model_fields_keep_the_requested_order(db_alias):
+    """Django < 5.2 selects annotations after model fields; the export must not."""
+    make_records(db_alias)
+    queryset = (
+        Record.objects.using(db_alias)
+        .annotate(shout=Concat(F("title"), Value("!")), twice=F("count") * 2)
+        .order_by("id")
+    )
+    fields = ["shout", "id", "twice", "title"]
+    columns = resolve_columns(queryset, fields)
+    for database_formatting in (False, True):
+        stream = ExportStream(
+            queryset,
+            columns,
+            CSVFormat(columns, escape_formulas=False),
+            chunk_size=5,
+            buffer_size=256,
+            using=db_alias,
+            database_formatting=database_formatting,
+        )
+        rows = parse_csv(b"".join(stream))[1:]
+        expected = [
+            ["" if v is None else str(v) for v in row] for row in queryset.values_list(*fields)
+        ]
+        assert rows == expected, database_formatting
