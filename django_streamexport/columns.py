@@ -241,15 +241,13 @@ def sql_positions(queryset: models.QuerySet) -> list[int] | None:
     compiler (or wraps its SQL) must do the same, or an annotation exported
     before a model field lands in the wrong column.
     """
-    if django.VERSION >= (5, 2) or not queryset._fields:
+    requested: tuple[str, ...] = getattr(queryset, "_fields", None) or ()
+    if django.VERSION >= (5, 2) or not requested:
         return None
     query = queryset.query
     # As Django 4.2's ValuesListIterable.
     names = [*query.extra_select, *query.values_select, *query.annotation_select]
-    fields = [
-        *queryset._fields,
-        *(f for f in query.annotation_select if f not in queryset._fields),
-    ]
+    fields = [*requested, *(f for f in query.annotation_select if f not in requested)]
     if fields == names:
         return None
     index = {name: position for position, name in enumerate(names)}
