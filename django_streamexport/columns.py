@@ -252,3 +252,17 @@ def sql_positions(queryset: models.QuerySet) -> list[int] | None:
         return None
     index = {name: position for position, name in enumerate(names)}
     return [index[name] for name in fields]
+
+
+def values_queryset(
+    queryset: models.QuerySet, columns: Sequence[ResolvedColumn], using: str
+) -> models.QuerySet:
+    """Return the ``values_list()`` of ``columns``' lookups on database ``using``.
+
+    Raises ``ValueError`` for a queryset with ``prefetch_related()``, which an
+    export (one query) cannot honour.
+    """
+    values = queryset.using(using).values_list(*(column.lookup for column in columns))
+    if values._prefetch_related_lookups:
+        raise ValueError("An export cannot use prefetch_related(); use values lookups.")
+    return values

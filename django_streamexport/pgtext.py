@@ -44,7 +44,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections
 
 from django_streamexport import columns as kinds
-from django_streamexport.columns import ResolvedColumn, sql_positions
+from django_streamexport.columns import ResolvedColumn, sql_positions, values_queryset
 from django_streamexport.formats.csv import FORMULA_TRIGGERS, CSVFormat, escape_formula
 
 
@@ -228,11 +228,10 @@ def text_select(stream: Any, *, typed: bool = False) -> tuple[str, list[Any]]:
     connection = connections[stream.using]
     if connection.vendor != "postgresql":
         raise TextUnavailable(f"database {stream.using!r} is {connection.vendor}")
-    queryset = stream.queryset.using(stream.using).values_list(
-        *(column.lookup for column in stream.columns)
-    )
-    if queryset._prefetch_related_lookups:
-        raise TextUnavailable("the queryset uses prefetch_related()")
+    try:
+        queryset = values_queryset(stream.queryset, stream.columns, stream.using)
+    except ValueError as exc:
+        raise TextUnavailable(str(exc)) from exc
     compiler = queryset.query.get_compiler(using=stream.using)
     try:
         inner, inner_params = compiler.as_sql()

@@ -44,7 +44,7 @@ from django.conf import settings
 from django.core.exceptions import EmptyResultSet, ImproperlyConfigured
 from django.db import connections, models, transaction
 
-from django_streamexport.columns import ResolvedColumn, sql_positions
+from django_streamexport.columns import ResolvedColumn, sql_positions, values_queryset
 from django_streamexport.conf import conf
 from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.failures import DATABASE_ERROR, EXPORT_ERROR, describe_failure
@@ -128,6 +128,10 @@ class ExportStream:
     (:mod:`django_streamexport.pgtext`) when it can give the same text; Python then only
     quotes them.  ``text_reason`` says why it did not, once the export has started.
 
+    The constructor raises ``ImproperlyConfigured`` for a queryset with
+    ``prefetch_related()`` and where :meth:`check_cursor_support` refuses the
+    database, so a view fails before its response starts.
+
     Exceptions from the database or a format propagate unchanged after being
     logged and after the format's error bytes, so that the server aborts the
     transfer (the client sees a truncated response, never a clean end).
@@ -180,6 +184,12 @@ class ExportStream:
         self._text_select: tuple[str, list[Any]] | None = None
         self._iterator: Iterator[bytes] | None = None
         self._closers: list[Callable[[], None]] = []
+        if queryset._prefetch_related_lookups:
+            # Caught here, before a view's response starts; the export is one query.
+            raise ImproperlyConfigured(
+                "An export cannot use prefetch_related(); export related values by lookup "
+                '(such as "author__name").'
+            )
         self.check_cursor_support()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -270,11 +280,7 @@ class ExportStream:
         if self._text_select is not None:
             sql, params = self._text_select
         else:
-            queryset = self.queryset.using(self.using).values_list(
-                *(column.lookup for column in self.columns)
-            )
-            if queryset._prefetch_related_lookups:
-                raise ValueError("An export cannot use prefetch_related(); use values lookups.")
+            queryset = values_queryset(self.queryset, self.columns, self.using)
             compiler = queryset.query.get_compiler(using=self.using)
             try:
                 sql, params = compiler.as_sql()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.db.models import F, Value
 from django.db.models.functions import Concat
@@ -236,3 +237,10 @@ def test_annotations_before_model_fields_keep_the_requested_order(db_alias):
             ["" if v is None else str(v) for v in row] for row in queryset.values_list(*fields)
         ]
         assert rows == expected, database_formatting
+
+
+def test_prefetch_related_is_refused_before_streaming(db_alias):
+    queryset = Record.objects.using(db_alias).prefetch_related("author")
+    columns = resolve_columns(queryset, ["id", "author__name"])
+    with pytest.raises(ImproperlyConfigured, match="prefetch_related"):
+        ExportStream(queryset, columns, CSVFormat(columns), chunk_size=5, buffer_size=256)
