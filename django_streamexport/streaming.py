@@ -37,7 +37,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from itertools import islice
+from itertools import chain, islice, repeat
 from typing import Any
 
 from django.conf import settings
@@ -50,6 +50,7 @@ from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.failures import DATABASE_ERROR, EXPORT_ERROR, describe_failure
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.guards import apply_guards
+from django_streamexport.pgfetch import prefetch_available, prefetching_batches
 from django_streamexport.pgtext import TextUnavailable, prepare_session, text_select
 from django_streamexport.signals import export_finished, export_started
 
@@ -139,6 +140,14 @@ class ExportStream:
     why) or ``"disconnected"``.
     """
 
+    #: On PostgreSQL with psycopg 3, send the next ``FETCH`` before rendering a batch, so
+    #: the database computes it meanwhile (:mod:`django_streamexport.pgfetch`).  The
+    #: export's connection is then busy between chunks: code that iterates a stream itself
+    #: must not query that connection until the iteration ends (servers never do; an
+    #: :meth:`iter_rows` override turns prefetching off).  ``False`` reads with Django's
+    #: chunked cursor and ``fetchmany()``.
+    prefetch_batches: bool = True
+
     def __init__(
         self,
         queryset: models.QuerySet,
@@ -184,7 +193,7 @@ class ExportStream:
         self._text_select: tuple[str, list[Any]] | None = None
         self._iterator: Iterator[bytes] | None = None
         self._closers: list[Callable[[], None]] = []
-        if queryset._prefetch_related_lookups:
+        if getattr(queryset, "_prefetch_related_lookups", ()):
             # Caught here, before a view's response starts; the export is one query.
             raise ImproperlyConfigured(
                 "An export cannot use prefetch_related(); export related values by lookup "
@@ -303,13 +312,27 @@ class ExportStream:
             self.apply_guards()
             if self._text_select is not None:
                 prepare_session(connection)
-            cursor = connection.chunked_cursor() if chunked else connection.cursor()
+            prefetch = (
+                chunked
+                and self.prefetch_batches
+                # An iter_rows() override may query between rows: keep the connection free.
+                and type(self).iter_rows is ExportStream.iter_rows
+                and prefetch_available(connection)
+            )
+            chunked_cursor = chunked and not prefetch  # prefetching declares its own
+            cursor = connection.chunked_cursor() if chunked_cursor else connection.cursor()
+            batches: Iterator[list[tuple]] | None = None
             try:
                 _use_fast_loaders(connection, cursor)
-                cursor.execute(sql, params)
-                size = FIRST_BATCH_ROWS
-                while batch := cursor.fetchmany(size):
-                    size = self.chunk_size
+                sizes = chain([FIRST_BATCH_ROWS], repeat(self.chunk_size)).__next__
+                if prefetch:
+                    batches = prefetching_batches(
+                        cursor, sql, params, sizes, idle_timeout=self.idle_in_transaction_timeout
+                    )
+                else:
+                    cursor.execute(sql, params)
+                    batches = iter(lambda: cursor.fetchmany(sizes()), [])
+                for batch in batches:
                     if col_count is not None:
                         batch = [row[:col_count] for row in batch]
                     if composite:
@@ -320,7 +343,9 @@ class ExportStream:
                         batch = list(map(reorder, batch))
                     yield batch
             finally:
-                cursor.close()  # closes the server-side cursor now
+                if prefetch and batches is not None:
+                    batches.close()  # type: ignore[attr-defined]  # takes a FETCH in flight
+                cursor.close()  # closes Django's server-side cursor now
 
     def get_text_select(self) -> tuple[str, list[Any]] | None:
         """Return the query that has PostgreSQL spell the cells, or ``None`` to format in Python.

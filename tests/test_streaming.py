@@ -19,6 +19,7 @@ from tests.conftest import (
     backend_pid,
     both_databases,
     make_records,
+    other_session,
     parse_csv,
     parse_ndjson,
     server_side_cursors,
@@ -106,6 +107,7 @@ def test_postgresql_streams_from_a_cursor_without_hold(pg_alias, fmt):
     make_records(pg_alias, 2000)
     assert connections[pg_alias].get_autocommit()
     stream = make_stream(pg_alias, fmt=fmt, chunk_size=100)
+    stream.prefetch_batches = False  # the connection stays free between chunks to look
     chunks = iter(stream)
     next(chunks)  # header (CSV) or first batch
     next(chunks)
@@ -118,6 +120,34 @@ def test_postgresql_streams_from_a_cursor_without_hold(pg_alias, fmt):
     assert rest
     assert server_side_cursors(pg_alias) == []
     assert session_state(backend_pid(pg_alias)) == "idle"
+
+
+@pytest.mark.parametrize("fmt", [CSVFormat, NDJSONFormat])
+def test_prefetching_keeps_one_fetch_in_flight_inside_the_transaction(pg_alias, fmt):
+    """pgfetch: its own WITHOUT HOLD cursor, the next FETCH sent before a batch is rendered."""
+    make_records(pg_alias, 2000)
+    pid = backend_pid(pg_alias)
+    stream = make_stream(pg_alias, fmt=fmt, chunk_size=100)
+    with CaptureQueriesContext(connections[pg_alias]) as queries:
+        chunks = iter(stream)
+        next(chunks)
+        next(chunks)
+        # The export's connection is busy: look from another session.
+        with other_session() as cursor:
+            cursor.execute(
+                "SELECT query, xact_start IS NOT NULL FROM pg_stat_activity WHERE pid = %s",
+                [pid],
+            )
+            query, in_transaction = cursor.fetchone()
+        assert query.startswith("FETCH FORWARD 100 FROM streamexport_")
+        assert in_transaction
+        data = next(chunks) + b"".join(chunks)
+    declare = [q["sql"] for q in queries if q["sql"].startswith("DECLARE")]
+    assert len(declare) == 1 and "NO SCROLL CURSOR WITHOUT HOLD FOR" in declare[0]
+    assert data
+    assert stream.rows == 2000
+    assert server_side_cursors(pg_alias) == []
+    assert session_state(pid) == "idle"
 
 
 def test_close_mid_stream_releases_cursor_and_transaction(pg_alias):

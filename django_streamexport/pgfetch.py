@@ -1,0 +1,139 @@
+"""Read a server-side cursor with the next ``FETCH`` already running (psycopg 3).
+
+A cursor export alternates: Python waits while PostgreSQL computes a batch of rows, then
+PostgreSQL waits while Python renders it.  :func:`prefetching_batches` sends the next
+``FETCH`` before it hands a batch over, so PostgreSQL computes batch *n + 1* while the
+export renders batch *n*, on another core (benchmark: 1M rows of CSV through gunicorn
+about 20% faster; see the README's Performance section).
+
+It declares its own ``NO SCROLL ... WITHOUT HOLD`` cursor (what Django's chunked cursor
+declares inside a transaction), sends ``FETCH FORWARD n`` with libpq
+(``PGconn.send_query()``), waits the way psycopg waits (gevent-aware) and loads the rows
+with psycopg's ``Transformer`` from the export cursor's adapters, so values are what the
+cursor would give.  At most one ``FETCH`` is in flight; closing the generator early (a
+client disconnect) or an error takes its result before returning, so the connection is
+idle again when the export's transaction ends.
+
+:func:`prefetch_available` says whether the driver has what it needs (psycopg 3 with
+``psycopg.generators.send``/``fetch_many`` and ``psycopg.adapt.Transformer``); the export
+keeps psycopg's own ``fetchmany()`` otherwise (psycopg2, other psycopg versions).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["prefetch_available", "prefetching_batches"]
+
+
+def _driver() -> tuple[Any, Any, Any, Any] | None:
+    try:
+        from psycopg import errors, generators, pq
+        from psycopg.adapt import Transformer
+
+        return generators.send, generators.fetch_many, Transformer, (errors, pq)
+    except (ImportError, AttributeError):
+        return None
+
+
+def prefetch_available(connection: Any) -> bool:
+    """Say whether :func:`prefetching_batches` can read from Django ``connection``."""
+    if connection.vendor != "postgresql" or _driver() is None:
+        return False
+    raw = connection.connection
+    return hasattr(raw, "pgconn") and hasattr(raw, "wait")
+
+
+def prefetching_batches(
+    cursor: Any,
+    sql: str,
+    params: Any,
+    sizes: Callable[[], int],
+    *,
+    idle_timeout: float | None = None,
+) -> Iterator[list[tuple]]:
+    """Yield the rows of ``sql`` in batches of ``sizes()`` rows, the next batch in flight.
+
+    ``cursor`` is a Django cursor of the export's connection, inside its transaction;
+    ``sql`` and ``params`` are the export's query (``%s`` placeholders).  Yields lists of
+    tuples as psycopg loads them (before Django's converters).  Raises the server's error,
+    as Django's ``django.db`` exceptions, when a ``FETCH`` fails.
+
+    ``idle_timeout`` is the session's ``idle_in_transaction_session_timeout`` in seconds.
+    A slow client keeps the transaction idle with the next batch already computed;
+    PostgreSQL then ends the session, and libpq, having read the batch, meets the closed
+    socket before it parses the reason, so the error says only that the connection was
+    lost.  When no ``FETCH`` was sent for at least ``idle_timeout`` seconds before it, it
+    is reported as that timeout (``idle_timeout`` to the client, as on the other path).
+    """
+    driver = _driver()
+    assert driver is not None  # prefetch_available() was asked
+    send, fetch_many, transformer_class, (errors, pq) = driver
+    raw = cursor.cursor  # psycopg's cursor under Django's wrapper: its adapters load rows
+    connection = raw.connection
+    pgconn = connection.pgconn
+    name = f"streamexport_{uuid.uuid4().hex}"
+    cursor.execute(f"DECLARE {name} NO SCROLL CURSOR WITHOUT HOLD FOR {sql}", params)
+    transformer = transformer_class(raw)
+    tuples_ok = pq.ExecStatus.TUPLES_OK
+    in_flight = False
+
+    wrap_errors = cursor.db.wrap_database_errors
+    # When the last two FETCHes were sent: the server sat idle in between, after the
+    # first one's rows were computed, for at most their gap.
+    sent_at = [time.monotonic()] * 2
+
+    @contextmanager
+    def driver_errors() -> Iterator[None]:
+        # Django's wrapper outside: driver errors become django.db errors (as from a
+        # cursor), and a broken connection is marked so that Django closes it.
+        with wrap_errors:
+            try:
+                yield
+            except errors.OperationalError as exc:
+                idle = max(sent_at[1] - sent_at[0], time.monotonic() - sent_at[1])
+                if idle_timeout and exc.sqlstate is None and idle >= idle_timeout:
+                    raise errors.OperationalError(
+                        "terminating connection due to idle-in-transaction timeout"
+                        f" (no FETCH for {idle:.1f} s): {exc}"
+                    ) from exc
+                raise
+
+    def request(rows: int) -> None:
+        nonlocal in_flight
+        sent_at[:] = [sent_at[1], time.monotonic()]
+        with driver_errors():
+            pgconn.send_query(f"FETCH FORWARD {rows:d} FROM {name}".encode())
+            in_flight = True
+            connection.wait(send(pgconn))
+
+    def receive() -> list[tuple]:
+        nonlocal in_flight
+        with driver_errors():
+            results = connection.wait(fetch_many(pgconn))
+            in_flight = False
+            result = results[0] if results else None
+            if result is None or result.status != tuples_ok:
+                if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+                    raise errors.error_from_result(result, encoding=connection.info.encoding)
+                raise errors.InternalError(f"unexpected FETCH result: {result!r}")
+            transformer.set_pgresult(result)
+            return transformer.load_rows(0, result.ntuples, tuple)
+
+    try:
+        request(sizes())
+        while rows := receive():
+            request(sizes())  # computed by PostgreSQL while the export renders these
+            yield rows
+    finally:
+        if in_flight:
+            # Closed early or failed between request and receive: take the result so the
+            # connection is idle for the rollback.
+            try:
+                receive()
+            except Exception:  # the export already ends with its own error
+                pass
