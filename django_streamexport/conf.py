@@ -70,7 +70,7 @@ class Settings:
     def DATABASE_FORMATTING(self) -> bool:
         """Let PostgreSQL spell CSV cells as text for cursor exports. Default True.
 
-        Same bytes, about 1.5x as fast: Python then only quotes strings.  Applies
+        Same bytes, about twice as fast: Python then only quotes strings.  Applies
         where :func:`django_streamexport.pgtext.text_select` can spell every column;
         other exports format values in Python as before.
         """

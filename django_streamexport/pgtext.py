@@ -10,7 +10,7 @@ COPY mode (:mod:`django_streamexport.pgcopy`) sends it through ``COPY ... TO STD
 a cursor export (:class:`~django_streamexport.streaming.ExportStream` with
 ``database_formatting``, the default) fetches it from its server-side cursor, so Python
 only quotes and joins strings: no parsing of integers, decimals, dates and datetimes into
-Python objects and back into text (benchmark, 1M rows over gunicorn: 5.9x -> 3.9x the
+Python objects and back into text (benchmark, 1M rows over gunicorn: 5.4x -> 2.7x the
 time of ``COPY``).
 
 Spellings, each equal to the Python path's (``tests/test_pgcopy.py`` compares the bytes):
