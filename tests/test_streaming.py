@@ -7,6 +7,7 @@ import tracemalloc
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.test.utils import CaptureQueriesContext
@@ -122,6 +123,7 @@ def test_postgresql_streams_from_a_cursor_without_hold(pg_alias, fmt):
     assert session_state(backend_pid(pg_alias)) == "idle"
 
 
+@pytest.mark.skipif(not is_psycopg3, reason="prefetching needs psycopg 3")
 @pytest.mark.parametrize("fmt", [CSVFormat, NDJSONFormat])
 def test_prefetching_keeps_one_fetch_in_flight_inside_the_transaction(pg_alias, fmt):
     """pgfetch: its own WITHOUT HOLD cursor, the next FETCH sent before a batch is rendered."""
@@ -130,18 +132,21 @@ def test_prefetching_keeps_one_fetch_in_flight_inside_the_transaction(pg_alias, 
     stream = make_stream(pg_alias, fmt=fmt, chunk_size=100)
     with CaptureQueriesContext(connections[pg_alias]) as queries:
         chunks = iter(stream)
-        next(chunks)
-        next(chunks)
-        # The export's connection is busy: look from another session.
-        with other_session() as cursor:
-            cursor.execute(
-                "SELECT query, xact_start IS NOT NULL FROM pg_stat_activity WHERE pid = %s",
-                [pid],
-            )
-            query, in_transaction = cursor.fetchone()
-        assert query.startswith("FETCH FORWARD 100 FROM streamexport_")
-        assert in_transaction
-        data = next(chunks) + b"".join(chunks)
+        try:
+            next(chunks)
+            next(chunks)
+            # The export's connection is busy: look from another session.
+            with other_session() as cursor:
+                cursor.execute(
+                    "SELECT query, xact_start IS NOT NULL FROM pg_stat_activity WHERE pid = %s",
+                    [pid],
+                )
+                query, in_transaction = cursor.fetchone()
+            assert query.startswith("FETCH FORWARD 100 FROM streamexport_")
+            assert in_transaction
+            data = next(chunks) + b"".join(chunks)
+        finally:
+            stream.close()
     declare = [q["sql"] for q in queries if q["sql"].startswith("DECLARE")]
     assert len(declare) == 1 and "NO SCROLL CURSOR WITHOUT HOLD FOR" in declare[0]
     assert data
