@@ -120,7 +120,6 @@ class ExportFormat:
 
     def __init__(self, columns: Sequence[ResolvedColumn]) -> None:
         self.columns = list(columns)
-        self.converters: list[Converter | None] = [self.get_converter(c) for c in self.columns]
         # (index, batch converter) for the columns that need one: the hot loop skips the rest.
         self._active = [
             (index, convert)
