@@ -61,9 +61,8 @@ from django_streamexport.formats import (
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.responses import (
     admit_export,
-    ensure_database,
+    admitted_export_response,
     export_error_response,
-    export_response,
     user_admission_key,
 )
 from django_streamexport.streaming import ExportStream
@@ -327,16 +326,12 @@ class ExportAdminMixin:
             using=conf.DATABASE,
             user=getattr(request, "user", None),
         )
+        filename = self.get_export_filename(request)
         # The same admission control (429) and database check (503) as the views.
-        stream.add_closer(admit_export(user_admission_key(request)).release)
-        try:
-            ensure_database(stream)
-        except ExportRequestError:
-            stream.close()
-            raise
-        return export_response(
+        return admitted_export_response(
             stream,
-            self.get_export_filename(request),
+            admit_export(user_admission_key(request)),
+            filename,
             include_body=request.method != "HEAD",
             request=request,
         )

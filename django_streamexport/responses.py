@@ -7,7 +7,7 @@ share this, so every export response carries the same headers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
@@ -150,6 +150,39 @@ def ensure_database(stream: ExportStream) -> None:
             "The export database cannot be reached right now; try again later.",
             retry_after=conf.RETRY_AFTER,
         ) from exc
+
+
+def admitted_export_response(
+    stream: ExportStream,
+    slot: Slot,
+    filename: str,
+    *,
+    check_database: Callable[[ExportStream], None] = ensure_database,
+    include_body: bool = True,
+    response_class: type[StreamingHttpResponse] = StreamingHttpResponse,
+    request: HttpRequest | None = None,
+) -> StreamingHttpResponse:
+    """Return :func:`export_response` for an export admitted with ``slot`` (:func:`admit_export`).
+
+    The slot is released when the stream ends or is closed.  ``check_database``
+    (default :func:`ensure_database`) runs before the response starts; when it
+    raises an :class:`~django_streamexport.exceptions.ExportRequestError` (503)
+    the stream is closed, releasing the slot, and the error propagates.  Views
+    and admin exports both start this way.
+    """
+    stream.add_closer(slot.release)
+    try:
+        check_database(stream)
+    except ExportRequestError:
+        stream.close()
+        raise
+    return export_response(
+        stream,
+        filename,
+        include_body=include_body,
+        response_class=response_class,
+        request=request,
+    )
 
 
 def export_error_response(exc: ExportRequestError) -> HttpResponse:

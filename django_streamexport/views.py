@@ -36,9 +36,9 @@ from django_streamexport.formats.base import ExportFormat
 from django_streamexport.limits import Slot
 from django_streamexport.responses import (
     admit_export,
+    admitted_export_response,
     ensure_database,
     export_error_response,
-    export_response,
     user_admission_key,
 )
 from django_streamexport.streaming import ExportStream
@@ -324,22 +324,18 @@ class StreamingExportMixin:
         """
         try:
             stream = self.get_export_stream()
-            slot = self.admit_export()
+            filename = self.get_filename()
+            return admitted_export_response(
+                stream,
+                self.admit_export(),
+                filename,
+                check_database=self.check_database,
+                include_body=include_body,
+                response_class=self.response_class,
+                request=self.request,
+            )
         except ExportRequestError as exc:
             return self.export_request_error(exc)
-        stream.add_closer(slot.release)
-        try:
-            self.check_database(stream)
-        except ExportRequestError as exc:
-            stream.close()
-            return self.export_request_error(exc)
-        return export_response(
-            stream,
-            self.get_filename(),
-            include_body=include_body,
-            response_class=self.response_class,
-            request=self.request,
-        )
 
     def export_request_error(self, exc: ExportRequestError) -> HttpResponse:
         """Return the plain-text 4xx/5xx response for a request that cannot be exported.
