@@ -144,8 +144,8 @@ class ExportStream:
     #: the database computes it meanwhile (:mod:`django_streamexport.pgfetch`).  The
     #: export's connection is then busy between chunks: code that iterates a stream itself
     #: must not query that connection until the iteration ends (servers never do; an
-    #: :meth:`iter_rows` override turns prefetching off).  ``False`` reads with Django's
-    #: chunked cursor and ``fetchmany()``.
+    #: :meth:`iter_rows` or :meth:`iter_batches` override turns prefetching off).
+    #: ``False`` reads with Django's chunked cursor and ``fetchmany()``.
     prefetch_batches: bool = True
 
     def __init__(
@@ -315,8 +315,8 @@ class ExportStream:
             prefetch = (
                 chunked
                 and self.prefetch_batches
-                # An iter_rows() override may query between rows: keep the connection free.
-                and type(self).iter_rows is ExportStream.iter_rows
+                # An override may query between rows: keep the connection free for it.
+                and not self._reads_own_rows()
                 and prefetch_available(connection)
             )
             chunked_cursor = chunked and not prefetch  # prefetching declares its own
@@ -347,6 +347,14 @@ class ExportStream:
                     batches.close()  # type: ignore[attr-defined]  # takes a FETCH in flight
                 cursor.close()  # closes Django's server-side cursor now
 
+    def _reads_own_rows(self) -> bool:
+        """Say whether a subclass overrides :meth:`iter_batches` or :meth:`iter_rows`."""
+        cls = type(self)
+        return (
+            cls.iter_batches is not ExportStream.iter_batches
+            or cls.iter_rows is not ExportStream.iter_rows
+        )
+
     def get_text_select(self) -> tuple[str, list[Any]] | None:
         """Return the query that has PostgreSQL spell the cells, or ``None`` to format in Python.
 
@@ -355,13 +363,10 @@ class ExportStream:
         :meth:`iter_batches`; otherwise, or when it cannot spell every column
         (the reason is kept in ``text_reason`` and logged at DEBUG), ``None``.
         """
-        cls = type(self)
         if not self.database_formatting:
             self.text_reason = "database_formatting is off"
-        elif cls.iter_batches is not ExportStream.iter_batches or (
-            cls.iter_rows is not ExportStream.iter_rows
-        ):
-            self.text_reason = f"{cls.__name__} reads its own rows"
+        elif self._reads_own_rows():
+            self.text_reason = f"{type(self).__name__} reads its own rows"
         else:
             try:
                 return text_select(self)
