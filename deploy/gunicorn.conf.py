@@ -4,14 +4,17 @@ Run it with::
 
     gunicorn -c deploy/gunicorn.conf.py --chdir example_project config.wsgi:application
 
-Every setting says why it has its value. The numbers come from
-shared/reference/streaming-facts.md (sections 1, 3, 5 and 6), which is cited by section number.
+Every setting says why it has its value, and names its primary source: gunicorn's settings
+documentation and source (gunicorn/workers/ggevent.py), Django's source, PEP 3333, the psycopg
+documentation.
 
 Rules for editing this file:
 
 * Do not import Django, your project or anything that opens sockets here. gunicorn executes this
   file in the master before forking; gevent monkey-patches only later, in each worker's
-  ``init_process()``. Whatever this file imports is imported unpatched (facts 1.4).
+  ``init_process()``. Whatever this file imports is imported unpatched (``GeventWorker.patch()``,
+  called from ``init_process()`` in gunicorn/workers/ggevent.py, is the only
+  ``monkey.patch_all()``).
 * Environment variables are read here so one file serves development, CI and systemd
   (``EnvironmentFile=`` in deploy/streamexport-gunicorn.service).
 """
@@ -46,8 +49,9 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 # --- Worker processes ------------------------------------------------------------------------
 
 # gevent: one greenlet per connection, so a 10-minute export costs one greenlet, not one whole
-# process as with the sync worker. Test and document only "gevent", not "gevent_pywsgi", which
-# uses gevent's HTTP handler and ignores max_requests (facts 5.2).
+# process as with the sync worker. Test and document only "gevent", not "gevent_pywsgi", which uses
+# gevent's HTTP handler (gunicorn/workers/__init__.py, SUPPORTED_WORKERS) and ignores max_requests
+# (benoitc/gunicorn issue #1331).
 worker_class = "gevent"
 
 # One worker per CPU, not the usual 2*CPUs+1. That rule of thumb is for sync workers, which sit
@@ -60,9 +64,12 @@ worker_class = "gevent"
 workers = _env_int("GUNICORN_WORKERS", _env_int("WEB_CONCURRENCY", _cpu_count()))
 
 # Greenlets (concurrent connections) per worker, sized against the database, not the network.
-# Every streaming export pins one database connection for its whole duration: Django checks it
-# out when the query starts and returns it only at request_finished, after the last byte
-# (facts 2.6, 2.7). In the worst case every greenlet is an export, so
+# Every streaming export pins one database connection for its whole duration: Django checks it out
+# when the query starts and returns it only at request_finished, after the last byte
+# (django/http/response.py: close() sends request_finished, on which django/db/__init__.py closes
+# the connection; the server calls close() after the last chunk, PEP 3333; connections are per
+# thread, so per greenlet, Django docs ref/databases.txt "Persistent connections"). In the worst
+# case every greenlet is an export, so
 #     workers * worker_connections  <=  connections this app may open.
 # That budget is PostgreSQL's max_connections (default 100) minus superuser_reserved_connections
 # (3), migrations, cron jobs, psql sessions and the other app servers behind the same upstream;
@@ -82,21 +89,23 @@ worker_connections = _env_int(
 # checks in every second, so exports may run for hours. The arbiter kills a worker only when its
 # event loop has not run for this long: a greenlet that never yields. The exports yield between
 # chunks (a write that does not block would not), but a database call that waits outside gevent
-# does not: with psycopg2 without psycogreen (or SQLite) one query or FETCH that takes longer
-# than this, such as a big sort before the first row, gets the worker killed (facts 1.1, 1.2;
-# deploy/README.md). The arbiter logs "WORKER TIMEOUT".
+# does not: with psycopg2 without psycogreen (or SQLite) one query or FETCH that takes longer than
+# this, such as a big sort before the first row, gets the worker killed (gunicorn docs, setting
+# "timeout"; psycopg2 docs, "Support for coroutine libraries"; deploy/README.md). The arbiter logs
+# "WORKER TIMEOUT".
 # Killing a worker takes every stream in it down, so do not lower this to "catch slow
 # requests"; 30 s (the default) recovers a stuck worker reasonably fast and tolerates long
 # CPU-bound stretches such as encoding a big batch.
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
 
 # On a restart or stop (HUP, TERM, a systemd reload) each old worker stops accepting and lets
-# in-flight requests run for this long, then kills them: exports still running after it are
-# cut, and clients see a truncated chunked body (facts 3.5). Set it to the longest export you
-# promise to finish across a deploy. 300 s covers a few million rows to a slow client; on a HUP
-# the new workers serve meanwhile, so a long drain does not block traffic, but old and new
-# workers then hold database connections at the same time (budget up to twice the above for
-# that window). deploy/streamexport-gunicorn.service sets TimeoutStopSec above this value.
+# in-flight requests run for this long, then kills them: exports still running after it are cut,
+# and clients see a truncated chunked body (gunicorn docs, setting "graceful_timeout";
+# GeventWorker.run() in gunicorn/workers/ggevent.py). Set it to the longest export you promise to
+# finish across a deploy. 300 s covers a few million rows to a slow client; on a HUP the new
+# workers serve meanwhile, so a long drain does not block traffic, but old and new workers then
+# hold database connections at the same time (budget up to twice the above for that window).
+# deploy/streamexport-gunicorn.service sets TimeoutStopSec above this value.
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 300)
 
 # Seconds to keep an idle keep-alive connection open, waiting for its next request. nginx keeps
@@ -105,16 +114,18 @@ graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 300)
 # request down a connection at the very moment gunicorn closes it and answer 502.
 keepalive = 75
 
-# Never recycle workers after N requests: a recycle is a graceful restart of that worker, and
-# every export still running after graceful_timeout is cut (facts 3.5, V9). Fix memory leaks
-# instead, or accept truncated exports and set a large value with max_requests_jitter.
+# Never recycle workers after N requests: a recycle is a graceful restart of that worker, and every
+# export still running after graceful_timeout is cut (gunicorn docs, settings "max_requests" and
+# "graceful_timeout"; measured in deploy/README.md, "Footguns"). Fix memory leaks instead, or
+# accept truncated exports and set a large value with max_requests_jitter.
 max_requests = 0
 max_requests_jitter = 0
 
-# Load the application in each worker, after gevent has monkey-patched it. With preload the
-# master imports Django before any patching, so ssl, threading and locks stay unpatched in every
-# worker (MonkeyPatchWarning, hangs, "DatabaseWrapper objects created in a thread can only be
-# used in that same thread"; facts 1.4). The cost is a slower worker boot, not a memory leak.
+# Load the application in each worker, after gevent has monkey-patched it. With preload the master
+# imports Django before any patching, so ssl, threading and locks stay unpatched in every worker
+# (MonkeyPatchWarning, hangs, "DatabaseWrapper objects created in a thread can only be used in that
+# same thread"; gunicorn patches only in the worker's init_process(), gunicorn/workers/ggevent.py).
+# The cost is a slower worker boot, not a memory leak.
 preload_app = False
 
 # The heartbeat above is a file whose mtime each worker touches every second. Keep it on tmpfs:
@@ -152,11 +163,13 @@ access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms "%(f)s"
 def post_fork(server, worker):
     """Make psycopg2 cooperate with gevent in this worker, before any connection is opened.
 
-    psycopg2's libpq calls block in C, where monkey-patching cannot reach: without a wait
-    callback one slow query freezes every greenlet in the worker, and a query longer than
-    ``timeout`` gets the whole worker killed (facts 1.1, 1.2). psycogreen registers that
-    callback (``psycopg2.extensions.set_wait_callback``). psycopg 3, which Django prefers when
-    both drivers are installed, cooperates on its own and ignores the callback (facts 1.6).
+    psycopg2's libpq calls block in C, where monkey-patching cannot reach: without a wait callback
+    one slow query freezes every greenlet in the worker, and a query longer than ``timeout`` gets
+    the whole worker killed (psycopg2 docs, "Support for coroutine libraries"; gunicorn docs,
+    setting ``timeout``). psycogreen registers that callback
+    (``psycopg2.extensions.set_wait_callback``). psycopg 3, which Django prefers when both drivers
+    are installed, cooperates on its own and ignores the callback (psycopg docs, "Gevent support",
+    from 3.1.14; ``django/db/backends/postgresql/psycopg_any.py`` tries ``import psycopg`` first).
 
     Runs in the new worker process right after the fork, before the worker monkey-patches and
     loads the application, so no connection can exist yet. The order relative to gevent's

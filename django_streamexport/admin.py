@@ -20,10 +20,11 @@ and users with the export permission get:
   changelist shows: list filters, search, date hierarchy and ordering
   applied, no pagination and no ``COUNT``.
 
-Everything goes through the same pipeline as the views
-(:func:`~django_streamexport.columns.resolve_columns`,
-:class:`~django_streamexport.streaming.ExportStream`,
-:func:`~django_streamexport.responses.export_response`).
+Everything goes through the same pipeline as the views: one
+:func:`~django_streamexport.plan.build_plan`, the same
+:class:`~django_streamexport.streaming.ExportStream` (so COPY mode, keyset mode and
+every guard apply) and :func:`~django_streamexport.responses.admitted_export_response`
+(admission limits, the database check).
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ from django.urls import path, reverse
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 
-from django_streamexport.columns import Column, ExportField, _walk_lookup, resolve_columns
+from django_streamexport.columns import (
+    Column,
+    ExportField,
+    ResolvedColumn,
+    _walk_lookup,
+    resolve_columns,
+)
 from django_streamexport.conf import conf
 from django_streamexport.exceptions import (
     ExportRefused,
@@ -59,6 +66,7 @@ from django_streamexport.formats import (
     select_format_class,
 )
 from django_streamexport.formats.base import ExportFormat
+from django_streamexport.plan import ExportPlan, build_plan
 from django_streamexport.responses import (
     admit_export,
     admitted_export_response,
@@ -176,6 +184,13 @@ class ExportAdminMixin:
     export_template: str = "admin/django_streamexport/export.html"
     #: Shows the "Export" button; extend it if you set your own ``change_list_template``.
     change_list_template = "admin/django_streamexport/change_list.html"
+    #: How rows are read: ``"cursor"`` or ``"keyset"`` (short pages by ``export_keyset_key``,
+    #: for PgBouncer in transaction pooling; the export is then ordered by that key).
+    export_mode: str = "cursor"
+    #: The unique, non-null field keyset pages are ordered by.
+    export_keyset_key: str = "pk"
+    #: The class of the export's stream.
+    export_stream_class: type[ExportStream] = ExportStream
 
     # These come from ModelAdmin.
     model: type[models.Model]
@@ -225,6 +240,24 @@ class ExportAdminMixin:
         """Return the download name without extension. Default: ``verbose_name_plural``."""
         return str(self.opts.verbose_name_plural)
 
+    def get_export_plan_kwargs(self, request: HttpRequest) -> dict[str, Any]:
+        """Return :func:`~django_streamexport.plan.build_plan`'s options for ``request``.
+
+        Default: the requesting ``user`` (for the signals), the filename, ``export_mode``
+        and ``export_keyset_key``; every other option is its ``STREAMEXPORT_*`` setting
+        (COPY mode, database formatting, sizes, limits, timeouts).  Override to pass
+        any option::
+
+            def get_export_plan_kwargs(self, request):
+                return {**super().get_export_plan_kwargs(request), "max_rows": 100_000}
+        """
+        return {
+            "user": getattr(request, "user", None),
+            "filename": self.get_export_filename(request),
+            "mode": self.export_mode,
+            "keyset_key": self.export_keyset_key,
+        }
+
     # --- who may export ---------------------------------------------------------------------
 
     def has_export_permission(self, request: HttpRequest) -> bool:
@@ -266,7 +299,7 @@ class ExportAdminMixin:
 
     def get_export_columns(
         self, request: HttpRequest, queryset: models.QuerySet, names: Sequence[str] | None = None
-    ) -> list:
+    ) -> list[ResolvedColumn]:
         """Resolve the chosen field ``names`` (default: all allowed) against ``queryset``.
 
         Raises :class:`~django_streamexport.exceptions.UnknownField` (400) for
@@ -314,26 +347,37 @@ class ExportAdminMixin:
         export limits, 503 when the database cannot be reached.  A ``HEAD``
         request gets the headers and never runs the query.
         """
-        queryset = _rows_once(queryset)
-        columns = self.get_export_columns(request, queryset, field_names)
-        format_class = self.get_export_format_class(request, format_name)
-        stream = ExportStream(
-            queryset,
-            columns,
-            format_class(columns),
-            chunk_size=conf.CHUNK_SIZE,
-            buffer_size=conf.BUFFER_SIZE,
-            using=conf.DATABASE,
-            user=getattr(request, "user", None),
-        )
-        filename = self.get_export_filename(request)
+        plan = self.get_export_plan(request, queryset, format_name, field_names)
+        stream = self.export_stream_class(plan)
         # The same admission control (429) and database check (503) as the views.
         return admitted_export_response(
             stream,
             admit_export(user_admission_key(request)),
-            filename,
             include_body=request.method != "HEAD",
             request=request,
+        )
+
+    def get_export_plan(
+        self,
+        request: HttpRequest,
+        queryset: models.QuerySet,
+        format_name: str | None,
+        field_names: Sequence[str] | None = None,
+    ) -> ExportPlan:
+        """Return the plan of exporting ``queryset`` in ``format_name`` with ``field_names``.
+
+        A changelist that spans a to-many relation is ``DISTINCT``; the export keeps one
+        row per object (the primary key is selected too; see
+        :func:`~django_streamexport.columns.values_queryset`), with the annotations and
+        ordering of ``get_queryset()``.  Raises ``ExportRequestError`` subclasses (400).
+        """
+        columns = self.get_export_columns(request, queryset, field_names)
+        format_class = self.get_export_format_class(request, format_name)
+        return build_plan(
+            queryset,
+            columns=columns,
+            export_format=format_class,
+            **self.get_export_plan_kwargs(request),
         )
 
     # --- the changelist and the export page ------------------------------------------------
@@ -479,19 +523,11 @@ class ExportAdminMixin:
     # --- checks ----------------------------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
-        """Add the export checks (E101, W101) to the ``ModelAdmin``'s."""
+        """Add the export check W101 to the ``ModelAdmin``'s."""
         errors = super().check(**kwargs)  # type: ignore[misc]
-        if conf.ADMIN_EXPORT_PERMISSION not in PERMISSION_MODES:
-            errors.append(
-                checks.Error(
-                    "STREAMEXPORT_ADMIN_EXPORT_PERMISSION must be 'view' or 'export', not "
-                    f"{conf.ADMIN_EXPORT_PERMISSION!r}.",
-                    hint="Remove the setting to require the view permission (the default).",
-                    obj=self,
-                    id="django_streamexport.E101",
-                )
-            )
-        elif conf.ADMIN_EXPORT_PERMISSION == "export":
+        # E101 (an invalid STREAMEXPORT_ADMIN_EXPORT_PERMISSION) is a settings check,
+        # reported once (django_streamexport.checks).
+        if conf.ADMIN_EXPORT_PERMISSION == "export":
             codename = get_permission_codename("export", self.opts)
             declared = {name for name, _label in self.opts.permissions}
             if codename not in declared:
@@ -513,20 +549,3 @@ class ExportAdminMixin:
 class ExportModelAdmin(ExportAdminMixin, admin.ModelAdmin):  # type: ignore[misc]  # stubs' signatures
     """A ``ModelAdmin`` with streaming exports (see :class:`ExportAdminMixin`)."""
 
-
-def _rows_once(queryset: models.QuerySet) -> models.QuerySet:
-    """Return ``queryset`` without ``DISTINCT``, the same rows, in the same order.
-
-    The changelist adds ``distinct()`` when a filter or search spans a to-many
-    relation; with ``values_list()`` of the export columns, ``DISTINCT`` would
-    merge different objects whose exported values are equal.  Filter by
-    primary key instead, which keeps each object once.
-    """
-    if not queryset.query.distinct or queryset.query.distinct_fields:
-        return queryset
-    ordering = queryset.query.order_by or queryset.model._meta.ordering
-    return (
-        queryset.model._base_manager.using(queryset.db)
-        .filter(pk__in=queryset.order_by().values("pk"))
-        .order_by(*ordering)
-    )

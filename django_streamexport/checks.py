@@ -1,6 +1,10 @@
 """System checks for settings and deployments that would break streaming.
 
 Ids are stable; each is documented in the README's "System checks" section.
+:func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E017, E101);
+:func:`check_databases` and :func:`check_green_psycopg2` warn about deployments on which
+exports would not stream (W001-W003).  W101 is an admin check, reported by each
+``ExportAdminMixin`` admin.
 """
 
 from __future__ import annotations
@@ -19,62 +23,220 @@ from django_streamexport.conf import conf
 
 logger = logging.getLogger("django_streamexport")
 
+#: Values of ``STREAMEXPORT_ADMIN_EXPORT_PERMISSION``.
+ADMIN_EXPORT_PERMISSIONS = ("view", "export")
+
+#: The largest ``statement_timeout`` and ``idle_in_transaction_session_timeout`` PostgreSQL
+#: accepts, in milliseconds (``pg_settings.max_val``: INT_MAX).
+MAX_TIMEOUT_MS = 2_147_483_647
+
+
+def _is_int(value: Any) -> bool:
+    """Return whether ``value`` is an integer (``True`` and ``False`` are not, here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _error(name: str, problem: str, hint: str, check_id: str) -> Error:
+    """Return the error for ``STREAMEXPORT_<name>``: ``problem`` completes the sentence."""
+    return Error(f"STREAMEXPORT_{name} {problem}", hint=hint, id=f"django_streamexport.{check_id}")
+
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Check the ``STREAMEXPORT_*`` settings' types and values (E001-E005)."""
-    errors: list[Error] = []
-    for name, value in (("CHUNK_SIZE", conf.CHUNK_SIZE), ("BUFFER_SIZE", conf.BUFFER_SIZE)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            errors.append(
-                Error(
-                    f"STREAMEXPORT_{name} must be a positive integer, not {value!r}.",
-                    hint=f"Remove STREAMEXPORT_{name} to use the default.",
-                    id="django_streamexport.E001"
-                    if name == "CHUNK_SIZE"
-                    else "django_streamexport.E002",
-                )
-            )
+    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E017, E101).
+
+    One id per setting, returned in the order of the ids.  E101 is checked here, once,
+    rather than by each export admin.
+    """
+    errors = [
+        _positive_int("CHUNK_SIZE", "E001"),
+        _positive_int("BUFFER_SIZE", "E002"),
+        _csv_delimiter(),  # E003
+        _formats(),  # E004
+        _database(),  # E005
+        _boolean("CSV_BOM", "E006"),
+        _boolean("CSV_ESCAPE_FORMULAS", "E007"),
+        _copy_mode(),  # E008
+        _boolean("DATABASE_FORMATTING", "E009"),
+        _boolean("X_ACCEL_BUFFERING", "E010"),
+        _boolean("NDJSON_END_RECORD", "E011"),
+        _timeout("STATEMENT_TIMEOUT", "E012"),
+        _timeout("IDLE_IN_TRANSACTION_TIMEOUT", "E013"),
+        _limit("MAX_ROWS", "E014"),
+        _limit("MAX_CONCURRENT_EXPORTS", "E015"),
+        _limit("MAX_CONCURRENT_EXPORTS_PER_USER", "E016"),
+        _retry_after(),  # E017
+        _admin_export_permission(),  # E101
+    ]
+    return [error for error in errors if error is not None]
+
+
+def _positive_int(name: str, check_id: str) -> Error | None:
+    """E001, E002: a positive integer."""
+    value = getattr(conf, name)
+    if _is_int(value) and value >= 1:
+        return None
+    return _error(
+        name,
+        f"must be a positive integer, not {value!r}.",
+        f"Remove STREAMEXPORT_{name} to use the default.",
+        check_id,
+    )
+
+
+def _csv_delimiter() -> Error | None:
+    """E003: one character, neither a quote nor a line break."""
     delimiter = conf.CSV_DELIMITER
-    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
-        errors.append(
-            Error(
-                f"STREAMEXPORT_CSV_DELIMITER must be one character other than a quote or a "
-                f"line break, not {delimiter!r}.",
-                hint='Use "," (the default), ";" or "\\t".',
-                id="django_streamexport.E003",
-            )
-        )
-    try:
+    if isinstance(delimiter, str) and len(delimiter) == 1 and delimiter not in '"\r\n':
+        return None
+    return _error(
+        "CSV_DELIMITER",
+        f"must be one character other than a quote or a line break, not {delimiter!r}.",
+        'Use "," (the default), ";" or "\\t".',
+        "E003",
+    )
+
+
+def _formats() -> Error | None:
+    """E004: a non-empty list of importable export formats with distinct names."""
+    paths = conf.FORMATS
+    if (
+        not isinstance(paths, (list, tuple))
+        or not paths
+        or not all(isinstance(path, str) for path in paths)
+    ):
+        problem = f"must be a non-empty list of dotted paths, not {paths!r}."
+    else:
         from django_streamexport.formats import default_format_classes, format_classes_by_name
 
-        format_classes_by_name(default_format_classes())
-    except ImproperlyConfigured as exc:
-        errors.append(
-            Error(
-                f"STREAMEXPORT_FORMATS is invalid: {exc}",
-                hint="List dotted paths of ExportFormat subclasses with distinct 'format' names.",
-                id="django_streamexport.E004",
-            )
-        )
+        try:
+            format_classes_by_name(default_format_classes())
+        except ImproperlyConfigured as exc:
+            problem = f"is invalid: {str(exc).rstrip('.')}."
+        else:
+            return None
+    return _error(
+        "FORMATS",
+        problem,
+        "List dotted paths of ExportFormat subclasses with distinct 'format' names.",
+        "E004",
+    )
+
+
+def _database() -> Error | None:
+    """E005: ``STREAMEXPORT_DATABASE`` is ``None`` or an alias in ``DATABASES``."""
     alias = conf.DATABASE
-    if alias is not None and alias not in settings.DATABASES:
-        errors.append(
-            Error(
-                f"STREAMEXPORT_DATABASE names the database alias {alias!r}, which is not in "
-                "DATABASES.",
-                hint=f"Use one of: {', '.join(settings.DATABASES)}; or remove the setting.",
-                id="django_streamexport.E005",
-            )
-        )
-    return errors
+    if alias is None:
+        return None
+    if not isinstance(alias, str):
+        problem = f"must be a database alias (a string) or None, not {alias!r}."
+    elif alias not in settings.DATABASES:
+        problem = f"names the database alias {alias!r}, which is not in DATABASES."
+    else:
+        return None
+    return _error(
+        "DATABASE",
+        problem,
+        f"Use one of: {', '.join(settings.DATABASES)}; or remove the setting.",
+        "E005",
+    )
+
+
+def _boolean(name: str, check_id: str) -> Error | None:
+    """E006, E007, E009, E010, E011: ``True`` or ``False``."""
+    value = getattr(conf, name)
+    if isinstance(value, bool):
+        return None
+    return _error(
+        name,
+        f"must be True or False, not {value!r}.",
+        f"Use True or False, or remove STREAMEXPORT_{name} to use the default.",
+        check_id,
+    )
+
+
+def _copy_mode() -> Error | None:
+    """E008: ``False``, ``True`` or ``"require"``."""
+    value = conf.COPY_MODE
+    if isinstance(value, bool) or (isinstance(value, str) and value == "require"):
+        return None
+    return _error(
+        "COPY_MODE",
+        f'must be False, True or "require", not {value!r}.',
+        "Use True to produce CSV with COPY where it gives the same file, "
+        '"require" to refuse exports that COPY cannot produce, or False (the default).',
+        "E008",
+    )
+
+
+def _timeout(name: str, check_id: str) -> Error | None:
+    """E012, E013: ``None`` or seconds from 0 up to PostgreSQL's limit."""
+    value = getattr(conf, name)
+    if value is None or (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_TIMEOUT_MS / 1000  # False for NaN; no float() of a huge int
+    ):
+        return None
+    return _error(
+        name,
+        f"must be None or a number of seconds from 0 to {MAX_TIMEOUT_MS / 1000} "
+        f"(PostgreSQL's limit), not {value!r}.",
+        "Use a number of seconds; None or 0 keeps the database server's value.",
+        check_id,
+    )
+
+
+def _limit(name: str, check_id: str) -> Error | None:
+    """E014, E015, E016: ``None`` or a non-negative integer (``None`` and 0: no limit)."""
+    value = getattr(conf, name)
+    if value is None or (_is_int(value) and value >= 0):
+        return None
+    return _error(
+        name,
+        f"must be None or a non-negative integer, not {value!r}.",
+        "Use a positive integer; None or 0 means no limit.",
+        check_id,
+    )
+
+
+def _retry_after() -> Error | None:
+    """E017: a non-negative integer (``Retry-After`` takes whole seconds)."""
+    value = conf.RETRY_AFTER
+    if _is_int(value) and value >= 0:
+        return None
+    return _error(
+        "RETRY_AFTER",
+        f"must be a non-negative integer (seconds), not {value!r}.",
+        "Use whole seconds, as the Retry-After header requires, or remove "
+        "STREAMEXPORT_RETRY_AFTER to use the default (10).",
+        "E017",
+    )
+
+
+def _admin_export_permission() -> Error | None:
+    """E101: ``"view"`` or ``"export"``."""
+    value = conf.ADMIN_EXPORT_PERMISSION
+    if isinstance(value, str) and value in ADMIN_EXPORT_PERMISSIONS:
+        return None
+    return _error(
+        "ADMIN_EXPORT_PERMISSION",
+        f"must be 'view' or 'export', not {value!r}.",
+        "Remove the setting to require the view permission (the default).",
+        "E101",
+    )
 
 
 @register(Tags.database, Tags.compatibility)
 def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Warning]:
     """Warn about databases on which exports would not stream (W001, W002)."""
     warnings: list[Warning] = []
-    aliases = [conf.DATABASE] if conf.DATABASE in settings.DATABASES else list(settings.DATABASES)
+    alias = conf.DATABASE
+    aliases = (
+        [alias]
+        if isinstance(alias, str) and alias in settings.DATABASES
+        else list(settings.DATABASES)
+    )
     for alias in aliases:
         connection = connections[alias]
         settings_dict, vendor = connection.settings_dict, connection.vendor
@@ -104,19 +266,17 @@ def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: An
 def postgresql_driver() -> str | None:
     """Return ``"psycopg"`` or ``"psycopg2"``: the driver Django's PostgreSQL backend uses here.
 
-    ``None`` when no database in ``DATABASES`` is PostgreSQL or no driver is installed.
-    Django tries psycopg 3 first and falls back to psycopg2
-    (``django/db/backends/postgresql/psycopg_any.py``), so having psycopg2 installed (or
-    imported) does not mean it is used.
+    ``None`` when no database in ``DATABASES`` is PostgreSQL (by its backend's ``vendor``,
+    so PostGIS counts) or no driver is installed.  Asks
+    :func:`django_streamexport.postgresql.driver.driver_name`, which reports Django's
+    choice: Django tries psycopg 3 first and falls back to psycopg2, so having psycopg2
+    installed (or imported) does not mean it is used.
     """
-    databases: dict[str, Any] = settings.DATABASES
-    if not any("postgresql" in db.get("ENGINE", "") for db in databases.values()):
+    if not any(connections[alias].vendor == "postgresql" for alias in connections):
         return None
-    try:
-        from django.db.backends.postgresql.psycopg_any import is_psycopg3
-    except ImportError:
-        return None
-    return "psycopg" if is_psycopg3 else "psycopg2"
+    from django_streamexport.postgresql.driver import driver_name
+
+    return driver_name()
 
 
 @register(Tags.compatibility)

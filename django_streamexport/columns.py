@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import django
-from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.core.exceptions import EmptyResultSet, FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models.constants import LOOKUP_SEP
 from django.utils.encoding import force_str
@@ -259,10 +259,119 @@ def values_queryset(
 ) -> models.QuerySet:
     """Return the ``values_list()`` of ``columns``' lookups on database ``using``.
 
-    Raises ``ValueError`` for a queryset with ``prefetch_related()``, which an
-    export (one query) cannot honour.
+    A ``DISTINCT`` queryset (the admin's changelist adds ``distinct()`` when a filter or
+    search spans a to-many relation) also selects its primary key last, so ``DISTINCT``
+    still keeps one row per object: over the exported values alone it would merge
+    different objects whose exported values are equal.  :func:`compile_query` cuts that
+    value off again.
+
+    Raises ``ValueError`` for a queryset with ``prefetch_related()``, which an export
+    (one query) cannot honour.
     """
-    values = queryset.using(using).values_list(*(column.lookup for column in columns))
-    if values._prefetch_related_lookups:
+    if queryset._prefetch_related_lookups:
         raise ValueError("An export cannot use prefetch_related(); use values lookups.")
-    return values
+    lookups = [column.lookup for column in columns]
+    query = queryset.query
+    if query.distinct and not query.distinct_fields:
+        lookups.append("pk")
+    return queryset.using(using).values_list(*lookups)
+
+
+@dataclass
+class CompiledQuery:
+    """The SQL of an export's ``values_list()`` query and how to finish its rows.
+
+    ``sql`` and ``params`` are what ``QuerySet.iterator()`` would run (``%s``
+    placeholders).  ``positions[i]`` is where the value of column ``i`` sits in a SQL
+    row (Django before 5.2 selects annotations last).  :meth:`finish` turns a batch of
+    rows as the driver returns them into rows of exactly the export's columns, in
+    order, with Django's converters (``from_db_value()``, backend converters such as
+    SQLite's decimals) applied, as ``SQLCompiler.results_iter()`` does.
+    ``converted`` names the columns whose values Django converts after reading.
+    ``empty`` is true when Django knows the query matches no rows (``EmptyResultSet``):
+    there is no SQL to run.
+    """
+
+    sql: str
+    params: tuple[Any, ...]
+    positions: list[int]
+    width: int
+    converted: list[str]
+    empty: bool = False
+    compiler: Any = field(default=None, repr=False)
+    _converters: Any = field(default=None, repr=False)
+    _composite: bool = False
+    _extra: int | None = None
+    _cut: int | None = None
+    _reorder: list[int] | None = None
+
+    @property
+    def needs_finishing(self) -> bool:
+        """Say whether :meth:`finish` changes rows (else the driver's rows are final)."""
+        return bool(
+            self._converters or self._composite or self._extra or self._cut or self._reorder
+        )
+
+    def finish(self, batch: list[tuple]) -> list[tuple]:
+        """Return ``batch`` (a list of SQL rows) as export rows; a no-op when nothing to do."""
+        if self._extra is not None:
+            extra = self._extra
+            batch = [row[:extra] for row in batch]
+        if self._composite:
+            batch = list(self.compiler.results_iter(iter([batch]), tuple_expected=True))
+        elif self._converters:
+            converters = self._converters
+            batch = list(map(tuple, self.compiler.apply_converters(batch, converters)))
+        if self._reorder is not None:
+            order = self._reorder
+            batch = [tuple([row[i] for i in order]) for row in batch]
+        elif self._cut is not None:
+            cut = self._cut
+            batch = [row[:cut] for row in batch]
+        return batch
+
+
+def compile_query(
+    queryset: models.QuerySet, columns: Sequence[ResolvedColumn], using: str
+) -> CompiledQuery:
+    """Compile the ``values_list()`` of ``columns`` on ``using`` into a :class:`CompiledQuery`.
+
+    Compiled once per export, when its reader is chosen, before any response starts:
+    what the query compiler refuses (``FieldError``, ``ValueError``...) raises here, not
+    mid-stream.  A query Django knows to match nothing (``EmptyResultSet``) gives
+    ``empty=True``.  Raises ``ValueError`` for ``prefetch_related()``.
+    """
+    values = values_queryset(queryset, columns, using)
+    width = len(columns)
+    compiler = values.query.get_compiler(using=using)
+    positions = sql_positions(values)
+    order = positions[:width] if positions is not None else list(range(width))
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:
+        return CompiledQuery("", (), order, width, [], empty=True, compiler=compiler)
+    # As SQLCompiler.results_iter(): the converters of the selected columns, and extra
+    # ordering columns (DISTINCT with ORDER BY) cut off.
+    selected = [s[0] for s in compiler.select[0 : compiler.col_count]]
+    converters = compiler.get_converters(selected)
+    has_composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
+    composite = has_composite is not None and has_composite(selected)
+    extra = compiler.col_count if compiler.has_extra_select else None
+    # The hidden primary key of a DISTINCT export (values_queryset()) comes last.
+    cut = width if len(selected) > width else None
+    converted = [
+        column.name for column, at in zip(columns, order, strict=True) if at in converters
+    ]
+    return CompiledQuery(
+        sql,
+        tuple(params),
+        order,
+        width,
+        converted,
+        compiler=compiler,
+        _converters=converters,
+        _composite=composite,
+        _extra=extra,
+        _cut=cut,
+        _reorder=order if positions is not None else None,
+    )

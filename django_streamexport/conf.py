@@ -3,7 +3,8 @@
 Every setting is read from ``django.conf.settings`` at call time, so
 ``override_settings`` works in tests and nothing is cached at import time.
 Each property documents its type and default; the README's settings reference
-mirrors them.
+mirrors them, and :func:`django_streamexport.checks.check_settings` validates
+every one at start-up (ids ``django_streamexport.E001`` to ``E017`` and ``E101``).
 """
 
 from __future__ import annotations
@@ -23,27 +24,48 @@ class Settings:
 
     @property
     def CHUNK_SIZE(self) -> int:
-        """Rows fetched from the database per round trip (``FETCH FORWARD n``). Default 2000."""
+        """Rows read from the database per round trip. Default 2000.
+
+        A cursor export fetches this many rows per ``FETCH`` after a small first
+        batch; a keyset export reads this many rows per page query.  A positive
+        integer (check E001); a view's ``chunk_size`` wins.
+        """
         return getattr(settings, "STREAMEXPORT_CHUNK_SIZE", 2000)
 
     @property
     def BUFFER_SIZE(self) -> int:
-        """Bytes collected before a chunk is handed to the server. Default 65536 (64 KiB)."""
+        """Approximate bytes per chunk handed to the server. Default 65536 (64 KiB).
+
+        A positive integer (check E002); a view's ``buffer_size`` wins.
+        """
         return getattr(settings, "STREAMEXPORT_BUFFER_SIZE", 64 * 1024)
 
     @property
     def DATABASE(self) -> str | None:
-        """Database alias exports read from; ``None`` asks the routers (``db_for_read``)."""
+        """Database alias exports read from. Default ``None``: ask the routers (``db_for_read``).
+
+        An alias in ``DATABASES`` (check E005); a view's ``using`` wins.
+        """
         return getattr(settings, "STREAMEXPORT_DATABASE", None)
 
     @property
     def FORMATS(self) -> Sequence[str]:
-        """Dotted paths of the format classes a view offers when it names none."""
+        """Dotted paths of the format classes offered where a view or admin names none.
+
+        The first is the default format.  Default: CSV
+        (``django_streamexport.formats.csv.CSVFormat``), then NDJSON
+        (``django_streamexport.formats.ndjson.NDJSONFormat``).  A non-empty list or
+        tuple of importable ``ExportFormat`` subclasses with distinct ``format``
+        names (check E004).
+        """
         return getattr(settings, "STREAMEXPORT_FORMATS", DEFAULT_FORMATS)
 
     @property
     def CSV_DELIMITER(self) -> str:
-        """One-character CSV field separator. Default ``","`` (``";"`` for some Excel locales)."""
+        """One-character CSV field separator. Default ``","`` (``";"`` for some Excel locales).
+
+        Neither a quote nor a line break (check E003).
+        """
         return getattr(settings, "STREAMEXPORT_CSV_DELIMITER", ",")
 
     @property
@@ -58,11 +80,12 @@ class Settings:
 
     @property
     def COPY_MODE(self) -> bool | str:
-        """Produce CSV bodies with PostgreSQL ``COPY`` (``True``, ``"require"``). Default False.
+        """Produce CSV bodies with PostgreSQL ``COPY``: ``False``, ``True`` or ``"require"``.
 
-        ``True`` falls back to the standard path when COPY cannot give the same
-        output; ``"require"`` raises ``ImproperlyConfigured`` instead.  See
-        :mod:`django_streamexport.pgcopy`.
+        Default ``False``.  ``True`` falls back to the standard path (same file,
+        slower) when COPY cannot give the same output; ``"require"`` raises
+        ``ImproperlyConfigured`` instead.  A view's ``copy_mode`` wins.  See
+        :mod:`django_streamexport.postgresql.copy`.
         """
         return getattr(settings, "STREAMEXPORT_COPY_MODE", False)
 
@@ -70,9 +93,10 @@ class Settings:
     def DATABASE_FORMATTING(self) -> bool:
         """Let PostgreSQL spell CSV cells as text for cursor exports. Default True.
 
-        Same bytes, about twice as fast: Python then only quotes strings.  Applies
-        where :func:`django_streamexport.pgtext.text_select` can spell every column;
-        other exports format values in Python as before.
+        Same bytes, about twice as fast: Python then only quotes strings.
+        Applies where :func:`django_streamexport.postgresql.text.text_select` can
+        spell every column; other exports format values in Python.  A view's
+        ``database_formatting`` wins.
         """
         return getattr(settings, "STREAMEXPORT_DATABASE_FORMATTING", True)
 
@@ -83,8 +107,12 @@ class Settings:
 
     @property
     def ADMIN_EXPORT_PERMISSION(self) -> str:
-        """What admin exports require: ``"view"`` (the model's view permission, the default)
-        or ``"export"`` (view and a dedicated ``<app_label>.export_<model_name>`` permission)."""
+        """What admin exports require: ``"view"`` (the default) or ``"export"``.
+
+        ``"view"``: the model's view (or change) permission.  ``"export"``: that
+        and a dedicated ``<app_label>.export_<model_name>`` permission, which the
+        project declares in the model's ``Meta.permissions`` (checks E101, W101).
+        """
         return getattr(settings, "STREAMEXPORT_ADMIN_EXPORT_PERMISSION", "view")
 
     # --- Failures and limits (README "Failures and limits") ---------------------------------
@@ -105,9 +133,10 @@ class Settings:
         """Seconds one database statement of an export may run (PostgreSQL). Default 300.
 
         Set with ``SET LOCAL statement_timeout`` inside the export's
-        transaction; with the ``WITHOUT HOLD`` cursor each ``FETCH`` is a
-        statement, so it bounds each fetch (the first one includes sorting),
-        not the whole export.  ``None`` or ``0`` leaves the server's value.
+        transaction, so it bounds each statement: each ``FETCH`` of a cursor
+        export (the first one includes sorting), each page of a keyset export,
+        and the whole of a COPY export (one statement).  ``None`` or ``0``
+        leaves the server's value.  A view's ``statement_timeout`` wins.
         """
         return getattr(settings, "STREAMEXPORT_STATEMENT_TIMEOUT", 300)
 
@@ -118,7 +147,8 @@ class Settings:
         Set with ``SET LOCAL idle_in_transaction_session_timeout``: when the
         client reads so slowly that no ``FETCH`` is sent for this long,
         PostgreSQL ends the session and the export aborts (a truncated
-        transfer).  ``None`` or ``0`` leaves the server's value.
+        transfer, code ``idle_timeout``).  ``None`` or ``0`` leaves the
+        server's value.  A view's ``idle_in_transaction_timeout`` wins.
         """
         return getattr(settings, "STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT", 120)
 
@@ -126,18 +156,24 @@ class Settings:
     def MAX_ROWS(self) -> int | None:
         """Most rows one export may send; past it the export aborts (code ``row_limit``).
 
-        Default ``None``: no limit.
+        Default ``None``: no limit (``0`` too).  A view's ``max_rows`` wins.
         """
         return getattr(settings, "STREAMEXPORT_MAX_ROWS", None)
 
     @property
     def MAX_CONCURRENT_EXPORTS(self) -> int | None:
-        """Exports streaming at once per process; more get a 429. Default ``None``: no cap."""
+        """Exports streaming at once per process; more get a 429.
+
+        Default ``None``: no cap (``0`` too).
+        """
         return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS", None)
 
     @property
     def MAX_CONCURRENT_EXPORTS_PER_USER(self) -> int | None:
-        """Exports one authenticated user may stream at once per process. Default ``None``."""
+        """Exports one authenticated user may stream at once per process; more get a 429.
+
+        Default ``None``: no cap (``0`` too).
+        """
         return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER", None)
 
     @property

@@ -4,7 +4,11 @@ Once the status line has gone out the status cannot change, so a failure is
 reported twice: in-band, by the format's :meth:`ExportFormat.error` bytes
 (NDJSON writes an error record; CSV has no place for one and writes nothing),
 and by the transport: the exception is re-raised and the server aborts the
-chunked transfer (PEP 3333; streaming-facts 7.1).
+chunked transfer, with no terminating chunk.  PEP 3333 (``start_response``
+with ``exc_info``): once the headers are sent, "it is not safe for the
+application to attempt error output to the browser"; gunicorn's
+``handle_request()`` (``gunicorn/workers/base_async.py``) then shuts the
+socket down mid-body.
 
 The message is fixed per code and never carries internals (SQL, tracebacks,
 driver messages); the log line carries those, under the export id.

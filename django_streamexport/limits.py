@@ -1,8 +1,13 @@
 """Admission control: how many exports may stream at once in this process.
 
 Each streaming export pins one database connection and one worker slot (a
-greenlet, a thread) from its first row to its last byte (streaming-facts
-2.6, 2.7).  Past ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS`` (and, for
+greenlet, a thread) from its first row to its last byte: Django returns the
+connection on ``request_finished`` (``close_old_connections`` in
+``django/db/__init__.py``), which ``HttpResponseBase.close()`` sends
+(``django/http/response.py``), and the WSGI server calls ``close()`` only
+after the last chunk (PEP 3333).  Connections are per thread, so under gevent
+each greenlet opens its own (Django docs, ``docs/ref/databases.txt``,
+"Persistent connections").  Past ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS`` (and, for
 authenticated users, ``STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER``) a
 request is refused with 429 and ``Retry-After`` *before* any streaming
 starts, so exports cannot starve the connections that ordinary pages need.

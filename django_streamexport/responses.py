@@ -1,41 +1,40 @@
-"""Wrap an :class:`~django_streamexport.streaming.ExportStream` in an HTTP response.
+"""The one HTTP start-up sequence of an export: admission, database check, headers, response.
 
-Views, admin actions and anything else that answers a request with an export
-share this, so every export response carries the same headers.
+Views, admin actions and the admin export page, and the DRF mixin all answer through
+:func:`admitted_export_response`, so they share the admission limits (429), the
+database check (503), the headers and the body (:func:`~django_streamexport.sinks.http_body`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable
 
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from django_streamexport.asgi import AsyncExportStream, AsyncNoBody, is_asgi_request
 from django_streamexport.conf import conf
 from django_streamexport.exceptions import DatabaseUnavailable, ExportRefused, ExportRequestError
-from django_streamexport.http import attachment_header, safe_filename
+from django_streamexport.http import attachment_header
 from django_streamexport.limits import Slot, export_slots
+from django_streamexport.sinks import http_body
 from django_streamexport.streaming import ExportStream
 
 logger = logging.getLogger("django_streamexport")
 
 
-def export_headers(stream: ExportStream, filename: str) -> dict[str, str]:
+def export_headers(stream: ExportStream) -> dict[str, str]:
     """Return the headers of an export response besides ``Content-Type``.
 
-    ``Content-Disposition: attachment`` with ``filename`` cleaned and given the
-    format's extension; ``Cache-Control: no-store`` (exports are per-user data,
-    never cached); ``X-Content-Type-Options: nosniff``; ``X-Export-Id`` to
+    ``Content-Disposition: attachment`` with the plan's cleaned ``filename`` (RFC 6266);
+    ``Cache-Control: no-store`` (exports are per-user data, never cached); ``X-Content-Type-Options: nosniff``; ``X-Export-Id`` to
     match log lines; ``X-Accel-Buffering: no`` unless
     ``STREAMEXPORT_X_ACCEL_BUFFERING`` is False, so nginx passes chunks on at
     once.  Never ``Content-Length`` (unknown until the end) and no hop-by-hop
     headers (``Transfer-Encoding`` is the server's business).
     """
     headers = {
-        "Content-Disposition": attachment_header(safe_filename(filename, stream.format.extension)),
+        "Content-Disposition": attachment_header(stream.plan.filename),
         "Cache-Control": "no-store",
         "X-Content-Type-Options": "nosniff",
         "X-Export-Id": stream.export_id,
@@ -45,25 +44,8 @@ def export_headers(stream: ExportStream, filename: str) -> dict[str, str]:
     return headers
 
 
-class _NoBody:
-    """An empty body that closes the stream it stands for (``HEAD``): releases its slot.
-
-    :class:`~django_streamexport.asgi.AsyncNoBody` is its ASGI twin.
-    """
-
-    def __init__(self, stream: ExportStream) -> None:
-        self._stream = stream
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(())
-
-    def close(self) -> None:
-        self._stream.close()
-
-
 def export_response(
     stream: ExportStream,
-    filename: str,
     *,
     include_body: bool = True,
     response_class: type[StreamingHttpResponse] = StreamingHttpResponse,
@@ -76,16 +58,12 @@ def export_response(
     query never runs.  Closing the response closes the stream, which releases
     its cursor and its admission slot (also for ``HEAD``).  Given the
     ``request`` of an ASGI server, the body is an async iterator
-    (:mod:`django_streamexport.asgi`), so Django streams it instead of reading
+    (:mod:`django_streamexport.sinks`), so Django streams it instead of reading
     it whole into memory.
     """
-    content: Any
-    if is_asgi_request(request):
-        content = AsyncExportStream(stream) if include_body else AsyncNoBody(stream)
-    else:
-        content = stream if include_body else _NoBody(stream)
+    content = http_body(stream, request, include_body=include_body)
     response = response_class(content, content_type=stream.format.content_type)
-    for header, value in export_headers(stream, filename).items():
+    for header, value in export_headers(stream).items():
         response[header] = value
     return response
 
@@ -155,7 +133,6 @@ def ensure_database(stream: ExportStream) -> None:
 def admitted_export_response(
     stream: ExportStream,
     slot: Slot,
-    filename: str,
     *,
     check_database: Callable[[ExportStream], None] = ensure_database,
     include_body: bool = True,
@@ -167,8 +144,8 @@ def admitted_export_response(
     The slot is released when the stream ends or is closed.  ``check_database``
     (default :func:`ensure_database`) runs before the response starts; when it
     raises an :class:`~django_streamexport.exceptions.ExportRequestError` (503)
-    the stream is closed, releasing the slot, and the error propagates.  Views
-    and admin exports both start this way.
+    the stream is closed, releasing the slot, and the error propagates.  Views,
+    admin exports and the DRF mixin all start this way.
     """
     stream.add_closer(slot.release)
     try:
@@ -178,7 +155,6 @@ def admitted_export_response(
         raise
     return export_response(
         stream,
-        filename,
         include_body=include_body,
         response_class=response_class,
         request=request,

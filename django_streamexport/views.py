@@ -29,11 +29,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHt
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
-from django_streamexport.conf import conf
 from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.formats import default_format_classes, select_format_class
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.limits import Slot
+from django_streamexport.plan import ExportPlan, build_plan
 from django_streamexport.responses import (
     admit_export,
     admitted_export_response,
@@ -65,7 +65,8 @@ class StreamingExportMixin:
     format_classes: Sequence[type[ExportFormat]] | None = None
     #: The query parameter that selects a format by name.
     format_query_param = "format"
-    #: The download name without extension; ``None`` uses the model's ``verbose_name_plural``.
+    #: The download name without extension; ``None`` uses the exported model's
+    #: ``verbose_name_plural`` (of ``get_queryset()``'s model).
     filename: str | None = None
     #: Rows per database fetch; ``None`` means ``STREAMEXPORT_CHUNK_SIZE``.
     chunk_size: int | None = None
@@ -81,19 +82,21 @@ class StreamingExportMixin:
     idle_in_transaction_timeout: float | None = None
     #: The class of the response; it must take an iterator of ``bytes``.
     response_class = StreamingHttpResponse
-    #: The class of the stream that reads and renders the rows.
+    #: The class of the stream (the export's lifecycle); every reader works with any subclass.
     stream_class = ExportStream
     #: How rows are read: ``"cursor"`` (one server-side cursor in a transaction) or
-    #: ``"keyset"`` (short page queries by ``keyset_key``; see django_streamexport.keyset).
+    #: ``"keyset"`` (short page queries by ``keyset_key``; django_streamexport.readers.keyset).
     export_mode = "cursor"
     #: The unique, non-null field keyset pages are ordered by.
     keyset_key = "pk"
     #: CSV through PostgreSQL COPY: ``True`` (fall back when impossible), ``"require"``,
     #: ``False``; ``None`` means ``STREAMEXPORT_COPY_MODE``.
     copy_mode: bool | str | None = None
-    #: Let PostgreSQL spell CSV cells (django_streamexport.pgtext); ``None`` means
+    #: Let PostgreSQL spell CSV cells (django_streamexport.postgresql.text); ``None`` means
     #: ``STREAMEXPORT_DATABASE_FORMATTING`` (on).
     database_formatting: bool | None = None
+    #: Send the next ``FETCH`` while a batch is rendered (PostgreSQL, psycopg 3); ``None``: on.
+    prefetch: bool | None = None
 
     request: HttpRequest
 
@@ -167,29 +170,26 @@ class StreamingExportMixin:
         """Return the format instance that renders ``columns``."""
         return self.get_format_class()(columns, **self.get_format_kwargs())
 
-    def get_filename(self) -> str:
-        """Return the download name without extension.
+    def get_filename(self) -> str | None:
+        """Return the download name without extension; ``None`` names it after the model.
 
-        Default: ``filename``, else the exported model's ``verbose_name_plural``.
-        The result is cleaned (no path separators or control characters) and
-        the format's extension is appended.
+        Default: ``filename``.  ``None`` gives the ``verbose_name_plural`` of the model
+        ``get_queryset()`` returns.  The plan cleans the name (no path separators or
+        control characters) and appends the format's extension.
         """
-        if self.filename:
-            return str(self.filename)
-        model = self.model or getattr(self.queryset, "model", None)
-        return str(model._meta.verbose_name_plural) if model is not None else "export"
+        return str(self.filename) if self.filename else None
 
-    def get_chunk_size(self) -> int:
-        """Return the rows fetched per database round trip."""
-        return self.chunk_size or conf.CHUNK_SIZE
+    def get_chunk_size(self) -> int | None:
+        """Return rows per database fetch. Default: ``chunk_size`` (``None``: the setting)."""
+        return self.chunk_size
 
-    def get_buffer_size(self) -> int:
-        """Return the approximate size of each yielded chunk, in bytes."""
-        return self.buffer_size or conf.BUFFER_SIZE
+    def get_buffer_size(self) -> int | None:
+        """Return bytes per yielded chunk. Default: ``buffer_size`` (``None``: the setting)."""
+        return self.buffer_size
 
     def get_using(self) -> str | None:
-        """Return the database alias to read from; ``None`` lets the routers decide."""
-        return self.using or conf.DATABASE
+        """Return the database alias (``None``: ``STREAMEXPORT_DATABASE``, then the routers)."""
+        return self.using
 
     def get_max_rows(self) -> int | None:
         """Return the most rows one export may send (``None``: the setting; 0: no limit)."""
@@ -230,86 +230,72 @@ class StreamingExportMixin:
         """
         ensure_database(stream)
 
-    def get_copy_mode(self) -> bool | str:
+    def get_copy_mode(self) -> bool | str | None:
         """Return whether CSV bodies come from PostgreSQL ``COPY``.
 
-        Default: ``copy_mode``, else ``STREAMEXPORT_COPY_MODE``.  ``True`` uses
-        COPY where it gives the same file and falls back otherwise;
-        ``"require"`` raises ``ImproperlyConfigured`` when it cannot
-        (:mod:`django_streamexport.pgcopy`).
+        Default: ``copy_mode`` (``None``: ``STREAMEXPORT_COPY_MODE``).  ``True`` uses
+        COPY where it gives the same file and falls back otherwise; ``"require"``
+        raises ``ImproperlyConfigured`` when it cannot
+        (:mod:`django_streamexport.postgresql.copy`).
         """
-        return conf.COPY_MODE if self.copy_mode is None else self.copy_mode
-
-    # --- the response -----------------------------------------------------------
-
-    def get_export_stream(self) -> ExportStream:
-        """Return the stream of the export this request asks for.
-
-        Builds nothing lazily that could fail as a request error later:
-        format and fields are resolved here, before the response starts.
-        """
-        queryset = self.get_queryset()
-        columns = self.get_columns(queryset)
-        export_format = self.get_format(columns)
-        return self.get_stream_class()(
-            queryset,
-            columns,
-            export_format,
-            chunk_size=self.get_chunk_size(),
-            buffer_size=self.get_buffer_size(),
-            using=self.get_using(),
-            **self.get_stream_kwargs(),
-        )
+        return self.copy_mode
 
     def get_export_mode(self) -> str:
         """Return ``"cursor"`` or ``"keyset"``. Default: ``export_mode``."""
         return self.export_mode
 
-    def get_stream_class(self) -> type[ExportStream]:
-        """Return the class of the export's stream.
+    # --- the plan and the stream ------------------------------------------------
 
-        ``KeysetExportStream`` in keyset mode; in cursor mode
-        ``CopyExportStream`` when COPY mode is on (:meth:`get_copy_mode`) and
-        ``stream_class`` is the default, else ``stream_class``.  Raises
-        ``ImproperlyConfigured`` for an unknown mode.
+    def get_export_plan_kwargs(self) -> dict[str, Any]:
+        """Return :func:`~django_streamexport.plan.build_plan`'s options for this request.
+
+        Default: every option from its hook or attribute (database, mode and key, COPY
+        mode, database formatting, prefetching, sizes, limits, timeouts, filename) and
+        the requesting ``user`` (for the signals).  Override to pass any other option
+        without a new hook::
+
+            def get_export_plan_kwargs(self):
+                return {**super().get_export_plan_kwargs(), "max_rows": 50_000}
         """
-        mode = self.get_export_mode()
-        if mode == "keyset":
-            from django_streamexport.keyset import KeysetExportStream
-
-            return KeysetExportStream
-        if mode != "cursor":
-            raise ImproperlyConfigured(
-                f'{type(self).__name__}.export_mode must be "cursor" or "keyset", not {mode!r}.'
-            )
-        if self.get_copy_mode() and self.stream_class is ExportStream:
-            from django_streamexport.pgcopy import CopyExportStream
-
-            return CopyExportStream
-        return self.stream_class
-
-    def get_stream_kwargs(self) -> dict[str, Any]:
-        """Return the stream class's keyword arguments beyond the pipeline's own.
-
-        Default: the guards (``max_rows``, ``statement_timeout``,
-        ``idle_in_transaction_timeout``), the requesting ``user`` (for the
-        signals), ``database_formatting``, in keyset mode the ordering ``key``,
-        and for a COPY stream its ``copy_mode``.
-        """
-        kwargs: dict[str, Any] = {
+        return {
+            "using": self.get_using(),
+            "mode": self.get_export_mode(),
+            "keyset_key": self.keyset_key,
+            "copy_mode": self.get_copy_mode(),
+            "database_formatting": self.database_formatting,
+            "prefetch": self.prefetch,
+            "chunk_size": self.get_chunk_size(),
+            "buffer_size": self.get_buffer_size(),
             "max_rows": self.get_max_rows(),
             "statement_timeout": self.get_statement_timeout(),
             "idle_in_transaction_timeout": self.get_idle_in_transaction_timeout(),
             "user": getattr(self.request, "user", None),
-            "database_formatting": self.database_formatting,
+            "filename": self.get_filename(),
         }
-        if self.get_export_mode() == "keyset":
-            kwargs["key"] = self.keyset_key
-        from django_streamexport.pgcopy import CopyExportStream
 
-        if issubclass(self.get_stream_class(), CopyExportStream):
-            kwargs["copy_mode"] = self.get_copy_mode()
-        return kwargs
+    def get_export_plan(self) -> ExportPlan:
+        """Return the validated plan of the export this request asks for.
+
+        Format and fields are resolved here, before the response starts.  Raises
+        :class:`~django_streamexport.exceptions.ExportRequestError` subclasses (4xx)
+        for what the request got wrong, ``ImproperlyConfigured`` for what the view did.
+        """
+        queryset = self.get_queryset()
+        columns = self.get_columns(queryset)
+        return build_plan(
+            queryset,
+            columns=columns,
+            export_format=self.get_format(columns),
+            **self.get_export_plan_kwargs(),
+        )
+
+    def get_stream_class(self) -> type[ExportStream]:
+        """Return the class of the export's stream. Default: ``stream_class``."""
+        return self.stream_class
+
+    def get_export_stream(self) -> ExportStream:
+        """Return the stream of :meth:`get_export_plan`'s plan (its reader chosen)."""
+        return self.get_stream_class()(self.get_export_plan())
 
     def render_to_export_response(self, *, include_body: bool = True) -> HttpResponseBase:
         """Return the streaming response, or a 4xx response for a bad request.
@@ -324,11 +310,9 @@ class StreamingExportMixin:
         """
         try:
             stream = self.get_export_stream()
-            filename = self.get_filename()
             return admitted_export_response(
                 stream,
                 self.admit_export(),
-                filename,
                 check_database=self.check_database,
                 include_body=include_body,
                 response_class=self.response_class,

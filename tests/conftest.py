@@ -149,3 +149,16 @@ def session_state(pid: int) -> str | None:
         cursor.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid])
         row = cursor.fetchone()
     return row[0] if row else None
+
+
+def plan_stream(queryset, columns, export_format, *, stream_class=None, **options):
+    """Return a stream of ``queryset`` built as entry points build it: plan, then stream.
+
+    ``columns`` are resolved columns, ``export_format`` a format instance; ``options``
+    are :func:`~django_streamexport.plan.build_plan`'s (``chunk_size``, ``using``...).
+    """
+    from django_streamexport.plan import build_plan
+    from django_streamexport.streaming import ExportStream
+
+    plan = build_plan(queryset, columns=columns, export_format=export_format, **options)
+    return (stream_class or ExportStream)(plan)

@@ -15,14 +15,16 @@ from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
+from django.db.models import Count
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext, override_settings
 
-from django_streamexport.admin import ExportModelAdmin, _rows_once, export_as_csv, export_as_ndjson
+from django_streamexport.admin import ExportModelAdmin, export_as_csv, export_as_ndjson
 from django_streamexport.limits import export_slots
 from tests import settings as test_settings
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
 from tests.testapp.admin import RecordAdmin
-from tests.testapp.models import Record
+from tests.testapp.models import Record, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -405,19 +407,44 @@ def test_check_w101_dedicated_permission_not_declared():
     with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="export"):
         ids = [e.id for e in model_admin.check()]
     assert "django_streamexport.W101" in ids
+    # An invalid setting is one settings error (tests/test_checks.py), not one per admin.
     with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="exprot"):
         ids = [e.id for e in model_admin.check()]
-    assert "django_streamexport.E101" in ids
+    assert "django_streamexport.E101" not in ids
 
 
-def test_rows_once_keeps_objects_with_equal_values_apart():
-    make_records("default", 10)
-    Record.objects.update(title="same")
-    distinct = Record.objects.filter(title="same").distinct().order_by("-id")
-    assert distinct.values_list("title").count() == 1  # what DISTINCT would do to the export
-    assert list(_rows_once(distinct).values_list("id", flat=True)) == list(
-        Record.objects.order_by("-id").values_list("id", flat=True)
+class AnnotatedRecordAdmin(RecordAdmin):
+    """An admin whose get_queryset() annotates across a to-many relation, DISTINCT."""
+
+    export_fields = ("id", "title", "tag_count")
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(tag_count=Count("tags"))
+            .distinct()
+            .order_by("-tag_count", "id")
+        )
+
+
+def test_distinct_export_keeps_annotations_ordering_and_objects_with_equal_values():
+    """A DISTINCT changelist exports each object once, with get_queryset()'s annotations."""
+    records = make_records("default", 10)
+    Record.objects.update(title="same")  # DISTINCT over the values alone would merge them
+    for index, record in enumerate(records[:3]):
+        Tag.objects.bulk_create([Tag(record=record, name=f"t{n}") for n in range(index + 1)])
+    model_admin = AnnotatedRecordAdmin(Record, admin.site)
+    request = RequestFactory().get("/")
+    request.user = User.objects.create_superuser("annotated", "a@example.com", "pw")
+    queryset = model_admin.get_queryset(request)
+    response = model_admin.export_queryset_response(request, queryset, "csv")
+    rows = parse_csv(body(response))
+    assert rows[0] == ["ID", "Record title", "Tag count"]
+    expected = sorted(
+        ((-Tag.objects.filter(record=r).count(), r.id) for r in records),
     )
+    assert [(int(row[2]), int(row[0])) for row in rows[1:]] == [(-n, pk) for n, pk in expected]
 
 
 # --- the same guards as the views ---------------------------------------------------------

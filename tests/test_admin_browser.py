@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ALL_FLIGHTS = 336_776
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 
 def expected_rows(queryset, fields):

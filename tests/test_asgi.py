@@ -33,7 +33,7 @@ TITLE_PAD = "x" * 150
 
 # The server commits nothing and the rows are shared by the module's tests, so
 # each test only reads (in its own transaction); the fixture cleans up.
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.e2e]
 
 
 @contextlib.contextmanager

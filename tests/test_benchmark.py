@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from django.conf import settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# benchmarks/run.py serves its HTTP approaches with a real gunicorn.
+pytestmark = pytest.mark.e2e
 
 
 def test_benchmark_quick_mode_measures_every_approach(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from django.core import checks
 from django.test import override_settings
@@ -13,10 +16,109 @@ from django_streamexport.checks import (
     check_settings,
     log_serving_warnings,
 )
+from django_streamexport.conf import Settings
+
+CSV = "django_streamexport.formats.csv.CSVFormat"
+NDJSON = "django_streamexport.formats.ndjson.NDJSONFormat"
+
+#: Each setting and the id of the check that validates it.
+SETTING_IDS = {
+    "STREAMEXPORT_CHUNK_SIZE": "django_streamexport.E001",
+    "STREAMEXPORT_BUFFER_SIZE": "django_streamexport.E002",
+    "STREAMEXPORT_CSV_DELIMITER": "django_streamexport.E003",
+    "STREAMEXPORT_FORMATS": "django_streamexport.E004",
+    "STREAMEXPORT_DATABASE": "django_streamexport.E005",
+    "STREAMEXPORT_CSV_BOM": "django_streamexport.E006",
+    "STREAMEXPORT_CSV_ESCAPE_FORMULAS": "django_streamexport.E007",
+    "STREAMEXPORT_COPY_MODE": "django_streamexport.E008",
+    "STREAMEXPORT_DATABASE_FORMATTING": "django_streamexport.E009",
+    "STREAMEXPORT_X_ACCEL_BUFFERING": "django_streamexport.E010",
+    "STREAMEXPORT_NDJSON_END_RECORD": "django_streamexport.E011",
+    "STREAMEXPORT_STATEMENT_TIMEOUT": "django_streamexport.E012",
+    "STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT": "django_streamexport.E013",
+    "STREAMEXPORT_MAX_ROWS": "django_streamexport.E014",
+    "STREAMEXPORT_MAX_CONCURRENT_EXPORTS": "django_streamexport.E015",
+    "STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER": "django_streamexport.E016",
+    "STREAMEXPORT_RETRY_AFTER": "django_streamexport.E017",
+    "STREAMEXPORT_ADMIN_EXPORT_PERMISSION": "django_streamexport.E101",
+}
+
+#: Bad values for each setting.
+BAD_VALUES = {
+    "STREAMEXPORT_CHUNK_SIZE": [0, -1, "2000", 2000.0, True, None],
+    "STREAMEXPORT_BUFFER_SIZE": [0, -1, "65536", True, None],
+    "STREAMEXPORT_CSV_DELIMITER": [";;", "", '"', "\n", "\r", 44, None],
+    "STREAMEXPORT_FORMATS": [
+        ["no.such.Format"],
+        [CSV, CSV],
+        ["django_streamexport.conf.Settings"],  # importable, not an ExportFormat
+        CSV,  # a string, not a list of them
+        [],
+        [42],
+        None,
+    ],
+    "STREAMEXPORT_DATABASE": ["replica", "", ["default"], 0],
+    "STREAMEXPORT_CSV_BOM": ["yes", 1, None],
+    "STREAMEXPORT_CSV_ESCAPE_FORMULAS": ["False", 0, None],
+    "STREAMEXPORT_COPY_MODE": ["required", "True", 1, 0, None],
+    "STREAMEXPORT_DATABASE_FORMATTING": ["off", 0],
+    "STREAMEXPORT_X_ACCEL_BUFFERING": ["no", None],
+    "STREAMEXPORT_NDJSON_END_RECORD": [1, "true"],
+    "STREAMEXPORT_STATEMENT_TIMEOUT": [
+        -1,
+        -0.5,
+        "300",
+        True,
+        float("nan"),
+        float("inf"),
+        2_147_484,  # past PostgreSQL's limit (2147483647 ms)
+        10**400,
+    ],
+    "STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT": [-1, "120", False, float("inf")],
+    "STREAMEXPORT_MAX_ROWS": [-1, 1.5, "100", True],
+    "STREAMEXPORT_MAX_CONCURRENT_EXPORTS": [-1, 2.0, True],
+    "STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER": [-1, "1", False],
+    "STREAMEXPORT_RETRY_AFTER": [-1, 1.5, "10", None, True],
+    "STREAMEXPORT_ADMIN_EXPORT_PERMISSION": ["change", "View", "", None, True],
+}
+
+#: Values at the edges of each rule, which pass.
+GOOD_VALUES = {
+    "STREAMEXPORT_CHUNK_SIZE": [1, 10**6],
+    "STREAMEXPORT_BUFFER_SIZE": [1],
+    "STREAMEXPORT_CSV_DELIMITER": [";", "\t", "|"],
+    "STREAMEXPORT_FORMATS": [[CSV], (NDJSON, CSV)],
+    "STREAMEXPORT_DATABASE": [None, "default", "sqlite"],
+    "STREAMEXPORT_CSV_BOM": [True, False],
+    "STREAMEXPORT_CSV_ESCAPE_FORMULAS": [True, False],
+    "STREAMEXPORT_COPY_MODE": [False, True, "require"],
+    "STREAMEXPORT_DATABASE_FORMATTING": [True, False],
+    "STREAMEXPORT_X_ACCEL_BUFFERING": [True, False],
+    "STREAMEXPORT_NDJSON_END_RECORD": [True, False],
+    "STREAMEXPORT_STATEMENT_TIMEOUT": [None, 0, 0.001, 30, 2.5, 2_147_483, 2_147_483.647],
+    "STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT": [None, 0, 0.0, 600],
+    "STREAMEXPORT_MAX_ROWS": [None, 0, 1, 10**9],
+    "STREAMEXPORT_MAX_CONCURRENT_EXPORTS": [None, 0, 1],
+    "STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER": [None, 0, 2],
+    "STREAMEXPORT_RETRY_AFTER": [0, 1, 3600],
+    "STREAMEXPORT_ADMIN_EXPORT_PERMISSION": ["view", "export"],
+}
 
 
 def ids(messages):
     return [message.id for message in messages]
+
+
+def test_tables_cover_every_setting():
+    """A setting added to conf.py without a check (and a test) fails here."""
+    names = {
+        f"STREAMEXPORT_{name}"
+        for name, value in vars(Settings).items()
+        if isinstance(value, property)
+    }
+    assert set(SETTING_IDS) == names
+    assert set(BAD_VALUES) == names
+    assert set(GOOD_VALUES) == names
 
 
 def test_default_settings_pass():
@@ -24,29 +126,91 @@ def test_default_settings_pass():
     assert check_databases() == []
 
 
-@pytest.mark.parametrize(
-    ("setting", "value", "check_id"),
-    [
-        ("STREAMEXPORT_CHUNK_SIZE", 0, "django_streamexport.E001"),
-        ("STREAMEXPORT_CHUNK_SIZE", "2000", "django_streamexport.E001"),
-        ("STREAMEXPORT_BUFFER_SIZE", -1, "django_streamexport.E002"),
-        ("STREAMEXPORT_CSV_DELIMITER", ";;", "django_streamexport.E003"),
-        ("STREAMEXPORT_CSV_DELIMITER", '"', "django_streamexport.E003"),
-        ("STREAMEXPORT_FORMATS", ["no.such.Format"], "django_streamexport.E004"),
-        (
-            "STREAMEXPORT_FORMATS",
-            ["django_streamexport.formats.csv.CSVFormat"] * 2,
-            "django_streamexport.E004",
-        ),
-        ("STREAMEXPORT_DATABASE", "replica", "django_streamexport.E005"),
-    ],
-)
-def test_setting_errors(setting, value, check_id):
+def cases(table):
+    """Parametrise over ``(setting, value)``, the test ids starting with the check id."""
+    return [
+        pytest.param(
+            setting, value, id=f"{SETTING_IDS[setting][-4:]}-{setting[13:]}-{repr(value)[:30]}"
+        )
+        for setting, values in table.items()
+        for value in values
+    ]
+
+
+@pytest.mark.parametrize(("setting", "value"), cases(BAD_VALUES))
+def test_setting_errors(setting, value):
     with override_settings(**{setting: value}):
         messages = check_settings()
-    assert ids(messages) == [check_id]
-    assert setting in messages[0].msg
-    assert messages[0].hint
+    assert ids(messages) == [SETTING_IDS[setting]]
+    (message,) = messages
+    assert message.level == checks.ERROR
+    assert message.msg.startswith(f"{setting} ")
+    assert message.msg.endswith(".")
+    if setting != "STREAMEXPORT_FORMATS" or not isinstance(value, list) or not value:
+        assert repr(value) in message.msg
+    assert message.hint
+
+
+@pytest.mark.parametrize(("setting", "value"), cases(GOOD_VALUES))
+def test_setting_values_that_pass(setting, value):
+    with override_settings(**{setting: value}):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("setting", sorted(SETTING_IDS))
+def test_anything_else_fails(setting):
+    with override_settings(**{setting: object()}):
+        assert ids(check_settings()) == [SETTING_IDS[setting]]
+
+
+def test_errors_come_in_id_order():
+    bad = {setting: values[0] for setting, values in BAD_VALUES.items()}
+    with override_settings(**bad):
+        assert ids(check_settings()) == sorted(SETTING_IDS.values())
+
+
+def test_e101_keeps_its_message():
+    with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="change"):
+        (message,) = check_settings()
+    assert (
+        message.msg
+        == "STREAMEXPORT_ADMIN_EXPORT_PERMISSION must be 'view' or 'export', not 'change'."
+    )
+    assert message.hint == "Remove the setting to require the view permission (the default)."
+
+
+def test_e101_is_reported_once_with_several_export_admins():
+    from django.contrib import admin
+
+    from django_streamexport.admin import ExportAdminMixin
+
+    export_admins = [a for a in admin.site._registry.values() if isinstance(a, ExportAdminMixin)]
+    assert len(export_admins) >= 2  # tests.testapp's RecordAdmin and flights' FlightAdmin
+    with override_settings(STREAMEXPORT_ADMIN_EXPORT_PERMISSION="change"):
+        messages = checks.run_checks()
+    e101 = [message for message in messages if message.id == "django_streamexport.E101"]
+    assert len(e101) == 1
+    assert e101[0].obj is None
+
+
+def test_project_has_no_streamexport_errors():
+    """With tests/settings.py, all registered checks together raise no error of ours."""
+    messages = checks.run_checks()
+    assert [
+        message
+        for message in messages
+        if message.id.startswith("django_streamexport.") and message.level >= checks.ERROR
+    ] == []
+
+
+def test_readme_lists_every_check_id():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## System checks\n", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`(django_streamexport\.[EW]\d{3})`", section))
+    package = Path(streamexport_checks.__file__).parent
+    sources = "".join((package / name).read_text() for name in ("checks.py", "admin.py"))
+    used = set(re.findall(r"django_streamexport\.[EW]\d{3}", sources))
+    assert used | set(SETTING_IDS.values()) <= listed
 
 
 def test_w001_disable_server_side_cursors(monkeypatch):
@@ -77,8 +241,18 @@ def fake_gevent_patch(monkeypatch):
 def test_postgresql_driver_is_djangos_choice():
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
+    from django_streamexport.postgresql.driver import driver_name
+
     # Both drivers are installed in the test environment; Django prefers psycopg 3.
     assert streamexport_checks.postgresql_driver() == ("psycopg" if is_psycopg3 else "psycopg2")
+    assert streamexport_checks.postgresql_driver() == driver_name()
+
+
+def test_postgresql_driver_none_without_postgresql(monkeypatch):
+    from django.db import connections
+
+    monkeypatch.setattr(connections["default"], "vendor", "sqlite")
+    assert streamexport_checks.postgresql_driver() is None
 
 
 def test_w003_gevent_without_wait_callback(monkeypatch):

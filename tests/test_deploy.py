@@ -38,6 +38,8 @@ from tests.servers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.e2e
+
 GUNICORN_PORT = 18400
 NGINX_PORT = 18401
 PSYCOGREEN_PORT = 18402

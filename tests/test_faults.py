@@ -27,7 +27,7 @@ from tests.servers import (
 )
 from tests.testapp.models import Record
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 PORT = 18601
 UNREACHABLE_PORT = 18603

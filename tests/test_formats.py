@@ -22,7 +22,7 @@ from django_streamexport.formats.csv import (
 )
 from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.streaming import ExportStream
-from tests.conftest import NASTY_TEXTS, both_databases, make_records, parse_csv, parse_ndjson
+from tests.conftest import NASTY_TEXTS, both_databases, make_records, parse_csv, parse_ndjson, plan_stream
 from tests.testapp.models import Record
 from tests.testapp.views import ALL_FIELDS
 
@@ -32,7 +32,7 @@ pytestmark = both_databases
 def export(alias, fmt, fields=ALL_FIELDS, queryset=None, **options):
     queryset = queryset if queryset is not None else Record.objects.using(alias).order_by("id")
     columns = resolve_columns(queryset, fields)
-    stream = ExportStream(
+    stream = plan_stream(
         queryset, columns, fmt(columns, **options), chunk_size=7, buffer_size=1024, using=alias
     )
     return b"".join(stream)

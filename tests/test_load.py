@@ -17,7 +17,7 @@ from tests.conftest import parse_csv
 from tests.servers import get, gunicorn, insert_records, wait_for_no_sessions
 from tests.testapp.models import Record
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 PORT = 18602
 LIMIT = 10

@@ -20,7 +20,7 @@ from django_streamexport.columns import resolve_columns
 from django_streamexport.formats.csv import CSVFormat, escape_formula
 from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.streaming import ExportStream
-from tests.conftest import parse_csv
+from tests.conftest import parse_csv, plan_stream
 from tests.testapp.models import Record
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,7 +67,7 @@ HYPOTHESIS = settings(
 def export(fmt) -> bytes:
     queryset = Record.objects.order_by("id")
     columns = resolve_columns(queryset, FIELDS, {})
-    stream = ExportStream(queryset, columns, fmt(columns), chunk_size=3, buffer_size=256)
+    stream = plan_stream(queryset, columns, fmt(columns), chunk_size=3, buffer_size=256)
     return b"".join(stream)
 
 

@@ -16,8 +16,9 @@ from django_streamexport.exceptions import RowLimitExceeded, TooManyExports
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.limits import ExportSlots, export_slots
+from django_streamexport.readers.cursor import CursorReader
 from django_streamexport.streaming import ExportStream
-from tests.conftest import backend_pid, both_databases, make_records, parse_csv, session_state
+from tests.conftest import backend_pid, both_databases, make_records, parse_csv, session_state, plan_stream
 from tests.testapp.models import Record
 
 pytestmark = both_databases
@@ -29,7 +30,7 @@ def make_stream(alias, fmt=NDJSONFormat, queryset=None, **kwargs):
     queryset = Record.objects.using(alias).all() if queryset is None else queryset
     columns = resolve_columns(queryset, FIELDS, {})
     fmt_kwargs = kwargs.pop("fmt_kwargs", {})
-    return ExportStream(
+    return plan_stream(
         queryset,
         columns,
         fmt(columns, **fmt_kwargs),
@@ -125,8 +126,8 @@ def test_row_limit_exact(db_alias, count, fails):
 def test_row_limit_setting_and_view_zero(db_alias):
     make_records(db_alias, 30)
     with override_settings(STREAMEXPORT_MAX_ROWS=20):
-        assert make_stream(db_alias).max_rows == 20
-        assert make_stream(db_alias, max_rows=0).max_rows is None  # 0: no limit
+        assert make_stream(db_alias).plan.max_rows == 20
+        assert make_stream(db_alias, max_rows=0).plan.max_rows is None  # 0: no limit
         assert len(lines(b"".join(make_stream(db_alias, max_rows=0)))) == 30
 
 
@@ -157,16 +158,23 @@ def test_statement_timeout_cancels_a_fetch(pg_alias, caplog):
 def test_guards_are_set_inside_the_export_transaction(pg_alias):
     seen = {}
 
-    class Spy(ExportStream):
-        def iter_rows(self):
-            for row in super().iter_rows():
+    class SpyReader(CursorReader):
+        """Looks at the session between batches (so it must not prefetch)."""
+
+        def read(self):
+            for batch in super().read():
                 if not seen:
                     with connections[pg_alias].cursor() as cursor:
                         cursor.execute("SHOW statement_timeout")
                         seen["statement"] = cursor.fetchone()[0]
                         cursor.execute("SHOW idle_in_transaction_session_timeout")
                         seen["idle"] = cursor.fetchone()[0]
-                yield row
+                yield batch
+
+    class Spy(ExportStream):
+        def get_reader(self):
+            chosen = super().get_reader()
+            return SpyReader(self.plan, chosen.query, text_select=chosen.text_select)
 
     make_records(pg_alias, 5)
     queryset = Record.objects.using(pg_alias).all()
@@ -174,8 +182,14 @@ def test_guards_are_set_inside_the_export_transaction(pg_alias):
     with override_settings(
         STREAMEXPORT_STATEMENT_TIMEOUT=12.5, STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT=3
     ):
-        stream = Spy(
-            queryset, columns, NDJSONFormat(columns), chunk_size=2, buffer_size=10, using=pg_alias
+        stream = plan_stream(
+            queryset,
+            columns,
+            NDJSONFormat(columns),
+            stream_class=Spy,
+            chunk_size=2,
+            buffer_size=10,
+            using=pg_alias,
         )
         b"".join(stream)
     assert seen == {"statement": "12500ms", "idle": "3s"}

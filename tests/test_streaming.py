@@ -17,6 +17,7 @@ from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.streaming import ExportStream
 from tests.conftest import (
+    plan_stream,
     backend_pid,
     both_databases,
     make_records,
@@ -36,7 +37,7 @@ FIELDS = ["id", "title", "amount", "author__name", "author__country__name"]
 def make_stream(alias, fmt=CSVFormat, fields=FIELDS, buffer_size=16 * 1024, **kwargs):
     queryset = Record.objects.using(alias).order_by("id")
     columns = resolve_columns(queryset, fields)
-    return ExportStream(
+    return plan_stream(
         queryset,
         columns,
         fmt(columns),
@@ -107,8 +108,9 @@ def test_postgresql_streams_from_a_cursor_without_hold(pg_alias, fmt):
     """In autocommit, Django would DECLARE ... WITH HOLD and materialise the whole result."""
     make_records(pg_alias, 2000)
     assert connections[pg_alias].get_autocommit()
-    stream = make_stream(pg_alias, fmt=fmt, chunk_size=100)
-    stream.prefetch_batches = False  # the connection stays free between chunks to look
+    # No prefetching: the connection stays free between chunks to look.
+    stream = make_stream(pg_alias, fmt=fmt, chunk_size=100, prefetch=False)
+    assert stream.reader.name == "cursor"
     chunks = iter(stream)
     next(chunks)  # header (CSV) or first batch
     next(chunks)
@@ -126,7 +128,7 @@ def test_postgresql_streams_from_a_cursor_without_hold(pg_alias, fmt):
 @pytest.mark.skipif(not is_psycopg3, reason="prefetching needs psycopg 3")
 @pytest.mark.parametrize("fmt", [CSVFormat, NDJSONFormat])
 def test_prefetching_keeps_one_fetch_in_flight_inside_the_transaction(pg_alias, fmt):
-    """pgfetch: its own WITHOUT HOLD cursor, the next FETCH sent before a batch is rendered."""
+    """Prefetching: its own WITHOUT HOLD cursor, the next FETCH sent before a batch is rendered."""
     make_records(pg_alias, 2000)
     pid = backend_pid(pg_alias)
     stream = make_stream(pg_alias, fmt=fmt, chunk_size=100)
@@ -224,7 +226,7 @@ def test_memory_does_not_grow_with_rows(pg_alias):
     def peak(limit):
         queryset = Record.objects.using(pg_alias).order_by("id")[:limit]
         columns = resolve_columns(queryset, [*FIELDS, "data", "created", "body"])
-        stream = ExportStream(
+        stream = plan_stream(
             queryset,
             columns,
             NDJSONFormat(columns),
@@ -258,7 +260,7 @@ def test_annotations_before_model_fields_keep_the_requested_order(db_alias):
     fields = ["shout", "id", "twice", "title"]
     columns = resolve_columns(queryset, fields)
     for database_formatting in (False, True):
-        stream = ExportStream(
+        stream = plan_stream(
             queryset,
             columns,
             CSVFormat(columns, escape_formulas=False),
@@ -278,4 +280,4 @@ def test_prefetch_related_is_refused_before_streaming(db_alias):
     queryset = Record.objects.using(db_alias).prefetch_related("author")
     columns = resolve_columns(queryset, ["id", "author__name"])
     with pytest.raises(ImproperlyConfigured, match="prefetch_related"):
-        ExportStream(queryset, columns, CSVFormat(columns), chunk_size=5, buffer_size=256)
+        plan_stream(queryset, columns, CSVFormat(columns), chunk_size=5, buffer_size=256)

@@ -15,10 +15,12 @@ formats answer as usual::
         filterset_fields = ["origin", "carrier"]
         export_fields = ["id", "carrier__name", "origin", "dest", "dep_delay"]
 
-The export skips the serializer and pagination: rows are read with
-``values_list()`` over a server-side cursor and rendered by this package's
-formats, so the body is the same as a ``StreamingExportView``'s for the same
-queryset and fields.
+The export skips the serializer and pagination: it is planned by
+:func:`~django_streamexport.plan.build_plan` and answered by
+:func:`~django_streamexport.responses.admitted_export_response`, like a
+``StreamingExportView``: the same body for the same queryset and fields, the same
+admission limits (429) and database check (503), signals carrying the user, COPY mode
+and keyset mode.
 """
 
 from __future__ import annotations
@@ -27,17 +29,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models
 from django.http import HttpResponseBase
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
-from django_streamexport.columns import ExportField, resolve_columns
-from django_streamexport.conf import conf
+from django_streamexport.columns import ExportField
+from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
-from django_streamexport.responses import export_response
+from django_streamexport.plan import ExportPlan, build_plan
+from django_streamexport.responses import (
+    admit_export,
+    admitted_export_response,
+    export_error_response,
+    user_admission_key,
+)
 from django_streamexport.streaming import ExportStream
 
 __all__ = ["CSVExportRenderer", "ExportRenderer", "NDJSONExportRenderer", "StreamingExportAPIMixin"]
@@ -92,7 +99,11 @@ class StreamingExportAPIMixin:
     list), ``export_labels``, ``export_renderer_classes`` (appended to the
     view's renderers), ``export_filename`` (default: the model's
     ``verbose_name_plural``), ``export_chunk_size``, ``export_buffer_size``,
-    ``export_using``.  ``HEAD`` gets the headers and never runs the query.
+    ``export_using``, ``export_mode`` (``"cursor"`` or ``"keyset"``), and
+    :meth:`get_export_plan_kwargs` for any other option of
+    :func:`~django_streamexport.plan.build_plan`.  ``HEAD`` gets the headers and never
+    runs the query.  Past the concurrent export limits the answer is a 429, when the
+    database cannot be reached a 503 (plain text, ``Retry-After``).
     """
 
     export_fields: Sequence[ExportField] | None = None
@@ -105,6 +116,8 @@ class StreamingExportAPIMixin:
     export_chunk_size: int | None = None
     export_buffer_size: int | None = None
     export_using: str | None = None
+    export_mode: str = "cursor"
+    export_keyset_key: str = "pk"
     export_stream_class: type[ExportStream] = ExportStream
 
     # Provided by GenericAPIView.
@@ -136,20 +149,34 @@ class StreamingExportAPIMixin:
     def get_export_labels(self) -> Mapping[str, str]:
         return self.export_labels or {}
 
-    def get_export_filename(self, queryset: models.QuerySet) -> str:
-        return self.export_filename or str(queryset.model._meta.verbose_name_plural)
+    def get_export_filename(self) -> str | None:
+        """Return ``export_filename``; ``None`` names the file after the queryset's model."""
+        return self.export_filename
 
-    def get_export_stream(self, renderer: ExportRenderer) -> ExportStream:
-        """Return the stream of ``filter_queryset(get_queryset())`` in the renderer's format."""
-        queryset = self.filter_queryset(self.get_queryset())
-        columns = resolve_columns(queryset, self.get_export_fields(), self.get_export_labels())
-        return self.export_stream_class(
-            queryset,
-            columns,
-            renderer.export_format_class(columns),
-            chunk_size=self.export_chunk_size or conf.CHUNK_SIZE,
-            buffer_size=self.export_buffer_size or conf.BUFFER_SIZE,
-            using=self.export_using or conf.DATABASE,
+    def get_export_plan_kwargs(self) -> dict[str, Any]:
+        """Return :func:`~django_streamexport.plan.build_plan`'s options for this request.
+
+        Default: the ``export_*`` attributes, the filename and the requesting ``user``;
+        ``None`` means the setting.  Override to pass any other option.
+        """
+        return {
+            "using": self.export_using,
+            "mode": self.export_mode,
+            "keyset_key": self.export_keyset_key,
+            "chunk_size": self.export_chunk_size,
+            "buffer_size": self.export_buffer_size,
+            "filename": self.get_export_filename(),
+            "user": getattr(self.request, "user", None),
+        }
+
+    def get_export_plan(self, renderer: ExportRenderer) -> ExportPlan:
+        """Return the plan of ``filter_queryset(get_queryset())`` in the renderer's format."""
+        return build_plan(
+            self.filter_queryset(self.get_queryset()),
+            fields=self.get_export_fields(),
+            labels=self.get_export_labels(),
+            export_format=renderer.export_format_class,
+            **self.get_export_plan_kwargs(),
         )
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -157,10 +184,14 @@ class StreamingExportAPIMixin:
         renderer = getattr(request, "accepted_renderer", None)
         if not isinstance(renderer, ExportRenderer):
             return super().list(request, *args, **kwargs)  # type: ignore[misc]
-        stream = self.get_export_stream(renderer)
-        return export_response(
-            stream,
-            self.get_export_filename(stream.queryset),
-            include_body=request.method != "HEAD",
-            request=request._request,
-        )
+        django_request = request._request
+        try:
+            stream = self.export_stream_class(self.get_export_plan(renderer))
+            return admitted_export_response(
+                stream,
+                admit_export(user_admission_key(request)),  # type: ignore[arg-type]
+                include_body=request.method != "HEAD",
+                request=django_request,
+            )
+        except ExportRequestError as exc:
+            return export_error_response(exc)

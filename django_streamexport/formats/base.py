@@ -184,6 +184,22 @@ class ExportFormat:
             columns[index] = convert(columns[index])
         return list(zip(*columns))  # noqa: B905
 
+    def database_text_refusal(self) -> str | None:
+        """Return why PostgreSQL cannot spell this format's cells, or ``None`` when it can.
+
+        Database formatting and COPY mode (:mod:`django_streamexport.postgresql.text`)
+        fetch each cell as the text this format would write, and then render rows with
+        :meth:`render_text_rows`.  Default: a reason (only CSV's cells are plain text).
+        """
+        return f"the format is {self.format!r}, not CSV"
+
+    def render_text_rows(self, rows: Sequence[Row]) -> bytes:
+        """Return the bytes for rows whose values are already the cells' text (or ``None``).
+
+        Only called when :meth:`database_text_refusal` returned ``None``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot render text cells.")
+
     def start(self) -> bytes:
         """Return the bytes that precede the first row. Default: none."""
         return b""

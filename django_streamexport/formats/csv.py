@@ -167,8 +167,25 @@ class CSVFormat(ExportFormat):
     def write_rows(self, rows: Iterable[Row]) -> bytes:
         """Return rows of cells already converted (text or ``None``) as CSV lines, in UTF-8.
 
-        :meth:`render_rows` after the converters; used directly for rows that
-        PostgreSQL spelled (:mod:`django_streamexport.pgtext`).
+        :meth:`render_rows` after the converters, and :meth:`render_text_rows`.
         """
         self._writer.writerows(rows)
         return self._drain()
+
+    def render_text_rows(self, rows: Sequence[Row]) -> bytes:
+        """Return rows that PostgreSQL spelled (:mod:`django_streamexport.postgresql.text`)."""
+        return self.write_rows(rows)
+
+    def database_text_refusal(self) -> str | None:
+        """Return ``None`` (PostgreSQL can spell these cells) unless a subclass changes them.
+
+        A subclass that overrides a converter hook or :meth:`render_rows` writes
+        something the SQL spelling does not know, so it is refused with the hook's name.
+        """
+        cls = type(self)
+        for hook in ("get_converter", "get_batch_converter", "convert_rows", "render_rows"):
+            if getattr(cls, hook) is not getattr(CSVFormat, hook):
+                return f"{cls.__name__} overrides {hook}()"
+        if cls.batch_converters is not CSVFormat.batch_converters:
+            return f"{cls.__name__} overrides batch_converters"
+        return None

@@ -19,8 +19,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from django.views.generic import TemplateView
 
+from django_streamexport.contrib.django_filter import FilteredExportView
 from django_streamexport.exceptions import ExportRequestError
-from django_streamexport.filters import FilteredExportView
 from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportView
 from flights.models import Flight, Weather

@@ -10,8 +10,7 @@ import resource
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 
-from django_streamexport.columns import resolve_columns
-from django_streamexport.formats.csv import CSVFormat
+from django_streamexport.plan import build_plan
 from django_streamexport.responses import export_response
 from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportView
@@ -36,12 +35,8 @@ class RecordExport(StreamingExportView):
 
 
 def sync_iterator_export(request: HttpRequest) -> HttpResponse:
-    queryset = Record.objects.all()
-    columns = resolve_columns(queryset, FIELDS)
-    stream = RecordedStream(
-        queryset, columns, CSVFormat(columns), chunk_size=2000, buffer_size=64 * 1024
-    )
-    return export_response(stream, "records")  # no request: a sync iterator
+    plan = build_plan(Record.objects.all(), fields=FIELDS, format="csv", filename="records")
+    return export_response(RecordedStream(plan))  # no request: a sync iterator
 
 
 def status(request: HttpRequest) -> JsonResponse:

@@ -8,31 +8,35 @@
 
     python manage.py streamexport --view flights.views.FlightExport -f ndjson | gzip > f.gz
 
-The export is built by an export view: the one named by ``--view`` (its
-queryset, fields, labels, formats and database, exactly as the web serves
-them, so both give the same bytes) or a plain :class:`StreamingExportMixin`
-configured from the arguments.  A progress bar (rows, MB and MB/s, by
+The export is planned by :func:`~django_streamexport.plan.build_plan`, from the
+arguments, or from the export view named by ``--view`` (its queryset, fields, labels,
+formats, database and options, exactly as the web serves them, for an anonymous user),
+and written through :func:`~django_streamexport.sinks.write_to_file`, so the file holds
+the same bytes as the web response.  A progress bar (rows, MB and MB/s, by
 ``tqdm``: ``pip install django-streamexport[cli]``) is drawn on stderr when
 stderr is a terminal; never when piped, unless ``--progress``.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import IO, Any
 
 from django.apps import apps
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import FieldError, ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import models
-from django.test import RequestFactory
+from django.db import DatabaseError, models
+from django.db.models import Q
+from django.http import HttpRequest, QueryDict
 from django.utils.module_loading import import_string
 
 from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.plan import ExportPlan, build_plan
+from django_streamexport.sinks import write_to_file
 from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportMixin
 
@@ -70,6 +74,7 @@ class Progress:
             self.bar = tqdm(unit=" rows", unit_scale=True, file=stream, dynamic_ncols=True)
 
     def update(self, export: ExportStream) -> None:
+        """Show ``export``'s rows and bytes so far."""
         if self.bar is None:
             return
         self.bar.update(export.rows - self.bar.n)
@@ -83,6 +88,9 @@ class Progress:
 
 
 class Command(BaseCommand):
+    #: The stream class: ``ExportStream``, or the ``--view``'s ``get_stream_class()``.
+    stream_class: type[ExportStream] = ExportStream
+
     help = (
         "Stream a queryset as CSV or NDJSON to a file or stdout, through the same pipeline "
         "as the export views (or through one export view's configuration with --view)."
@@ -117,50 +125,78 @@ class Command(BaseCommand):
 
     # --- building the export ----------------------------------------------------
 
+    def get_filters(self, options: dict[str, Any]) -> list[Q]:
+        """Return one ``Q`` per ``--filter``, all applied (AND), repeated lookups included."""
+        return [Q(parse_filter(text)) for text in options["filter"]]
+
     def get_view(self, options: dict[str, Any]) -> StreamingExportMixin:
-        """Return an export view instance set up with a request for ``--format``."""
-        if options["view"]:
-            if options["model"]:
-                raise CommandError("Give either a model or --view, not both.")
-            try:
-                view_class = import_string(options["view"])
-            except ImportError as exc:
-                raise CommandError(f"Cannot import the view {options['view']!r}: {exc}") from exc
-            if not (isinstance(view_class, type) and issubclass(view_class, StreamingExportMixin)):
-                raise CommandError(f"{options['view']!r} is not a StreamingExportMixin subclass.")
-            view = view_class()
-        else:
-            if not options["model"]:
-                raise CommandError("Name a model (app_label.ModelName) or an export --view.")
-            if not options["fields"]:
-                raise CommandError("--fields is required with a model: --fields id,name,...")
-            view = StreamingExportMixin()
-            view.model = self.get_model(options["model"])
-        if options["fields"]:
-            fields = [name.strip() for name in options["fields"].split(",") if name.strip()]
-            view.export_fields = fields
-        if options["database"]:
-            view.using = options["database"]
-        if options["mode"]:
-            view.export_mode = options["mode"]
-        query = {view.format_query_param: options["format"]} if options["format"] else {}
-        request = RequestFactory().get("/", query)
-        # Exports scoped per user see an anonymous user from the command line.
-        request.user = AnonymousUser()
-        view.request = request
-        setattr(view, "args", ())  # noqa: B010 - as View.setup() sets them
-        setattr(view, "kwargs", {})  # noqa: B010
-        filters = dict(parse_filter(text) for text in options["filter"])
-        if filters:
-            original: Callable[[], models.QuerySet] = view.get_queryset
+        """Return the ``--view`` export view, set up for an anonymous GET with ``--format``.
 
-            def get_queryset() -> models.QuerySet:
-                return original().filter(**filters)
-
-            view.get_queryset = get_queryset  # type: ignore[method-assign]
+        The request is a plain ``HttpRequest``: the view's hooks read its query string
+        (``?format=``) and user as they would on the web.
+        """
+        try:
+            view_class = import_string(options["view"])
+        except ImportError as exc:
+            raise CommandError(f"Cannot import the view {options['view']!r}: {exc}") from exc
+        if not (isinstance(view_class, type) and issubclass(view_class, StreamingExportMixin)):
+            raise CommandError(f"{options['view']!r} is not a StreamingExportMixin subclass.")
+        view = view_class()
+        request = HttpRequest()
+        request.method = "GET"
+        query = QueryDict(mutable=True)
+        if options["format"]:
+            query[view.format_query_param] = options["format"]
+        request.GET = query
+        request.user = AnonymousUser()  # exports scoped per user see an anonymous user
+        view.setup(request)  # type: ignore[attr-defined]  # a View subclass
         return view
 
+    def get_plan(self, options: dict[str, Any]) -> ExportPlan:
+        """Return the plan the arguments describe; raise ``CommandError`` for bad arguments."""
+        filters = self.get_filters(options)
+        overrides: dict[str, Any] = {}
+        if options["database"]:
+            overrides["using"] = options["database"]
+        if options["mode"]:
+            overrides["mode"] = options["mode"]
+        fields = None
+        if options["fields"]:
+            fields = [name.strip() for name in options["fields"].split(",") if name.strip()]
+            if not fields:
+                raise CommandError("--fields names no field: --fields id,name,...")
+        try:
+            if options["view"]:
+                if options["model"]:
+                    raise CommandError("Give either a model or --view, not both.")
+                view = self.get_view(options)
+                queryset = view.get_queryset().filter(*filters)
+                if fields is not None:
+                    view.export_fields = fields
+                columns = view.get_columns(queryset)
+                self.stream_class = view.get_stream_class()
+                kwargs = {**view.get_export_plan_kwargs(), "user": None, **overrides}
+                return build_plan(
+                    queryset, columns=columns, export_format=view.get_format(columns), **kwargs
+                )
+            if not options["model"]:
+                raise CommandError("Name a model (app_label.ModelName) or an export --view.")
+            if fields is None:
+                raise CommandError("--fields is required with a model: --fields id,name,...")
+            model = self.get_model(options["model"])
+            return build_plan(
+                model._default_manager.filter(*filters),
+                fields=fields,
+                format=options["format"],
+                **overrides,
+            )
+        except (ExportRequestError, ImproperlyConfigured) as exc:
+            raise CommandError(str(exc)) from exc
+        except (FieldError, ValidationError, ValueError, TypeError) as exc:
+            raise CommandError(f"Invalid --filter: {exc}") from exc
+
     def get_model(self, label: str) -> type[models.Model]:
+        """Return the model named ``app_label.ModelName``."""
         try:
             return apps.get_model(label)
         except (LookupError, ValueError) as exc:
@@ -168,10 +204,11 @@ class Command(BaseCommand):
                 f"Unknown model {label!r}: give app_label.ModelName ({exc})."
             ) from exc
 
-    def get_stream(self, view: StreamingExportMixin) -> ExportStream:
+    def get_stream(self, plan: ExportPlan, stream_class: type[ExportStream]) -> ExportStream:
+        """Return the stream of ``plan``; its reader compiles the query (bad filters here)."""
         try:
-            return view.get_export_stream()
-        except (ExportRequestError, ImproperlyConfigured) as exc:
+            return stream_class(plan)
+        except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         except (FieldError, ValidationError, ValueError, TypeError) as exc:
             raise CommandError(f"Invalid --filter: {exc}") from exc
@@ -179,8 +216,8 @@ class Command(BaseCommand):
     # --- writing it -------------------------------------------------------------
 
     def handle(self, *args: Any, **options: Any) -> None:
-        view = self.get_view(options)
-        stream = self.get_stream(view)
+        plan = self.get_plan(options)
+        stream = self.get_stream(plan, self.stream_class)
         show = options["progress"]
         if show is None:
             show = sys.stderr.isatty()
@@ -191,6 +228,8 @@ class Command(BaseCommand):
                 self.write_stdout(stream, progress)
             else:
                 self.write_file(stream, output, progress)
+        except DatabaseError as exc:
+            raise CommandError(f"The export failed after {stream.rows} rows: {exc}") from exc
         finally:
             stream.close()
             progress.close()
@@ -198,30 +237,42 @@ class Command(BaseCommand):
             self.stderr.write(f"Wrote {stream.rows} rows, {stream.bytes} bytes to {output}.")
 
     def write_stdout(self, stream: ExportStream, progress: Progress) -> None:
-        # Bytes go to the binary buffer; a text stream (call_command(stdout=StringIO()))
-        # gets decoded text.
-        out: IO[str] = self.stdout._out  # type: ignore[assignment]
-        target: IO[bytes] | None = getattr(out, "buffer", None)
-        for chunk in stream:
-            if target is not None:
-                target.write(chunk)
-            else:
-                out.write(chunk.decode(stream.format.charset or "utf-8"))
-            progress.update(stream)
+        """Write the export to standard output: bytes to its binary buffer, if it has one.
+
+        ``call_command(stdout=StringIO())`` gives a text stream: it gets decoded text.
+        """
+        target: IO[bytes] | None = getattr(self.stdout, "buffer", None)  # OutputWrapper delegates
         if target is not None:
+            write_to_file(stream, target, progress=progress.update)
             target.flush()
+            return
+        charset = stream.format.charset or "utf-8"
+        text = _TextSink(self.stdout, charset)
+        write_to_file(stream, text, progress=progress.update)
 
     def write_file(self, stream: ExportStream, path: str, progress: Progress) -> None:
-        # Write beside the target and rename at the end, so a failed export
-        # never leaves a truncated file that looks complete.
+        """Write the export to ``path``, replacing it only once the export is complete.
+
+        Written beside the target (``<path>.part``) and renamed at the end, so a failed
+        export never leaves a truncated file that looks complete.
+        """
         partial = f"{path}.part"
         try:
             with open(partial, "wb") as file:
-                for chunk in stream:
-                    file.write(chunk)
-                    progress.update(stream)
+                write_to_file(stream, file, progress=progress.update)
             os.replace(partial, path)
         except BaseException:
             if os.path.exists(partial):
                 os.unlink(partial)
             raise
+
+
+class _TextSink:
+    """A binary ``write()`` onto a text stream: each chunk decoded with ``charset``."""
+
+    def __init__(self, out: Any, charset: str) -> None:
+        self._out = out
+        self._decoder = codecs.getincrementaldecoder(charset)()
+
+    def write(self, data: bytes) -> None:
+        self._out.write(self._decoder.decode(data), ending="")

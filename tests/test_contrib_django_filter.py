@@ -1,16 +1,25 @@
-"""django-filter: FilteredExportView narrows the export by the query string; bad values are 400."""
+"""django-filter: FilteredExportView narrows the export by the query string; bad values are 400;
+the old import path, django_streamexport.filters, still works with a DeprecationWarning.
+"""
 
 from __future__ import annotations
+
+import importlib
+import sys
 
 import django_filters
 import pytest
 from django.urls import path
 
-from django_streamexport.filters import FilteredExportView
+from django_streamexport.contrib import django_filter
+from django_streamexport.contrib.django_filter import FilteredExportView
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
 from tests.testapp.models import Record
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.test_filters")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.urls("tests.test_contrib_django_filter"),
+]
 
 
 class RecordFilter(django_filters.FilterSet):
@@ -86,3 +95,13 @@ def test_invalid_values_are_a_400_with_json_errors_when_asked(client):
     errors = response.json()["errors"]
     assert list(errors) == ["status"]
     assert errors["status"][0]["code"] == "invalid_choice"
+
+
+def test_the_old_import_path_warns_and_gives_the_same_classes():
+    sys.modules.pop("django_streamexport.filters", None)
+    with pytest.warns(DeprecationWarning, match=r"django_streamexport\.contrib\.django_filter"):
+        filters = importlib.import_module("django_streamexport.filters")
+    assert filters.FilteredExportView is django_filter.FilteredExportView
+    assert filters.FilterSetExportMixin is django_filter.FilterSetExportMixin
+    assert filters.InvalidFilters is django_filter.InvalidFilters
+    assert sorted(filters.__all__) == sorted(django_filter.__all__)

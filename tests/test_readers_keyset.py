@@ -14,10 +14,10 @@ from django.test.utils import CaptureQueriesContext
 
 from django_streamexport.columns import resolve_columns
 from django_streamexport.formats.csv import CSVFormat
-from django_streamexport.keyset import KeysetExportStream
 from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportView
 from tests.conftest import (
+    plan_stream,
     both_databases,
     make_records,
     parse_csv,
@@ -33,10 +33,13 @@ FIELDS = ["id", "title", "count"]
 def keyset_stream(alias, queryset=None, chunk_size=3, **kwargs):
     queryset = Record.objects.using(alias).all() if queryset is None else queryset
     columns = resolve_columns(queryset, FIELDS)
-    return KeysetExportStream(
+    if "key" in kwargs:
+        kwargs["keyset_key"] = kwargs.pop("key")
+    return plan_stream(
         queryset,
         columns,
         CSVFormat(columns),
+        mode="keyset",
         chunk_size=chunk_size,
         buffer_size=64,
         using=alias,
@@ -63,7 +66,7 @@ def test_boundary_rows_are_neither_repeated_nor_skipped(db_alias, rows, page):
     assert exported == ids
     # One query per page, plus one empty page when the last page was full.
     expected_pages = rows // page + 1 if rows % page == 0 else math.ceil(rows / page)
-    assert stream.pages == expected_pages
+    assert stream.reader.pages == expected_pages
     pages = [q["sql"] for q in queries if "testapp_record" in q["sql"]]
     assert len(pages) == expected_pages
     assert all("LIMIT" in sql for sql in pages)
@@ -89,10 +92,11 @@ def test_statement_timeout_bounds_each_page(pg_alias):
         slow=RawSQL("pg_sleep(0.2)::text", [], output_field=CharField())
     )
     columns = resolve_columns(queryset, ["id", "slow"])
-    stream = KeysetExportStream(
+    stream = plan_stream(
         queryset,
         columns,
         CSVFormat(columns),
+        mode="keyset",
         chunk_size=2,
         buffer_size=512,
         using=pg_alias,
@@ -157,7 +161,7 @@ def test_disable_server_side_cursors_refuses_cursor_mode_and_keyset_works(pg_ali
     queryset = Record.objects.all()
     columns = resolve_columns(queryset, FIELDS)
     with pytest.raises(ImproperlyConfigured, match='export_mode = "keyset"'):
-        ExportStream(queryset, columns, CSVFormat(columns), chunk_size=10, buffer_size=64)
+        plan_stream(queryset, columns, CSVFormat(columns), chunk_size=10, buffer_size=64)
     # A view in cursor mode fails before any response starts...
     with pytest.raises(ImproperlyConfigured, match="DISABLE_SERVER_SIDE_CURSORS"):
         _view_body(KeysetRecordExport, export_mode="cursor")

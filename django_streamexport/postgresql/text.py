@@ -6,14 +6,14 @@ exact text :class:`~django_streamexport.formats.csv.CSVFormat` would write for t
 
     SELECT <one text expression per column> FROM (<the queryset's SQL>) AS se(c0, ...)
 
-COPY mode (:mod:`django_streamexport.pgcopy`) sends it through ``COPY ... TO STDOUT``;
+COPY mode (:mod:`django_streamexport.postgresql.copy`) sends it through ``COPY ... TO STDOUT``;
 a cursor export (:class:`~django_streamexport.streaming.ExportStream` with
 ``database_formatting``, the default) fetches it from its server-side cursor, so Python
 only quotes and joins strings: no parsing of integers, decimals, dates and datetimes into
 Python objects and back into text (benchmark, 1M rows over gunicorn: 5.4x -> 2.7x the
 time of ``COPY``).
 
-Spellings, each equal to the Python path's (``tests/test_pgcopy.py`` compares the bytes):
+Spellings, each equal to the Python path's (``tests/test_postgresql_copy.py`` compares the bytes):
 
 * text: as stored, with the ``'`` formula-escaping prefix decided in SQL (the first code
   point, ``ascii(c)``, is one of ``= + - @``, tab, CR, LF; PostgreSQL text cannot hold NUL);
@@ -38,14 +38,17 @@ database than PostgreSQL.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.core.exceptions import EmptyResultSet
 from django.db import connections
 
 from django_streamexport import columns as kinds
-from django_streamexport.columns import ResolvedColumn, sql_positions, values_queryset
+from django_streamexport.columns import ResolvedColumn
 from django_streamexport.formats.csv import FORMULA_TRIGGERS, CSVFormat, escape_formula
+
+if TYPE_CHECKING:
+    from django_streamexport.columns import CompiledQuery
+    from django_streamexport.plan import ExportPlan
 
 
 class TextUnavailable(Exception):
@@ -207,57 +210,45 @@ def column_sql(
     return sql, []
 
 
-def text_select(stream: Any, *, typed: bool = False) -> tuple[str, list[Any]]:
-    """Return the ``SELECT`` (and its parameters) of ``stream``'s cells as CSV text.
+def text_select(
+    plan: ExportPlan, query: CompiledQuery, *, typed: bool = False
+) -> tuple[str, list[Any]]:
+    """Return the ``SELECT`` (and its parameters) of ``plan``'s cells as the format's text.
 
-    ``stream`` is an :class:`~django_streamexport.streaming.ExportStream`; its columns
+    ``query`` is the export's compiled ``values_list()`` query
+    (:func:`~django_streamexport.columns.compile_query`), wrapped here.  The columns
     come out in order as ``text`` (``NULL`` for an empty cell), or with ``typed`` (for
-    COPY) as types COPY prints as that text.  Run it after
-    :func:`prepare_session` in the same transaction.  Raises :class:`TextUnavailable`
-    naming the reason when PostgreSQL cannot give the same text as the format.
+    COPY) as types COPY prints as that text.  Run it after :func:`prepare_session` in
+    the same transaction.  Raises :class:`TextUnavailable` naming the reason when
+    PostgreSQL cannot give the same text as the format.
     """
-    export_format = stream.format
-    if not isinstance(export_format, CSVFormat):
-        raise TextUnavailable(f"the format is {export_format.format!r}, not CSV")
-    cls = type(export_format)
-    for hook in ("get_converter", "get_batch_converter", "convert_rows", "render_rows"):
-        if getattr(cls, hook) is not getattr(CSVFormat, hook):
-            raise TextUnavailable(f"{cls.__name__} overrides {hook}()")
-    if cls.batch_converters is not CSVFormat.batch_converters:
-        raise TextUnavailable(f"{cls.__name__} overrides batch_converters")
-    connection = connections[stream.using]
+    export_format = plan.format
+    refusal = export_format.database_text_refusal()
+    if refusal is not None:
+        raise TextUnavailable(refusal)
+    assert isinstance(export_format, CSVFormat)  # the only format that spells cells as text
+    connection = connections[plan.using]
     if connection.vendor != "postgresql":
-        raise TextUnavailable(f"database {stream.using!r} is {connection.vendor}")
-    try:
-        queryset = values_queryset(stream.queryset, stream.columns, stream.using)
-    except ValueError as exc:
-        raise TextUnavailable(str(exc)) from exc
-    compiler = queryset.query.get_compiler(using=stream.using)
-    try:
-        inner, inner_params = compiler.as_sql()
-    except EmptyResultSet as exc:
-        raise TextUnavailable("the queryset can match no rows") from exc
-    # The SQL position of each column's value (Django < 5.2 selects annotations last).
-    positions = sql_positions(queryset) or list(range(len(stream.columns)))
-    names = [f"c{index}" for index in range(max(positions) + 1)] if positions else []
+        raise TextUnavailable(f"database {plan.using!r} is {connection.vendor}")
+    if query.empty:
+        raise TextUnavailable("the queryset can match no rows")
+    positions = query.positions
+    names = [f"c{index}" for index in range(max(positions) + 1)]
     # The export's session time zone (prepare_session()); "+00:00" is a constant in UTC.
     utc = connection.timezone_name.upper() in ("UTC", "ETC/UTC")
     expressions: list[str] = []
     params: list[Any] = []
-    for position, column in zip(positions, stream.columns):  # noqa: B905 (one per column)
+    for position, column in zip(positions, plan.columns, strict=True):
         sql, column_params = column_sql(
             column, f"se.c{position}", export_format, utc=utc, typed=typed
         )
         expressions.append(sql)
         params += column_params
-    fields = [select[0] for select in compiler.select[0 : compiler.col_count]]
-    for index in compiler.get_converters(fields):
+    if query.converted:
         # from_db_value() and backend converters expect the typed value.
-        at = [c.name for c, p in zip(stream.columns, positions, strict=False) if p == index]
-        name = at[0] if at else f"#{index}"
-        raise TextUnavailable(f"Django converts the values of column {name!r}")
-    select = f"SELECT {', '.join(expressions)} FROM ({inner}) AS se({', '.join(names)})"
-    return select, params + list(inner_params)
+        raise TextUnavailable(f"Django converts the values of column {query.converted[0]!r}")
+    select = f"SELECT {', '.join(expressions)} FROM ({query.sql}) AS se({', '.join(names)})"
+    return select, params + list(query.params)
 
 
 #: Session settings :func:`text_select`'s spellings rely on, local to the transaction.

@@ -1,4 +1,4 @@
-"""PostgreSQL spells the same CSV as Python: COPY mode and database formatting (pgtext).
+"""PostgreSQL spells the same CSV as Python: COPY mode and database formatting.
 
 Each fast path is compared byte for byte with the pure-Python path
 (``database_formatting=False``), and falls back (or refuses) with a reason.
@@ -23,9 +23,7 @@ from django_streamexport.columns import Column, resolve_columns
 from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
-from django_streamexport.pgcopy import CopyExportStream
-from django_streamexport.streaming import ExportStream
-from tests.conftest import both_databases, make_records, parse_csv, server_side_cursors
+from tests.conftest import both_databases, make_records, parse_csv, server_side_cursors, plan_stream
 from tests.testapp.models import Record
 from tests.testapp.views import ALL_FIELDS
 
@@ -52,32 +50,30 @@ def streams(
 ):
     """Return (Python, fast) streams of the same export; ``options`` go to the format.
 
-    The first formats every value in Python.  The second is a :class:`CopyExportStream`
-    (``mode="copy"``; it falls back to database formatting) or an :class:`ExportStream`
-    with database formatting (``mode="text"``).
+    The first formats every value in Python.  The second has COPY mode on
+    (``mode="copy"``; it falls back to database formatting) or database formatting
+    (``mode="text"``).
     """
     queryset = queryset if queryset is not None else Record.objects.using(alias).order_by("id")
     columns = resolve_columns(queryset, fields)
     kwargs = dict(chunk_size=7, buffer_size=512, using=alias, **(stream_options or {}))
-    python = ExportStream(
+    python = plan_stream(
         queryset, columns, fmt(columns, **options), database_formatting=False, **kwargs
     )
     if mode == "text":
-        fast = ExportStream(
+        fast = plan_stream(
             queryset, columns, fmt(columns, **options), database_formatting=True, **kwargs
         )
     else:
-        fast = CopyExportStream(
-            queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs
-        )
+        fast = plan_stream(queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs)
     return python, fast
 
 
 def fast_path_used(stream) -> bool:
-    """Say whether ``stream`` (iterated) used its fast path: COPY, or database formatting."""
-    if isinstance(stream, CopyExportStream):
-        return stream.copy_reason is None
-    return stream.text_reason is None
+    """Say whether ``stream`` uses its fast path: COPY in COPY mode, else database formatting."""
+    if stream.plan.copy_mode:
+        return stream.reader.name == "copy"
+    return stream.reader.text_cells
 
 
 #: Both fast paths; COPY only with psycopg 3.
@@ -90,7 +86,7 @@ def test_fast_output_equals_the_python_output_byte_for_byte(pg_alias, mode):
     standard, copy = streams(pg_alias, mode=mode)
     expected, got = b"".join(standard), b"".join(copy)
     assert fast_path_used(copy)
-    assert standard.text_reason == "database_formatting is off"
+    assert "database formatting is off" in standard.reader.reason
     assert got == expected
     assert copy.rows == standard.rows == Record.objects.count()
     assert copy.bytes == len(got)
@@ -184,7 +180,7 @@ def test_copy_falls_back_with_a_reason_and_the_same_output(pg_alias, caplog, fie
     make_records(pg_alias)
     with caplog.at_level(logging.INFO, logger="django_streamexport"):
         standard, copy = streams(pg_alias, fields, fmt=fmt)
-    assert reason in copy.copy_reason
+    assert reason in copy.reader.reason
     assert any(reason in r.getMessage() for r in caplog.records)
     assert b"".join(copy) == b"".join(standard)
 
@@ -210,7 +206,7 @@ def test_database_formatting_falls_back_with_a_reason_and_the_same_output(
     make_records(pg_alias)
     standard, fast = streams(pg_alias, fields, fmt=fmt, mode="text")
     assert b"".join(fast) == b"".join(standard)
-    assert reason in fast.text_reason
+    assert reason in fast.reader.reason
 
 
 @pytest.mark.parametrize("mode", ["copy", "text"])
@@ -232,7 +228,7 @@ def test_copy_mode_require_refuses_before_the_response(pg_alias):
     queryset = Record.objects.using(pg_alias)
     columns = resolve_columns(queryset, ALL_FIELDS)
     with pytest.raises(ImproperlyConfigured, match="column 'data' holds json"):
-        CopyExportStream(
+        plan_stream(
             queryset,
             columns,
             CSVFormat(columns),
@@ -279,9 +275,10 @@ def test_view_uses_copy_mode_from_the_setting(pg_alias, client):
     view = RecordExport()
     view.setup(type("R", (), {"GET": {}, "method": "GET"})())
     stream = view.get_export_stream()
-    assert isinstance(stream, CopyExportStream)
+    assert stream.plan.copy_mode is True
     # ALL_FIELDS has a JSON column: the fall-back gives the standard file.
-    assert stream.copy_reason is not None
+    assert stream.reader.name != "copy"
+    assert "not COPY: column 'data' holds json" in stream.reader.reason
     response = client.get("/records/export/?format=csv")
     with override_settings(STREAMEXPORT_COPY_MODE=False):
         plain = client.get("/records/export/?format=csv")
@@ -293,7 +290,7 @@ def test_copy_falls_back_under_a_row_limit(pg_alias):
     """COPY hands over whole blocks; the standard path stops at exactly max_rows."""
     make_records(pg_alias)
     _, copy = streams(pg_alias, stream_options={"max_rows": 5})
-    assert "row limit" in copy.copy_reason
+    assert "row limit" in copy.reader.reason
     chunks = []
     with pytest.raises(RowLimitExceeded):
         for chunk in copy:
@@ -313,7 +310,7 @@ def test_copy_statement_timeout_bounds_the_whole_export(pg_alias):
     _, copy = streams(
         pg_alias, ["id", "title", "slow"], queryset, stream_options={"statement_timeout": 0.5}
     )
-    assert copy.copy_reason is None
+    assert copy.reader.name == "copy"
     # COPY reads through the raw psycopg cursor, so the driver's QueryCanceled surfaces.
     with pytest.raises(Exception, match="statement timeout"):
         b"".join(copy)
@@ -325,7 +322,7 @@ def test_copy_statement_timeout_bounds_the_whole_export(pg_alias):
 def test_copy_mode_on_psycopg2_falls_back_to_the_same_file(pg_alias):
     make_records(pg_alias)
     standard, copy = streams(pg_alias)
-    assert "psycopg2" in copy.copy_reason
+    assert "psycopg2" in copy.reader.reason
     assert b"".join(copy) == b"".join(standard)
     with pytest.raises(ImproperlyConfigured, match="psycopg 3"):
         streams(pg_alias, copy_mode="require")

@@ -7,13 +7,14 @@ are left alone.
 
 * ``statement_timeout``: with the ``WITHOUT HOLD`` cursor each ``FETCH`` is
   one statement, so the limit applies *per fetch* (the first fetch includes
-  sorting), not to the whole export (PostgreSQL runtime-config-client;
-  streaming-facts 8.1).  A cancelled fetch raises SQLSTATE 57014.
+  sorting), not to the whole export (PostgreSQL docs, "Client Connection
+  Defaults", ``statement_timeout``).  A cancelled fetch raises SQLSTATE 57014.
 * ``idle_in_transaction_session_timeout``: the transaction is idle while the
   server waits for the client to take the bytes already rendered; a client
   so slow that no ``FETCH`` is sent for this long gets its session ended by
   PostgreSQL (SQLSTATE 25P03, ``FATAL``), and the next fetch fails
-  (streaming-facts 8.2, V5b).
+  (PostgreSQL docs, "Client Connection Defaults",
+  ``idle_in_transaction_session_timeout``; ``tests/test_faults.py``).
 """
 
 from __future__ import annotations

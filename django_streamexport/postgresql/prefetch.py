@@ -16,36 +16,34 @@ idle again when the export's transaction ends.
 
 :func:`prefetch_available` says whether the driver has what it needs (psycopg 3 with
 ``psycopg.generators.send``/``fetch_many`` and ``psycopg.adapt.Transformer``); the export
-keeps psycopg's own ``fetchmany()`` otherwise (psycopg2, other psycopg versions).
+reads with Django's cursor and ``fetchmany()`` otherwise (psycopg2, other psycopg
+versions).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from django_streamexport.postgresql.driver import psycopg_internals
+
 __all__ = ["prefetch_available", "prefetching_batches"]
 
-
-def _driver() -> tuple[Any, Any, Any, Any] | None:
-    try:
-        from psycopg import errors, generators, pq
-        from psycopg.adapt import Transformer
-
-        return generators.send, generators.fetch_many, Transformer, (errors, pq)
-    except (ImportError, AttributeError):
-        return None
+logger = logging.getLogger("django_streamexport")
 
 
 def prefetch_available(connection: Any) -> bool:
-    """Say whether :func:`prefetching_batches` can read from Django ``connection``."""
-    if connection.vendor != "postgresql" or _driver() is None:
-        return False
-    raw = connection.connection
-    return hasattr(raw, "pgconn") and hasattr(raw, "wait")
+    """Say whether :func:`prefetching_batches` can read from Django ``connection``.
+
+    True on PostgreSQL when Django uses a psycopg 3 that has the pieces it needs
+    (:func:`~django_streamexport.postgresql.driver.psycopg_internals`); the connection
+    need not be open yet.
+    """
+    return connection.vendor == "postgresql" and psycopg_internals() is not None
 
 
 def prefetching_batches(
@@ -55,6 +53,7 @@ def prefetching_batches(
     sizes: Callable[[], int],
     *,
     idle_timeout: float | None = None,
+    driver: Any = None,
 ) -> Iterator[list[tuple]]:
     """Yield the rows of ``sql`` in batches of ``sizes()`` rows, the next batch in flight.
 
@@ -63,6 +62,9 @@ def prefetching_batches(
     tuples as psycopg loads them (before Django's converters).  Raises the server's error,
     as Django's ``django.db`` exceptions, when a ``FETCH`` fails.
 
+    ``driver`` is :func:`~django_streamexport.postgresql.driver.psycopg_internals`'s
+    namespace, as it was when the reader was chosen (default: looked up now).
+
     ``idle_timeout`` is the session's ``idle_in_transaction_session_timeout`` in seconds.
     A slow client keeps the transaction idle with the next batch already computed;
     PostgreSQL then ends the session, and libpq, having read the batch, meets the closed
@@ -70,9 +72,10 @@ def prefetching_batches(
     lost.  When no ``FETCH`` was sent for at least ``idle_timeout`` seconds before it, it
     is reported as that timeout (``idle_timeout`` to the client, as on the other path).
     """
-    driver = _driver()
+    driver = driver or psycopg_internals()
     assert driver is not None  # prefetch_available() was asked
-    send, fetch_many, transformer_class, (errors, pq) = driver
+    send, fetch_many, transformer_class = driver.send, driver.fetch_many, driver.Transformer
+    errors, pq = driver.errors, driver.pq
     raw = cursor.cursor  # psycopg's cursor under Django's wrapper: its adapters load rows
     connection = raw.connection
     pgconn = connection.pgconn
@@ -135,5 +138,7 @@ def prefetching_batches(
             # connection is idle for the rollback.
             try:
                 receive()
-            except Exception:  # the export already ends with its own error
-                pass
+            except Exception as exc:
+                # The export already ends with its own error (or was closed); this one
+                # only says the FETCH in flight failed too, so it is logged, not raised.
+                logger.debug("Prefetched FETCH from %s failed while closing: %s", name, exc)

@@ -1,0 +1,156 @@
+"""CSV through PostgreSQL ``COPY ... TO STDOUT``: the same file, produced by the server.
+
+:class:`~django_streamexport.readers.copy.CopyReader` replaces the body of a CSV export
+(not its header, which the format still writes) with the output of::
+
+    COPY (SELECT <one expression per column> FROM (<the queryset's SQL>) AS se(c0, ...))
+    TO STDOUT WITH (FORMAT csv, HEADER false, DELIMITER ',')
+
+The ``SELECT`` is :func:`~django_streamexport.postgresql.text.text_select`'s: every value spelled
+in SQL exactly as :class:`~django_streamexport.formats.csv.CSVFormat` spells it in
+Python, so the two paths give the same bytes (``tests/test_postgresql_copy.py``).  Each row's line
+end ``\\n`` becomes ``\\r\\n`` (COPY cannot write CRLF; PostgreSQL sends one ``CopyData``
+message per row, so the last byte of each block is the row's terminator).
+
+What COPY cannot give makes the export fall back to the standard path (same output,
+slower) with a log line, or, with ``copy_mode="require"``, raise ``ImproperlyConfigured``
+before the response starts: what :func:`~django_streamexport.postgresql.text.text_select` refuses
+(another format or converters, JSON and other columns PostgreSQL spells differently,
+values Django converts after reading, another database), a one-column export (Python
+writes ``""`` for an empty single-field row), a row limit, and the psycopg2 driver:
+psycopg2 cannot run COPY under a gevent wait callback (``copy_expert cannot be used with
+an asynchronous callback``), psycopg 3 streams it block by block and cooperates with
+gevent.
+
+Known spelling difference: a text value that is exactly ``\\.`` is quoted by COPY and not
+by Python; a CSV reader parses both to the same value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django_streamexport.postgresql.driver import is_psycopg3, psycopg_internals
+from django_streamexport.postgresql.text import TextUnavailable, text_select
+
+if TYPE_CHECKING:
+    from django_streamexport.columns import CompiledQuery
+    from django_streamexport.plan import ExportPlan
+
+__all__ = ["CopyModeUnavailable", "block_reader", "copy_statement", "crlf_rows"]
+
+
+class CopyModeUnavailable(TextUnavailable):
+    """The export cannot be produced by ``COPY``; the message says why."""
+
+
+def copy_statement(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]:
+    """Return the ``COPY ... TO STDOUT`` statement and parameters for ``plan``'s rows.
+
+    ``query`` is the export's compiled ``values_list()`` query.  Raises
+    :class:`~django_streamexport.postgresql.text.TextUnavailable` (or its subclass
+    :class:`CopyModeUnavailable`) naming the reason when COPY cannot give the same
+    output as the cursor path.
+    """
+    if len(plan.columns) < 2:
+        raise CopyModeUnavailable("a one-column CSV spells empty rows differently")
+    if plan.max_rows is not None:
+        # COPY hands over whole blocks; the cursor path stops at exactly max_rows.
+        raise CopyModeUnavailable("a row limit is set (max_rows)")
+    select, params = text_select(plan, query, typed=True)
+    if not is_psycopg3():
+        raise CopyModeUnavailable(
+            "Django uses psycopg2, which cannot stream COPY under gevent; install psycopg 3"
+        )
+    delimiter = plan.format.delimiter.replace("'", "''")  # type: ignore[attr-defined]  # CSV
+    statement = (
+        f"COPY ({select})"
+        f" TO STDOUT WITH (FORMAT csv, HEADER false, DELIMITER '{delimiter}', QUOTE '\"')"
+    )
+    return statement, params
+
+
+def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:
+    """Return ``read(limit)``: the next COPY blocks (rows) worth about ``limit`` bytes, or ``[]``.
+
+    psycopg's ``Copy.read()`` returns one row per call, each through a full wait cycle
+    (``Connection.wait()``) and two generators, which costs more than the rest of COPY mode
+    together.  Here one wait cycle takes rows straight from libpq
+    (``PGconn.get_copy_data()``) until ``limit`` bytes are in, waits for the socket the
+    way psycopg does (gevent-aware), and ends the COPY as psycopg's ``copy_from``
+    generator does (raising the server's error, such as a statement timeout).  Falls back
+    to ``read()`` per row where those pieces are missing (other psycopg versions).
+    """
+    driver = psycopg_internals()
+    try:
+        if driver is None:
+            raise AttributeError("psycopg internals")
+        pgconn = connection.pgconn
+        get_copy_data = pgconn.get_copy_data
+        wait = connection.wait
+        copy._finished  # noqa: B018 (set below, when the COPY has ended)
+    except AttributeError:
+
+        def read_each(limit: int) -> list:
+            blocks, size = [], 0
+            while size < limit and (block := copy.read()):
+                blocks.append(block)
+                size += len(block)
+            return blocks
+
+        return read_each
+
+    errors, pq, fetch_many = driver.errors, driver.pq, driver.fetch_many
+    error_from_result = errors.error_from_result
+    command_ok = pq.ExecStatus.COMMAND_OK
+    wait_r = driver.Wait.R
+
+    def gather(limit: int) -> Any:
+        blocks: list = []
+        append = blocks.append
+        size = 0
+        read_socket = False  # the last call found libpq's buffer empty and read the socket
+        while size < limit:
+            nbytes, block = get_copy_data(1)  # 1: never block
+            if nbytes > 0:
+                append(block)
+                size += nbytes
+                read_socket = False
+            elif nbytes == 0:
+                # No whole row buffered.  libpq reads at most its buffer (16 KiB) per
+                # consume_input(), so read the socket once more before waiting: a wait is
+                # a trip through gevent's hub, and waiting every 16 KiB cost ~15% of COPY
+                # mode's time.  consume_input() never blocks.
+                if read_socket:
+                    while not (yield wait_r):
+                        continue
+                pgconn.consume_input()
+                read_socket = True
+            else:  # -1: the COPY has ended; take its result (an error if it failed)
+                results = yield from fetch_many(pgconn)
+                copy._finished = True
+                if len(results) != 1:
+                    raise errors.ProgrammingError("COPY ended with several results")
+                if results[0].status != command_ok:
+                    raise error_from_result(results[0], encoding=connection.info.encoding)
+                break
+        return blocks
+
+    def read(limit: int) -> list:
+        return [] if copy._finished else wait(gather(limit))
+
+    return read
+
+
+def crlf_rows(blocks: list) -> bytes:
+    """Return COPY's row blocks as one ``bytes`` with each row's ``\\n`` made ``\\r\\n``.
+
+    One block per row, its last byte the row's ``\\n``.  When the chunk has no other
+    ``\\n`` (no line break inside a quoted value), one ``replace()`` over the joined
+    chunk does it; otherwise each row is cut and joined.
+    """
+    data = b"".join(blocks)
+    if data.count(b"\n") == len(blocks):
+        return data.replace(b"\n", b"\r\n")
+    return b"\r\n".join([bytes(block[:-1]) for block in blocks]) + b"\r\n"

@@ -1,0 +1,50 @@
+"""The reader interface: how one export's rows come out of the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from django_streamexport.plan import ExportPlan
+
+__all__ = ["FIRST_BATCH_ROWS", "Reader"]
+
+#: Rows in the first fetch (and the first rendered slice): small, so the first data row
+#: leaves at once instead of after a whole ``chunk_size`` fetch.
+FIRST_BATCH_ROWS = 16
+
+
+class Reader:
+    """Read the rows of one export; made by :func:`~django_streamexport.readers.choose_reader`.
+
+    A row reader's :meth:`read` yields batches: sequences of row tuples, one value per
+    export column in order, as the format renders them (``text_cells``: each value is
+    already the cell's text, spelled by PostgreSQL, which only CSV can use).  A reader
+    with ``renders = True`` (COPY) yields ``(data, rows)`` pairs instead: ``bytes`` of
+    the format's body and the number of rows they hold.
+
+    ``read()`` runs inside the export's stream, which closes the generator early on a
+    client disconnect or an error: it must release what it holds (cursor, transaction)
+    in ``finally``.  ``reason`` says why this reader was chosen (logged at DEBUG, kept
+    on the stream).  Subclass one of the readers to change how rows are read and return
+    it from ``ExportStream.get_reader()`` (README "Readers").
+    """
+
+    #: A short name for log lines ("cursor", "prefetching cursor", "keyset", "copy").
+    name: ClassVar[str] = ""
+    #: ``read()`` yields the format's bytes and row counts instead of rows.
+    renders: ClassVar[bool] = False
+
+    def __init__(self, plan: ExportPlan, *, reason: str = "") -> None:
+        self.plan = plan
+        self.reason = reason
+        #: Values arrive as the cells' text (PostgreSQL spelled them as the format would).
+        self.text_cells = False
+
+    def read(self) -> Iterator[Any]:
+        """Yield the export's rows in batches (or, with ``renders``, body bytes and counts)."""
+        raise NotImplementedError("Reader subclasses implement read().")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}: {self.reason}>"
