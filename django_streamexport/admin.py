@@ -548,4 +548,3 @@ class ExportAdminMixin:
 
 class ExportModelAdmin(ExportAdminMixin, admin.ModelAdmin):  # type: ignore[misc]  # stubs' signatures
     """A ``ModelAdmin`` with streaming exports (see :class:`ExportAdminMixin`)."""
-

@@ -359,9 +359,7 @@ def compile_query(
     extra = compiler.col_count if compiler.has_extra_select else None
     # The hidden primary key of a DISTINCT export (values_queryset()) comes last.
     cut = width if len(selected) > width else None
-    converted = [
-        column.name for column, at in zip(columns, order, strict=True) if at in converters
-    ]
+    converted = [column.name for column, at in zip(columns, order, strict=True) if at in converters]
     return CompiledQuery(
         sql,
         tuple(params),

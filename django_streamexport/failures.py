@@ -16,12 +16,16 @@ driver messages); the log line carries those, under the export id.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import Error as DatabaseError
 from django.db import InterfaceError, OperationalError
 
 from django_streamexport.exceptions import RowLimitExceeded
+
+logger = logging.getLogger("django_streamexport")
 
 #: The export had more rows than its limit (``STREAMEXPORT_MAX_ROWS`` or a view's ``max_rows``).
 ROW_LIMIT = "row_limit"
@@ -94,3 +98,16 @@ def describe_failure(exc: BaseException) -> Failure:
     else:
         code = EXPORT_ERROR
     return Failure(code, MESSAGES[code])
+
+
+def log_failure(stream: Any, failure: Failure, exc: BaseException, seconds: float) -> None:
+    """Log an export's failure at ERROR with its id, rows, bytes, seconds and code.
+
+    A traceback only where it can help (database and other errors), not for limits
+    and timeouts, whose cause the code says.
+    """
+    logger.error(
+        "Export %s failed after %d rows, %d bytes, %.3f s (%s): %s",
+        *(stream.export_id, stream.rows, stream.bytes, seconds, failure.code, exc),
+        exc_info=failure.code in (DATABASE_ERROR, EXPORT_ERROR),
+    )

@@ -27,11 +27,11 @@ def export_headers(stream: ExportStream) -> dict[str, str]:
     """Return the headers of an export response besides ``Content-Type``.
 
     ``Content-Disposition: attachment`` with the plan's cleaned ``filename`` (RFC 6266);
-    ``Cache-Control: no-store`` (exports are per-user data, never cached); ``X-Content-Type-Options: nosniff``; ``X-Export-Id`` to
-    match log lines; ``X-Accel-Buffering: no`` unless
-    ``STREAMEXPORT_X_ACCEL_BUFFERING`` is False, so nginx passes chunks on at
-    once.  Never ``Content-Length`` (unknown until the end) and no hop-by-hop
-    headers (``Transfer-Encoding`` is the server's business).
+    ``Cache-Control: no-store`` (exports are per-user data, never cached);
+    ``X-Content-Type-Options: nosniff``; ``X-Export-Id`` to match log lines;
+    ``X-Accel-Buffering: no`` unless ``STREAMEXPORT_X_ACCEL_BUFFERING`` is False, so
+    nginx passes chunks on at once.  Never ``Content-Length`` (unknown until the end)
+    and no hop-by-hop headers (``Transfer-Encoding`` is the server's business).
     """
     headers = {
         "Content-Disposition": attachment_header(stream.plan.filename),

@@ -24,7 +24,27 @@ byte (an audit trail may fail closed); :data:`export_finished` with
 export's own outcome.
 """
 
+import logging
+from typing import Any
+
 from django.dispatch import Signal
+
+logger = logging.getLogger("django_streamexport")
 
 export_started = Signal()
 export_finished = Signal()
+
+
+def send_export_finished(sender: type, **kwargs: Any) -> None:
+    """Send :data:`export_finished` robustly: log a failing receiver, never raise.
+
+    A receiver's error must not mask the export's own outcome (``send_robust()``).
+    """
+    for receiver, result in export_finished.send_robust(sender=sender, **kwargs):
+        if isinstance(result, Exception):
+            logger.error(
+                "Export %s: export_finished receiver %r failed.",
+                kwargs.get("export_id"),
+                receiver,
+                exc_info=result,
+            )

@@ -26,7 +26,6 @@ runs to its end.
 ``sys.stdout.buffer``, a Django storage file).
 """
 
-
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator

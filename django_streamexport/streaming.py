@@ -1,19 +1,14 @@
 """The export's lifecycle: an iterable of ``bytes`` chunks that knows nothing about requests.
 
-:class:`ExportStream` takes an :class:`~django_streamexport.plan.ExportPlan` and yields:
-
-1. the format's opening bytes (a CSV header row) *before* the query runs, so a server
-   sends the status line and headers at once;
-2. the body, read by the plan's reader (:func:`~django_streamexport.readers.choose_reader`)
-   and rendered in slices sized so each chunk is about ``plan.buffer_size`` bytes
-   (:func:`next_slice_rows`; never one row per chunk);
-3. the format's closing bytes.
-
-On completion, on an error and on ``close()`` (a client disconnect: the server closes
-the response, which closes the stream; PEP 3333) the reader is closed, which closes its
-cursor and ends its transaction.  A failure after the first byte is logged with the
-export id, answered with the format's :meth:`~ExportFormat.error` bytes, then re-raised
-so the server aborts the transfer: a clean end would make a cut file look complete.
+:class:`ExportStream` yields the format's opening bytes (a CSV header) *before* the query
+runs, so a server sends the headers at once; then the body, read by the plan's reader
+(:func:`~django_streamexport.readers.choose_reader`) and rendered in slices of about
+``plan.buffer_size`` bytes (:func:`next_slice_rows`; never one row per chunk); then the
+closing bytes.  On completion, an error and ``close()`` (a client disconnect: the server
+closes the response; PEP 3333) the reader is closed, which closes its cursor and ends its
+transaction.  A failure after the first byte is logged with the export id, answered with
+the format's ``error()`` bytes and re-raised, so the server aborts the transfer: a clean
+end would make a cut file look complete.
 """
 
 from __future__ import annotations
@@ -25,11 +20,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from django_streamexport.exceptions import RowLimitExceeded
-from django_streamexport.failures import DATABASE_ERROR, EXPORT_ERROR, describe_failure
+from django_streamexport.failures import describe_failure, log_failure
 from django_streamexport.plan import ExportPlan
 from django_streamexport.readers import Reader, choose_reader
 from django_streamexport.readers.base import FIRST_BATCH_ROWS
-from django_streamexport.signals import export_finished, export_started
+from django_streamexport.signals import export_started, send_export_finished
 
 __all__ = ["MAX_SLICE_ROWS", "ExportStream", "next_slice_rows"]
 
@@ -40,51 +35,39 @@ MAX_SLICE_ROWS = 20_000
 
 
 def next_slice_rows(buffer_size: int, rows: int, nbytes: int) -> int:
-    """Return how many rows to render next so the chunk is about ``buffer_size`` bytes.
-
-    ``rows`` rows rendered as ``nbytes`` bytes last time; the result is between 1 and
-    :data:`MAX_SLICE_ROWS`.
-    """
+    """Return rows to render next (1 to :data:`MAX_SLICE_ROWS`) for a ~``buffer_size`` chunk,
+    given that ``rows`` rows made ``nbytes`` bytes last time."""
     return max(1, min(MAX_SLICE_ROWS, buffer_size * rows // max(1, nbytes)))
 
 
 class ExportStream:
     """Iterate once over the export of ``plan`` as ``bytes`` chunks of about ``buffer_size``.
 
-    Counters ``rows`` (data rows) and ``bytes`` (body bytes) grow as chunks are
-    yielded; ``seconds`` is set when it ends, ``outcome`` to ``"complete"``,
-    ``"failed"`` (``error_code`` says why: a :mod:`~django_streamexport.failures`
-    code), ``"disconnected"`` or ``"interrupted"``.  ``reader`` is how rows are read,
-    chosen here by :meth:`get_reader`, so a view's response fails before it starts
-    when the plan cannot be read (``ImproperlyConfigured``, a compile error).
-
-    The signals of :mod:`django_streamexport.signals` are sent when iteration starts
-    and ends.  ``close()`` stops the export and releases its reader; a server calls it.
+    ``rows`` (data rows) and ``bytes`` (body bytes) grow as chunks are yielded;
+    ``seconds`` is set at the end, ``outcome`` to ``"complete"``, ``"failed"``
+    (``error_code``: a :mod:`~django_streamexport.failures` code), ``"disconnected"`` or
+    ``"interrupted"``.  ``reader`` is chosen here by :meth:`get_reader`, so a plan that
+    cannot be read fails before a response starts (``ImproperlyConfigured``, a compile
+    error).  Sends :mod:`~django_streamexport.signals` as iteration starts and ends.
     """
 
     def __init__(self, plan: ExportPlan) -> None:
         self.plan = plan
-        self.rows = 0
-        self.bytes = 0
+        self.rows = self.bytes = 0
         self.seconds: float | None = None
-        self.outcome: str | None = None
+        self.outcome: str | None = None  # then "running", then how it ended
         self.error_code: str | None = None
         self._iterator: Iterator[bytes] | None = None
         self._closers: list[weakref.finalize] = []
         self.reader = self.get_reader()
         logger.debug("Export %s reads with %r.", self.export_id, self.reader)
 
-    # The plan's identity, as the responses and signals need it.
     export_id = property(lambda self: self.plan.export_id)
     format = property(lambda self: self.plan.format)
     using = property(lambda self: self.plan.using)
 
     def get_reader(self) -> Reader:
-        """Return the reader of this export's rows. Default: :func:`choose_reader`'s.
-
-        Override to read rows another way: return a subclass of one of the readers in
-        :mod:`django_streamexport.readers`.
-        """
+        """Return the reader of the rows: :func:`choose_reader`'s; override to use your own."""
         return choose_reader(self.plan)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -102,11 +85,7 @@ class ExportStream:
             self._run_closers()  # a generator closed before its first step runs no finally
 
     def add_closer(self, closer: Callable[[], None]) -> None:
-        """Call ``closer()`` once when the export ends, fails or is closed.
-
-        Responses release their admission slot this way; if the stream is
-        garbage-collected without being closed, the closer runs then, still once.
-        """
+        """Call ``closer()`` once when the export ends, fails, is closed or is collected."""
         self._closers.append(weakref.finalize(self, closer))
 
     def _run_closers(self) -> None:
@@ -120,10 +99,8 @@ class ExportStream:
     def iter_body(self) -> Iterator[bytes]:
         """Yield the body (no header or footer) in chunks of about ``buffer_size`` bytes.
 
-        Rows from the reader are rendered in slices sized by :func:`next_slice_rows`,
-        the first one :data:`~django_streamexport.readers.base.FIRST_BATCH_ROWS` rows.
-        Sends exactly ``max_rows`` rows, then raises :class:`RowLimitExceeded` when
-        there are more.  Keeps ``rows`` and ``bytes`` up to date.
+        Slices are sized by :func:`next_slice_rows`.  Sends exactly ``max_rows`` rows, then
+        raises :class:`RowLimitExceeded` if there are more.  Keeps ``rows``/``bytes`` current.
         """
         reader, fmt = self.reader, self.plan.format
         buffer_size, limit = self.plan.buffer_size, self.plan.max_rows
@@ -159,14 +136,9 @@ class ExportStream:
 
     def signal_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments both export signals carry."""
-        plan = self.plan
-        return {
-            "export_id": plan.export_id,
-            "user": plan.user,
-            "model": plan.model,
-            "format": plan.format.format,
-            "fields": [column.name for column in plan.columns],
-        }
+        plan, fields = self.plan, [column.name for column in self.plan.columns]
+        return dict(export_id=plan.export_id, user=plan.user, model=plan.model, fields=fields,
+                    format=plan.format.format)  # fmt: skip
 
     def _generate(self) -> Iterator[bytes]:
         started = time.monotonic()
@@ -196,12 +168,7 @@ class ExportStream:
             self.outcome = "failed"
             failure = describe_failure(exc)
             self.error_code = failure.code
-            logger.error(
-                "Export %s failed after %d rows, %d bytes, %.3f s (%s): %s",
-                *(self.export_id, self.rows, self.bytes, time.monotonic() - started),
-                *(failure.code, exc),
-                exc_info=failure.code in (DATABASE_ERROR, EXPORT_ERROR),  # not for limits
-            )
+            log_failure(self, failure, exc, time.monotonic() - started)
             error = fmt.error(failure.code, failure.message)
             if error:
                 self.bytes += len(error)
@@ -214,30 +181,19 @@ class ExportStream:
 
     def _finish(self, started: float) -> None:
         self.seconds = time.monotonic() - started
-        if self.outcome == "running":
-            # A BaseException (gevent.Timeout, GreenletExit, SystemExit at a worker's
-            # shutdown): the server stopped the export, not the client.
-            self.outcome = "interrupted"
+        if self.outcome == "running":  # gevent.Timeout, GreenletExit, SystemExit: the server
+            self.outcome = "interrupted"  # stopped the export, not the client
         if self.outcome != "failed":
             logger.info(
                 "Export %s %s: %d rows, %d bytes, %.3f s.",
                 *(self.export_id, self.outcome, self.rows, self.bytes, self.seconds),
             )
         try:
-            for receiver, result in export_finished.send_robust(
-                sender=type(self),
-                rows=self.rows,
-                bytes=self.bytes,
-                seconds=self.seconds,
-                outcome=self.outcome,
-                error_code=self.error_code,
+            send_export_finished(
+                type(self),
+                **{"rows": self.rows, "bytes": self.bytes, "seconds": self.seconds},
+                **{"outcome": self.outcome, "error_code": self.error_code},
                 **self.signal_kwargs(),
-            ):
-                if isinstance(result, Exception):
-                    logger.error(
-                        "Export %s: export_finished receiver %r failed.",
-                        *(self.export_id, receiver),
-                        exc_info=result,
-                    )
+            )
         finally:
             self._run_closers()

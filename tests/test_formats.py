@@ -21,8 +21,14 @@ from django_streamexport.formats.csv import (
     escape_formula,
 )
 from django_streamexport.formats.ndjson import NDJSONFormat
-from django_streamexport.streaming import ExportStream
-from tests.conftest import NASTY_TEXTS, both_databases, make_records, parse_csv, parse_ndjson, plan_stream
+from tests.conftest import (
+    NASTY_TEXTS,
+    both_databases,
+    make_records,
+    parse_csv,
+    parse_ndjson,
+    plan_stream,
+)
 from tests.testapp.models import Record
 from tests.testapp.views import ALL_FIELDS
 

@@ -160,3 +160,46 @@ def test_keyset_mode_gives_the_same_file(tmp_path):
         outputs.append(target.read_bytes())
     assert outputs[0] == outputs[1]
     assert len(parse_csv(outputs[0])) == 121
+
+
+def test_a_repeated_filter_applies_every_value(tmp_path):
+    """Two --filter with the same lookup are both applied (AND), not the last one only."""
+    make_records("default")
+    target = tmp_path / "both.csv"
+    call_command(
+        "streamexport",
+        "testapp.Record",
+        "--fields=id,count",
+        "--filter=count__gte=2000",
+        "--filter=count__gte=-10000",  # dict() of the filters kept only this one
+        f"--output={target}",
+        verbosity=0,
+    )
+    ids = [int(row[0]) for row in parse_csv(target.read_bytes())[1:]]
+    expected = list(
+        Record.objects.filter(count__gte=2000).order_by("pk").values_list("id", flat=True)
+    )
+    assert expected  # the second filter narrows the first
+    assert sorted(ids) == expected
+
+
+class BinaryOut(io.BytesIO):
+    """A stdout whose bytes go to ``buffer``, as sys.stdout's do."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffer = self
+
+    def write(self, data):  # a text write would raise: bytes only
+        assert isinstance(data, (bytes, bytearray, memoryview)), type(data)
+        return super().write(data)
+
+
+def test_stdout_gets_bytes_through_its_buffer_and_text_streams_get_text():
+    make_records("default")
+    binary = BinaryOut()
+    call_command("streamexport", "testapp.Record", "--fields=id,title", stdout=binary)
+    text = io.StringIO()
+    call_command("streamexport", "testapp.Record", "--fields=id,title", stdout=text)
+    assert binary.getvalue() == text.getvalue().encode()
+    assert len(parse_csv(binary.getvalue())) == Record.objects.count() + 1

@@ -23,7 +23,7 @@ from django_streamexport.columns import Column, resolve_columns
 from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
-from tests.conftest import both_databases, make_records, parse_csv, server_side_cursors, plan_stream
+from tests.conftest import both_databases, make_records, parse_csv, plan_stream, server_side_cursors
 from tests.testapp.models import Record
 from tests.testapp.views import ALL_FIELDS
 
@@ -65,7 +65,9 @@ def streams(
             queryset, columns, fmt(columns, **options), database_formatting=True, **kwargs
         )
     else:
-        fast = plan_stream(queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs)
+        fast = plan_stream(
+            queryset, columns, fmt(columns, **options), copy_mode=copy_mode, **kwargs
+        )
     return python, fast
 
 

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from django_streamexport.columns import resolve_columns
 from django_streamexport.formats.csv import CSVFormat, escape_formula
 from django_streamexport.formats.ndjson import NDJSONFormat
-from django_streamexport.streaming import ExportStream
 from tests.conftest import parse_csv, plan_stream
 from tests.testapp.models import Record
 

@@ -14,13 +14,12 @@ from django.test.utils import CaptureQueriesContext
 
 from django_streamexport.columns import resolve_columns
 from django_streamexport.formats.csv import CSVFormat
-from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportView
 from tests.conftest import (
-    plan_stream,
     both_databases,
     make_records,
     parse_csv,
+    plan_stream,
     server_side_cursors,
 )
 from tests.testapp.models import Author, Record

@@ -18,7 +18,14 @@ from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.limits import ExportSlots, export_slots
 from django_streamexport.readers.cursor import CursorReader
 from django_streamexport.streaming import ExportStream
-from tests.conftest import backend_pid, both_databases, make_records, parse_csv, session_state, plan_stream
+from tests.conftest import (
+    backend_pid,
+    both_databases,
+    make_records,
+    parse_csv,
+    plan_stream,
+    session_state,
+)
 from tests.testapp.models import Record
 
 pytestmark = both_databases

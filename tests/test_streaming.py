@@ -15,15 +15,14 @@ from django.test.utils import CaptureQueriesContext
 from django_streamexport.columns import resolve_columns
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
-from django_streamexport.streaming import ExportStream
 from tests.conftest import (
-    plan_stream,
     backend_pid,
     both_databases,
     make_records,
     other_session,
     parse_csv,
     parse_ndjson,
+    plan_stream,
     server_side_cursors,
     session_state,
 )

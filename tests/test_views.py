@@ -194,3 +194,16 @@ def test_mixin_composes_with_login_required(client, django_user_model):
     rows = parse_csv(body(PrivateExport.as_view()(request)))
     assert rows == [["ID", "Record title"], [str(Record.objects.get(title="alice").id), "alice"]]
     assert path  # imported for readers adapting this to urls.py
+
+
+def test_filename_defaults_to_the_model_of_get_queryset(db_alias):
+    """A view with only get_queryset() (no model or queryset attribute) names the file after
+    the model it returns, not "export"."""
+    Record.objects.using(db_alias).create(title="t")
+
+    def get_queryset(self):
+        return Record.objects.using(db_alias).all()
+
+    response = view_for("?format=csv", get_queryset=get_queryset, export_fields=["title"])
+    assert response["Content-Disposition"] == 'attachment; filename="records.csv"'
+    assert parse_csv(body(response)) == [["Record title"], ["t"]]

@@ -72,9 +72,7 @@ def choose_reader(plan: ExportPlan) -> Reader:
                     f"COPY mode was required but cannot be used for this export: {exc}. "
                     "Set copy_mode=True to fall back to the cursor."
                 ) from exc
-            logger.info(
-                "Export %s: COPY mode falls back to the cursor: %s.", plan.export_id, exc
-            )
+            logger.info("Export %s: COPY mode falls back to the cursor: %s.", plan.export_id, exc)
             notes.append(f"not COPY: {exc}")
         else:
             return CopyReader(plan, statement, params, reason="COPY mode is on")
