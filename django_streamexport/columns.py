@@ -268,7 +268,7 @@ def values_queryset(
     Raises ``ValueError`` for a queryset with ``prefetch_related()``, which an export
     (one query) cannot honour.
     """
-    if queryset._prefetch_related_lookups:
+    if getattr(queryset, "_prefetch_related_lookups", ()):
         raise ValueError("An export cannot use prefetch_related(); use values lookups.")
     lookups = [column.lookup for column in columns]
     query = queryset.query

@@ -91,7 +91,8 @@ def _limit(name: str, value: Any, *, number: type | tuple[type, ...]) -> Any:
     """Return ``value`` (0 or ``None``: no limit, as ``None``); refuse negatives and bools."""
     if value is None or (value == 0 and not isinstance(value, bool)):
         return None
-    if isinstance(value, bool) or not isinstance(value, number) or value < 0:
+    is_number = isinstance(value, number) and not isinstance(value, bool)
+    if not is_number or value < 0:
         raise ImproperlyConfigured(f"{name} must be a non-negative number or None, not {value!r}.")
     return value
 

@@ -189,7 +189,7 @@ class StreamingExportAPIMixin:
             stream = self.export_stream_class(self.get_export_plan(renderer))
             return admitted_export_response(
                 stream,
-                admit_export(user_admission_key(request)),  # type: ignore[arg-type]
+                admit_export(user_admission_key(request)),
                 include_body=request.method != "HEAD",
                 request=django_request,
             )

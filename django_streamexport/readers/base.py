@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from django_streamexport.postgresql.guards import apply_guards
+
 if TYPE_CHECKING:
     from django_streamexport.plan import ExportPlan
 
@@ -41,6 +43,14 @@ class Reader:
         self.reason = reason
         #: Values arrive as the cells' text (PostgreSQL spelled them as the format would).
         self.text_cells = False
+
+    def apply_guards(self, connection: Any) -> None:
+        """Set the plan's timeouts on ``connection``; call inside the export's transaction."""
+        apply_guards(
+            connection,
+            statement_timeout=self.plan.statement_timeout,
+            idle_in_transaction_timeout=self.plan.idle_in_transaction_timeout,
+        )
 
     def read(self) -> Iterator[Any]:
         """Yield the export's rows in batches (or, with ``renders``, body bytes and counts)."""

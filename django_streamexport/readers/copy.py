@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections, transaction
 
 from django_streamexport.postgresql.copy import block_reader, crlf_rows
-from django_streamexport.postgresql.guards import apply_guards
 from django_streamexport.postgresql.text import prepare_session
 from django_streamexport.readers.base import Reader
 
@@ -45,11 +44,7 @@ class CopyReader(Reader):
         plan = self.plan
         connection = connections[plan.using]
         with transaction.atomic(using=plan.using):
-            apply_guards(
-                connection,
-                statement_timeout=plan.statement_timeout,
-                idle_in_transaction_timeout=plan.idle_in_transaction_timeout,
-            )
+            self.apply_guards(connection)
             prepare_session(connection)
             with connection.cursor() as cursor:
                 raw = cursor.cursor  # the psycopg 3 cursor under Django's wrapper

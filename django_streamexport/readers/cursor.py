@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections, transaction
 
 from django_streamexport.postgresql.driver import psycopg_internals, use_fast_loaders
-from django_streamexport.postgresql.guards import apply_guards
 from django_streamexport.postgresql.prefetch import prefetching_batches
 from django_streamexport.postgresql.text import prepare_session
 from django_streamexport.readers.base import FIRST_BATCH_ROWS, Reader
@@ -78,11 +77,7 @@ class CursorReader(Reader):
         finish = query.finish if not self.text_cells and query.needs_finishing else None
         connection = connections[plan.using]
         with transaction.atomic(using=plan.using):
-            apply_guards(
-                connection,
-                statement_timeout=plan.statement_timeout,
-                idle_in_transaction_timeout=plan.idle_in_transaction_timeout,
-            )
+            self.apply_guards(connection)
             if self.text_cells:
                 prepare_session(connection)
             cursor = self.open_cursor(connection)

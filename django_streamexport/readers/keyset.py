@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections, transaction
 
 from django_streamexport.plan import unique_key_field
-from django_streamexport.postgresql.guards import apply_guards
 from django_streamexport.readers.base import Reader
 
 if TYPE_CHECKING:
@@ -77,11 +76,7 @@ class KeysetReader(Reader):
             )
             with page_transaction:
                 if guarded:
-                    apply_guards(
-                        connection,
-                        statement_timeout=plan.statement_timeout,
-                        idle_in_transaction_timeout=plan.idle_in_transaction_timeout,
-                    )
+                    self.apply_guards(connection)
                 page = list(page_query[: plan.chunk_size])
             self.pages += 1
             if page:

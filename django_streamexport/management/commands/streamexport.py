@@ -147,7 +147,7 @@ class Command(BaseCommand):
         query = QueryDict(mutable=True)
         if options["format"]:
             query[view.format_query_param] = options["format"]
-        request.GET = query
+        request.GET = query  # type: ignore[assignment]  # a plain request may set it
         request.user = AnonymousUser()  # exports scoped per user see an anonymous user
         view.setup(request)  # type: ignore[attr-defined]  # a View subclass
         return view
