@@ -20,15 +20,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_streamexport.conf import conf
+from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
 
 logger = logging.getLogger("django_streamexport")
 
 #: Values of ``STREAMEXPORT_ADMIN_EXPORT_PERMISSION``.
 ADMIN_EXPORT_PERMISSIONS = ("view", "export")
-
-#: The largest ``statement_timeout`` and ``idle_in_transaction_session_timeout`` PostgreSQL
-#: accepts, in milliseconds (``pg_settings.max_val``: INT_MAX).
-MAX_TIMEOUT_MS = 2_147_483_647
 
 
 def _is_int(value: Any) -> bool:

@@ -31,6 +31,7 @@ from django_streamexport.conf import conf
 from django_streamexport.formats import default_format_classes, select_format_class
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.http import safe_filename
+from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
 
 __all__ = ["COPY_MODES", "MODES", "ExportPlan", "build_plan", "unique_key_field"]
 
@@ -94,6 +95,17 @@ def _limit(name: str, value: Any, *, number: type | tuple[type, ...]) -> Any:
     is_number = isinstance(value, number) and not isinstance(value, bool)
     if not is_number or value < 0:
         raise ImproperlyConfigured(f"{name} must be a non-negative number or None, not {value!r}.")
+    return value
+
+
+def _timeout(name: str, value: Any) -> float | None:
+    """Return seconds PostgreSQL can take (0 or ``None``: the server's, as ``None``)."""
+    value = _limit(name, value, number=(int, float))
+    # False for NaN; PostgreSQL takes at most INT_MAX milliseconds.
+    if value is not None and not value <= MAX_TIMEOUT_MS / 1000:
+        raise ImproperlyConfigured(
+            f"{name} must be at most {MAX_TIMEOUT_MS / 1000} seconds, not {value!r}."
+        )
     return value
 
 
@@ -238,15 +250,12 @@ def build_plan(
         chunk_size=_positive_int("chunk_size", _setting(chunk_size, conf.CHUNK_SIZE)),
         buffer_size=_positive_int("buffer_size", _setting(buffer_size, conf.BUFFER_SIZE)),
         max_rows=_limit("max_rows", _setting(max_rows, conf.MAX_ROWS), number=int),
-        statement_timeout=_limit(
-            "statement_timeout",
-            _setting(statement_timeout, conf.STATEMENT_TIMEOUT),
-            number=(int, float),
+        statement_timeout=_timeout(
+            "statement_timeout", _setting(statement_timeout, conf.STATEMENT_TIMEOUT)
         ),
-        idle_in_transaction_timeout=_limit(
+        idle_in_transaction_timeout=_timeout(
             "idle_in_transaction_timeout",
             _setting(idle_in_transaction_timeout, conf.IDLE_IN_TRANSACTION_TIMEOUT),
-            number=(int, float),
         ),
         user=user,
         filename=safe_filename(

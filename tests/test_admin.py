@@ -14,7 +14,9 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.db.models import Count
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext, override_settings
@@ -25,6 +27,7 @@ from tests import settings as test_settings
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
 from tests.testapp.admin import RecordAdmin
 from tests.testapp.models import Record, Tag
+from tests.testapp.views import RecordingStream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -485,3 +488,119 @@ def test_admin_exports_name_the_user_in_the_signals(admin_client):
     assert received[-1]["user"].username == "admin"
     assert received[-1]["outcome"] == "complete"
     assert received[-1]["rows"] == 1
+
+
+# --- COPY mode, keyset mode and DISABLE_SERVER_SIDE_CURSORS (tests/testapp/urls.py) ---------
+
+#: The export page of RecordingRecordAdmin (cursor mode) and of KeysetRecordAdmin.
+RECORDING_ADMIN = "/recording-admin/testapp/record/"
+KEYSET_ADMIN = "/keyset-admin/testapp/record/"
+
+
+@pytest.fixture
+def recorded():
+    """The streams the recording admins build (RecordingStream.built), in order."""
+    RecordingStream.built.clear()
+    yield RecordingStream.built
+    RecordingStream.built.clear()
+
+
+def export_rows_of(data, fmt):
+    """Return (header, rows) of CSV bytes, or (None, records) of NDJSON bytes."""
+    if fmt == "csv":
+        rows = parse_csv(data)
+        return rows[0], rows[1:]
+    return None, parse_ndjson(data)
+
+
+#: The reader a cursor-mode export on PostgreSQL gets from this driver.
+CURSOR_READER = "prefetching cursor" if is_psycopg3 else "cursor"
+
+
+@pytest.mark.urls("tests.testapp.urls")
+@pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3")
+@pytest.mark.parametrize("copy_mode", [True, "require"])
+def test_admin_export_uses_copy_mode_when_the_setting_asks(admin_client, recorded, copy_mode):
+    make_records("default", 300)
+    export = RECORDING_ADMIN + "export/"
+    params = {"_changelist_filters": "status__exact=p", "format": "csv"}
+    with override_settings(STREAMEXPORT_COPY_MODE=False):
+        without_copy = body(admin_client.get(export, params))
+    with override_settings(STREAMEXPORT_COPY_MODE=copy_mode):
+        response = admin_client.get(export, params)
+        assert response.status_code == 200
+        with_copy = body(response)
+    cursor_stream, copy_stream = recorded
+    assert (cursor_stream.plan.copy_mode, cursor_stream.reader.name) == (False, CURSOR_READER)
+    # The body came from COPY: the reader that renders, which only COPY mode chooses.
+    assert (copy_stream.plan.copy_mode, copy_stream.reader.name) == (copy_mode, "copy")
+    assert copy_stream.reader.reason == "COPY mode is on"
+    assert (copy_stream.outcome, copy_stream.rows) == ("complete", 150)
+    assert with_copy == without_copy
+    rows = parse_csv(with_copy)
+    assert rows[0][0] == "ID"
+    assert [int(row[0]) for row in rows[1:]] == list(
+        Record.objects.filter(status="p").order_by("id").values_list("id", flat=True)
+    )
+
+
+@pytest.mark.urls("tests.testapp.urls")
+@pytest.mark.parametrize(("records", "pages"), [(45, 5), (40, 5), (3, 1)])
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_admin_export_in_keyset_mode_reads_pages(admin_client, recorded, records, pages, fmt):
+    make_records("default", records)
+    params = {"_changelist_filters": "o=-3", "format": fmt}  # the changelist sorts by -count
+    with override_settings(STREAMEXPORT_CHUNK_SIZE=10):
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(KEYSET_ADMIN + "export/", params)
+            assert response.status_code == 200
+            keyset = body(response)
+        # Read before the next request: request_started empties the connection's query log.
+        sql = [q["sql"] for q in queries.captured_queries]
+        by_cursor = body(admin_client.get(RECORDING_ADMIN + "export/", {"format": fmt}))
+    # One query per page, each with LIMIT, none holding a cursor.
+    selects = [query for query in sql if "testapp_record" in query]
+    assert len(selects) == pages
+    assert all(query.endswith(" LIMIT 10") for query in selects)
+    assert not any("DECLARE" in query for query in sql)
+    keyset_stream, cursor_stream = recorded
+    assert (keyset_stream.plan.mode, keyset_stream.reader.name) == ("keyset", "keyset")
+    assert keyset_stream.reader.pages == pages
+    assert cursor_stream.reader.name == CURSOR_READER
+    # The same rows as cursor mode, ordered by the key whatever the changelist's ordering.
+    assert keyset == by_cursor
+    _, rows = export_rows_of(keyset, fmt)
+    assert ids_of(rows, fmt) == list(Record.objects.order_by("pk").values_list("id", flat=True))
+
+
+@pytest.mark.urls("tests.testapp.urls")
+@pytest.mark.parametrize("entry", ["page", "action"])
+def test_disable_server_side_cursors_refuses_cursor_mode_and_keyset_streams(
+    admin_client, monkeypatch, recorded, entry
+):
+    records = make_records("default", 30)
+    expected = [r.pk for r in records]
+
+    def export(admin_url):
+        if entry == "page":
+            return admin_client.get(admin_url + "export/", {"format": "ndjson"})
+        data = {"action": "export_as_ndjson", "index": "0", "select_across": "1",
+                "_selected_action": [str(expected[0])]}  # fmt: skip
+        return admin_client.post(admin_url, data)
+
+    gc.collect()
+    assert export_slots.active == 0
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    with pytest.raises(ImproperlyConfigured) as refused:
+        export(RECORDING_ADMIN)
+    message = str(refused.value)
+    assert "DISABLE_SERVER_SIDE_CURSORS" in message
+    assert 'export_mode = "keyset"' in message
+    assert recorded == []  # refused while planning: no stream, no slot, no response
+    assert export_slots.active == 0
+    response = export(KEYSET_ADMIN)
+    _, rows = export_rows(response, "ndjson")
+    assert [row["id"] for row in rows] == expected
+    (stream,) = recorded
+    assert stream.reader.name == "keyset"
+    assert stream.plan.using == "default"

@@ -315,7 +315,7 @@ def test_filename_defaults_to_the_model_verbose_name_plural(queryset, format_nam
 def test_a_hostile_filename_is_cleaned(name, expected):
     filename = plan(filename=name).filename
     assert filename == expected
-    assert not set(filename) & set("/\\\r\n\";:\u202e")
+    assert not set(filename) & set('/\\\r\n";:\u202e')
 
 
 def test_plan_is_an_export_plan_with_the_model():
@@ -325,3 +325,11 @@ def test_plan_is_an_export_plan_with_the_model():
     assert built.user == "someone"
     assert built.export_id == "abc123"
     assert plan().export_id != plan().export_id
+
+
+@pytest.mark.parametrize("name", ["statement_timeout", "idle_in_transaction_timeout"])
+@pytest.mark.parametrize("value", [3_000_000, float("inf"), float("nan")])
+def test_a_timeout_postgresql_cannot_take_is_refused(name, value):
+    """An explicit value (a view's, the command's) is refused before any response starts."""
+    with pytest.raises(ImproperlyConfigured, match=name):
+        plan(**{name: value})

@@ -14,8 +14,9 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.test import APIClient
 
 from django_streamexport.contrib.rest_framework import StreamingExportAPIMixin
+from django_streamexport.exceptions import RowLimitExceeded
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
-from tests.testapp.models import Record
+from tests.testapp.models import Country, Record
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -123,3 +124,102 @@ def test_export_fields_default_to_the_serializer_fields():
     rows = parse_csv(body(client.get("/api/plain/?format=csv")))
     assert rows[0] == ["ID", "Record title", "Status"]
     assert [row[0] for row in rows[1:]] == [str(r.id) for r in records]
+
+
+# --- keyset mode, plan options, the default filename --------------------------------------
+
+
+class KeysetRecordList(RecordList):
+    export_mode = "keyset"
+    export_chunk_size = 10
+
+
+class PlanOptionsRecordList(RecordList):
+    def get_export_plan_kwargs(self):
+        # Options with no export_* attribute of their own.
+        return {**super().get_export_plan_kwargs(), "max_rows": 3, "statement_timeout": 7.5}
+
+
+class CountrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Country
+        fields = ("id", "name")
+
+
+class CountryList(StreamingExportAPIMixin, generics.ListAPIView):
+    queryset = Country.objects.all()
+    serializer_class = CountrySerializer
+
+
+urlpatterns += [
+    path("api/keyset/", KeysetRecordList.as_view()),
+    path("api/plan-options/", PlanOptionsRecordList.as_view()),
+    path("api/countries/", CountryList.as_view()),
+]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+@pytest.mark.parametrize("count", [45, 40, 0])
+def test_keyset_mode_exports_the_same_rows_as_cursor_mode(api, fmt, count):
+    make_records("default", count)
+    expected = list(Record.objects.filter(status="p").order_by("id").values_list("id", flat=True))
+    assert len(expected) == count // 2
+    # Filter backends apply; keyset pages are ordered by the key whatever "ordering" asks.
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get("/api/keyset/", {"format": fmt, "status": "p", "ordering": "-id"})
+        assert response.status_code == 200
+        keyset = body(response)
+    # Read before the next request: request_started empties the connection's query log.
+    sql = [q["sql"] for q in queries.captured_queries]
+    pages = [query for query in sql if "testapp_record" in query]
+    # Pages of 10 rows, each one query with LIMIT (a short or empty page is the last).
+    assert len(pages) == len(expected) // 10 + 1
+    assert all(query.endswith(" LIMIT 10") for query in pages)
+    assert not any("DECLARE" in query for query in sql)
+    by_cursor = body(api.get("/api/records/", {"format": fmt, "status": "p"}))
+    assert keyset == by_cursor
+    if fmt == "csv":
+        assert [int(row[0]) for row in parse_csv(keyset)[1:]] == expected
+    else:
+        assert [line["id"] for line in parse_ndjson(keyset) if "id" in line] == expected
+
+
+def test_plan_kwargs_pass_any_option(api):
+    records = make_records("default", 10)
+    with CaptureQueriesContext(connection) as queries:
+        response = api.get("/api/plan-options/", {"format": "ndjson"})
+        assert response.status_code == 200
+        chunks = []
+        with pytest.raises(RowLimitExceeded):
+            for chunk in response.streaming_content:
+                chunks.append(chunk)
+        response.close()
+    # max_rows=3: three rows, then the error record, and the transfer is cut.
+    lines = parse_ndjson(b"".join(chunks))
+    assert [line["id"] for line in lines[:-1]] == [r.id for r in records[:3]]
+    assert lines[-1]["_type"] == "error"
+    assert lines[-1]["error"]["code"] == "row_limit"
+    # statement_timeout=7.5 s, not the setting's 300 s.
+    guards = [q["sql"] for q in queries.captured_queries if "statement_timeout" in q["sql"]]
+    assert guards == [
+        "SET LOCAL statement_timeout = 7500; SET LOCAL idle_in_transaction_session_timeout = 120000"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "model", "filename"),
+    [("/api/plain/", Record, "records.csv"), ("/api/countries/", Country, "countrys.csv")],
+)
+def test_no_export_filename_names_the_file_after_the_models_verbose_name_plural(
+    api, url, model, filename
+):
+    make_records("default", 2)
+    assert SerializerFieldsList.export_filename is CountryList.export_filename is None
+    response = api.get(url, {"format": "csv"})
+    assert response.status_code == 200
+    assert str(model._meta.verbose_name_plural) + ".csv" == filename
+    assert response["Content-Disposition"] == f'attachment; filename="{filename}"'
+    rows = parse_csv(body(response))
+    assert [int(row[0]) for row in rows[1:]] == list(
+        model.objects.order_by("id").values_list("id", flat=True)
+    )

@@ -280,3 +280,197 @@ def test_prefetch_related_is_refused_before_streaming(db_alias):
     columns = resolve_columns(queryset, ["id", "author__name"])
     with pytest.raises(ImproperlyConfigured, match="prefetch_related"):
         plan_stream(queryset, columns, CSVFormat(columns), chunk_size=5, buffer_size=256)
+
+
+# Imports of the tests below (kept with them: this part was appended).
+import gc  # noqa: E402
+import logging  # noqa: E402
+
+from django_streamexport.streaming import (  # noqa: E402
+    MAX_SLICE_ROWS,
+    ExportStream,
+    next_slice_rows,
+)
+
+# --- add_closer: once, whatever ends the stream ----------------------------------------------
+
+
+def _drop_and_collect(namespace: dict) -> None:
+    """Drop every reference the test holds to its stream, then run the garbage collector."""
+    namespace.clear()
+    gc.collect()
+
+
+@pytest.mark.parametrize(
+    "ending", ["close", "close twice", "complete", "complete then close", "partial", "collected"]
+)
+def test_a_closer_runs_exactly_once(db_alias, ending):
+    """close(), completion and garbage collection all run a closer; never more than once."""
+    make_records(db_alias, 300)
+    calls = []
+    held = {"stream": make_stream(db_alias, chunk_size=50, buffer_size=512)}
+    held["stream"].add_closer(lambda: calls.append("closed"))
+    stream = held["stream"]
+    if ending.startswith("close"):
+        stream.close()
+        if ending == "close twice":
+            stream.close()
+    elif ending.startswith("complete"):
+        assert len(parse_csv(b"".join(stream))) == 301
+        assert calls == ["closed"]  # at the end of the iteration, not later
+        if ending == "complete then close":
+            stream.close()
+    elif ending == "partial":
+        chunks = iter(stream)
+        next(chunks)
+        next(chunks)
+        assert calls == []
+        stream.close()
+        assert stream.outcome == "disconnected"
+        del chunks
+    if ending != "collected":
+        assert calls == ["closed"]
+    del stream
+    _drop_and_collect(held)
+    assert calls == ["closed"]
+
+
+def test_a_failing_closer_is_logged_and_the_others_still_run(caplog):
+    calls = []
+    stream = make_stream("sqlite")
+
+    def fail():
+        calls.append("fail")
+        raise RuntimeError("closer broke")
+
+    stream.add_closer(fail)
+    stream.add_closer(lambda: calls.append("second"))
+    stream.close()
+    stream.close()
+    assert calls == ["fail", "second"]
+    assert f"Export {stream.export_id}: a closer failed." in caplog.messages
+    del stream
+    gc.collect()
+    assert calls == ["fail", "second"]
+
+
+# --- next_slice_rows: a pure function -------------------------------------------------------
+
+
+@pytest.mark.django_db(databases=[])  # no database: any query would fail the test
+@pytest.mark.parametrize(
+    ("buffer_size", "rows", "nbytes", "expected"),
+    [
+        (65536, 16, 1024, 1024),  # 64 bytes a row: 1024 rows fill 64 KiB
+        (65536, 100, 65536, 100),  # the last slice was the right size
+        (100, 3, 7, 42),  # rounded down
+        (1000, 3, 0, 3000),  # an empty render counts as one byte
+        (100, 0, 0, 1),  # no rows: at least one
+        (10, 1, 1_000_000, 1),  # one huge row: at least one
+        (1, 1, 2, 1),  # the smallest buffer
+        (1, 1, 1, 1),
+        (MAX_SLICE_ROWS, 1, 1, MAX_SLICE_ROWS),  # exactly the upper bound
+        (MAX_SLICE_ROWS + 1, 1, 1, MAX_SLICE_ROWS),  # one over: cut to the bound
+        (10**9, 10**6, 1, MAX_SLICE_ROWS),  # tiny rows, huge buffer
+        (MAX_SLICE_ROWS - 1, 1, 1, MAX_SLICE_ROWS - 1),  # one under: kept
+        (2, 1, 1, 2),  # one over the lower bound: kept
+    ],
+)
+def test_next_slice_rows(buffer_size, rows, nbytes, expected):
+    assert next_slice_rows(buffer_size, rows, nbytes) == expected
+    assert next_slice_rows(buffer_size, rows, nbytes) == expected  # same answer again
+
+
+@pytest.mark.django_db(databases=[])
+def test_next_slice_rows_stays_within_its_bounds():
+    values = [0, 1, 2, 3, 7, 16, 999, 4096, 65536, MAX_SLICE_ROWS, 10**7]
+    results = {
+        next_slice_rows(buffer_size, rows, nbytes)
+        for buffer_size in values[1:]
+        for rows in values
+        for nbytes in values
+    }
+    assert min(results) == 1
+    assert max(results) == MAX_SLICE_ROWS
+    assert MAX_SLICE_ROWS == 20_000
+
+
+# --- custom stream classes keep every reader -------------------------------------------------
+
+test_logger = logging.getLogger("tests.streams")
+
+
+class LoggingStream(ExportStream):
+    """Overrides iter_body() only to log; reads rows as ExportStream does."""
+
+    def iter_body(self):
+        test_logger.info("Export %s: body starts", self.export_id)
+        yield from super().iter_body()
+        test_logger.info("Export %s: body ends", self.export_id)
+
+
+class CustomStream(ExportStream):
+    """A stream class of one's own that changes nothing."""
+
+
+@pytest.mark.skipif(not is_psycopg3, reason="prefetching and the text loader need psycopg 3")
+def test_a_stream_that_overrides_iter_body_to_log_keeps_prefetch_and_database_formatting(
+    pg_alias, caplog
+):
+    make_records(pg_alias, 500)
+    stream = make_stream(pg_alias, stream_class=LoggingStream, chunk_size=100)
+    assert stream.reader.name == "prefetching cursor"
+    assert stream.reader.text_cells is True
+    assert stream.reader.reason == "cells spelled by PostgreSQL"
+    with (
+        CaptureQueriesContext(connections[pg_alias]) as queries,
+        caplog.at_level(logging.INFO, logger="tests.streams"),
+    ):
+        data = b"".join(stream)
+    sqls = [q["sql"] for q in queries]
+    # Its own prefetching cursor, on the query that has PostgreSQL spell the cells.
+    declares = [sql for sql in sqls if sql.startswith("DECLARE streamexport_")]
+    assert len(declares) == 1, sqls
+    assert "NO SCROLL CURSOR WITHOUT HOLD" in declares[0]
+    assert any(sql.startswith("SELECT set_config('TimeZone'") for sql in sqls)
+    assert not any("_django_curs_" in sql for sql in sqls)
+    assert f"Export {stream.export_id}: body starts" in caplog.messages
+    assert f"Export {stream.export_id}: body ends" in caplog.messages
+    plain = make_stream(pg_alias, prefetch=False, database_formatting=False)
+    assert data == b"".join(plain)
+    assert stream.rows == 500
+
+
+@pytest.mark.parametrize(
+    ("alias", "options", "name"),
+    [
+        pytest.param(
+            "default",
+            {"copy_mode": True},
+            "copy",
+            marks=pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3"),
+            id="copy",
+        ),
+        pytest.param(
+            "default",
+            {"copy_mode": "require"},
+            "copy",
+            marks=pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3"),
+            id="copy-required",
+        ),
+        pytest.param("default", {"mode": "keyset"}, "keyset", id="keyset-postgresql"),
+        pytest.param("sqlite", {"mode": "keyset"}, "keyset", id="keyset-sqlite"),
+    ],
+)
+@pytest.mark.parametrize("stream_class", [CustomStream, LoggingStream])
+def test_a_custom_stream_class_keeps_copy_and_keyset_mode(alias, options, name, stream_class):
+    make_records(alias, 250)
+    stream = make_stream(alias, stream_class=stream_class, chunk_size=40, **options)
+    assert type(stream) is stream_class
+    assert stream.reader.name == name
+    data = b"".join(stream)
+    assert stream.outcome == "complete"
+    assert stream.rows == 250
+    if name == "keyset":
+        assert stream.reader.pages == 7  # 6 full pages of 40, then one of 10
+    assert data == b"".join(make_stream(alias, prefetch=False, database_formatting=False))

@@ -21,6 +21,10 @@ from __future__ import annotations
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+#: The largest ``statement_timeout`` and ``idle_in_transaction_session_timeout`` PostgreSQL
+#: accepts, in milliseconds (``pg_settings.max_val``: INT_MAX).
+MAX_TIMEOUT_MS = 2_147_483_647
+
 
 def milliseconds(seconds: float) -> int:
     """Return ``seconds`` as whole milliseconds, at least 1 (PostgreSQL's unit for both)."""

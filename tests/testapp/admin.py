@@ -4,6 +4,7 @@ from django.contrib import admin
 
 from django_streamexport.admin import ExportModelAdmin
 from tests.testapp.models import Record
+from tests.testapp.views import RecordingStream
 
 
 @admin.register(Record)
@@ -37,3 +38,18 @@ class RecordAdmin(ExportModelAdmin):
     @admin.display(description="author", ordering="author__name")
     def author_name(self, record: Record) -> str | None:
         return record.author.name if record.author else None
+
+
+class RecordingRecordAdmin(RecordAdmin):
+    """``RecordAdmin`` whose exports keep their streams (``RecordingStream.built``).
+
+    Served on its own admin site by tests/testapp/urls.py.
+    """
+
+    export_stream_class = RecordingStream
+
+
+class KeysetRecordAdmin(RecordingRecordAdmin):
+    """``RecordAdmin`` reading its exports in keyset pages (tests/testapp/urls.py)."""
+
+    export_mode = "keyset"

@@ -1,4 +1,7 @@
+from typing import ClassVar
+
 from django_streamexport.columns import Column
+from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportView
 
 from .models import Record
@@ -27,3 +30,17 @@ class RecordExport(StreamingExportView):
     model = Record
     export_fields = ALL_FIELDS
     filename = "records"
+
+
+class RecordingStream(ExportStream):
+    """An ``ExportStream`` that keeps every instance in ``built``: tests read its plan and reader.
+
+    Tests clear ``built`` (the list keeps the streams alive, so their admission slots are
+    given back by closing the responses, not by garbage collection).
+    """
+
+    built: ClassVar[list[ExportStream]] = []
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        self.built.append(self)

@@ -1,0 +1,24 @@
+"""tests/urls.py plus admin sites for variants of RecordAdmin (``pytest.mark.urls``).
+
+``/recording-admin/`` serves :class:`~tests.testapp.admin.RecordingRecordAdmin`,
+``/keyset-admin/`` :class:`~tests.testapp.admin.KeysetRecordAdmin` (a model is
+registered once per site, so each variant has a site of its own).
+"""
+
+from django.contrib import admin
+from django.urls import path
+
+from tests.testapp.admin import KeysetRecordAdmin, RecordingRecordAdmin
+from tests.testapp.models import Record
+from tests.urls import urlpatterns as base_urlpatterns
+
+recording_site = admin.AdminSite(name="recording_admin")
+recording_site.register(Record, RecordingRecordAdmin)
+keyset_site = admin.AdminSite(name="keyset_admin")
+keyset_site.register(Record, KeysetRecordAdmin)
+
+urlpatterns = [
+    *base_urlpatterns,
+    path("recording-admin/", recording_site.urls),
+    path("keyset-admin/", keyset_site.urls),
+]
