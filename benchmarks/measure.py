@@ -44,7 +44,15 @@ APPROACHES = {
     "http-ours-copy": ("http", "/export/{ds}/?format=csv&copy=1"),
     "http-ours-csv-python": ("http", "/export/{ds}/?format=csv&python=1"),
     "http-recipe": ("http", "/recipe/{ds}/"),
+    "ours-xlsx": ("wsgi", "/export/{ds}/?format=xlsx"),
+    "http-ours-xlsx": ("http", "/export/{ds}/?format=xlsx"),
+    "http-ours-json": ("http", "/export/{ds}/?format=json"),
+    "http-ours-parquet": ("http", "/export/{ds}/?format=parquet"),
+    "import-export-xlsx": ("wsgi", "/import-export/{ds}/?format=xlsx"),
 }
+#: Binary approaches: the body is kept in a file and its rows counted by reading it back
+#: after the timing (they have no line ends to count, and no first-row time).
+BINARY = {"xlsx", "parquet"}
 
 
 def status_mb(pid: int | str = "self") -> dict[str, float]:
@@ -57,16 +65,30 @@ def status_mb(pid: int | str = "self") -> dict[str, float]:
     return values
 
 
-class Counter:
-    """Count body bytes and line ends; note when the first byte and first data row arrive."""
+def binary_kind(approach: str) -> str | None:
+    """Return ``"xlsx"`` or ``"parquet"`` for an approach with a binary body, else ``None``."""
+    return next((kind for kind in BINARY if approach.endswith(kind)), None)
 
-    def __init__(self, started: float, header_lines: int) -> None:
+
+class Counter:
+    """Count body bytes and line ends; note when the first byte and first data row arrive.
+
+    A binary body (XLSX, Parquet) is written to a temporary file instead, its rows counted
+    by :meth:`binary_rows` once the timing is over.
+    """
+
+    def __init__(self, started: float, header_lines: int, approach: str = "") -> None:
         self.started = started
         self.rows_at = header_lines + 1
         self.bytes = 0
         self.lines = 0
         self.ttfb: float | None = None
         self.first_row: float | None = None
+        self.kind = binary_kind(approach)
+        self.file = None
+        if self.kind:
+            self.path = Path(f"/tmp/streamexport-bench-{os.getpid()}.{self.kind}")
+            self.file = open(self.path, "wb")
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -75,9 +97,28 @@ class Counter:
         if self.ttfb is None:
             self.ttfb = now - self.started
         self.bytes += len(data)
+        if self.file is not None:
+            self.file.write(data)
+            return
         self.lines += data.count(b"\n")
         if self.first_row is None and self.lines >= self.rows_at:
             self.first_row = now - self.started
+
+    def binary_rows(self) -> int:
+        """Return the data rows of the binary body, read back with calamine or pyarrow."""
+        assert self.file is not None
+        self.file.close()
+        try:
+            if self.kind == "parquet":
+                import pyarrow.parquet
+
+                return pyarrow.parquet.ParquetFile(self.path).metadata.num_rows
+            from python_calamine import CalamineWorkbook
+
+            workbook = CalamineWorkbook.from_path(str(self.path))
+            return sum(workbook.get_sheet_by_name(name).height - 1 for name in workbook.sheet_names)
+        finally:
+            self.path.unlink()
 
 
 def header_lines(approach: str) -> int:
@@ -147,7 +188,7 @@ def in_process(approach: str, url: str) -> dict:
     b"".join(application(environ("/ping/", ""), start_response))
     idle = status_mb()["VmRSS"]
     started = time.perf_counter()
-    counter = Counter(started, header_lines(approach))
+    counter = Counter(started, header_lines(approach), approach)
     body = application(environ(path, query), start_response)
     try:
         for chunk in body:
@@ -161,9 +202,15 @@ def in_process(approach: str, url: str) -> dict:
 
 
 def result(counter: Counter, seconds: float, idle: float, peak: float, approach: str) -> dict:
+    if counter.kind:
+        rows = counter.binary_rows()
+    elif approach.endswith("-json"):
+        rows = counter.lines - 2  # "[", then one row per line, then "]"
+    else:
+        rows = counter.lines - header_lines(approach)
     return {
         "seconds": seconds, "bytes": counter.bytes,
-        "rows": counter.lines - header_lines(approach), "ttfb": counter.ttfb,
+        "rows": rows, "ttfb": counter.ttfb,
         "first_row": counter.first_row, "idle_mb": idle, "peak_mb": peak,
     }  # fmt: skip
 
@@ -223,7 +270,7 @@ def over_http(approach: str, url: str, port: int) -> dict:
         idle = status_mb(pid)["VmRSS"]
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         started = time.perf_counter()
-        counter = Counter(started, header_lines(approach))
+        counter = Counter(started, header_lines(approach), approach)
         connection.request("GET", url, headers={"Connection": "close"})
         response = connection.getresponse()
         if response.status != 200:

@@ -32,10 +32,11 @@ if str(REPO) not in sys.path:
 STREAMING = [
     "copy-psql", "ours-csv", "ours-ndjson", "ours-copy",
     "http-ours-csv", "http-ours-ndjson", "http-ours-copy", "http-ours-csv-python",
+    "http-ours-xlsx", "http-ours-json", "http-ours-parquet",
 ]  # fmt: skip
 #: The peers, measured up to PEERS_MAX_ROWS rows: the buffered ones hold the whole file in
 #: memory, and the recipe over HTTP takes about half an hour at 10M rows on 2 cores.
-PEERS = ["recipe", "http-recipe", "buffered", "import-export"]
+PEERS = ["recipe", "http-recipe", "buffered", "import-export", "import-export-xlsx"]
 PEERS_MAX_ROWS = 1_000_000
 QUICK = ["copy-psql", "ours-csv", "ours-ndjson", "ours-copy", "http-ours-csv"]
 
@@ -52,6 +53,11 @@ LABELS = {
     "http-ours-copy": "streamexport CSV COPY mode, gunicorn",
     "http-ours-csv-python": "streamexport CSV, values formatted in Python, gunicorn",
     "http-recipe": "Django docs streaming recipe, gunicorn",
+    "ours-xlsx": "streamexport XLSX, in process",
+    "http-ours-xlsx": "streamexport XLSX, gunicorn",
+    "http-ours-json": "streamexport JSON array, gunicorn",
+    "http-ours-parquet": "streamexport Parquet, gunicorn",
+    "import-export-xlsx": "django-import-export export().xlsx, in process",
 }
 
 SYNTHETIC_SQL = """

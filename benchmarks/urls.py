@@ -85,12 +85,19 @@ def buffered(request, dataset_name):
 
 
 def import_export(request, dataset_name):
-    """django-import-export: ``ModelResource.export(queryset).csv`` into one response."""
+    """django-import-export: ``ModelResource.export(queryset).csv`` (or ``.xlsx`` with
+    ``?format=xlsx``, tablib's openpyxl workbook) into one response."""
     from import_export.resources import modelresource_factory
 
     queryset, fields = dataset(dataset_name)
     resource = modelresource_factory(queryset.model, meta_options={"fields": fields})()
-    return HttpResponse(resource.export(queryset=queryset).csv, content_type="text/csv")
+    exported = resource.export(queryset=queryset)
+    if request.GET.get("format") == "xlsx":
+        return HttpResponse(
+            exported.xlsx,
+            content_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        )
+    return HttpResponse(exported.csv, content_type="text/csv")
 
 
 def ping(request):

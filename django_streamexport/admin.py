@@ -10,9 +10,9 @@ Add :class:`ExportAdminMixin` to a ``ModelAdmin`` (or subclass
 
 and users with the export permission get:
 
-* the actions "Export selected <verbose_name_plural> as CSV" / "as NDJSON"
-  (:func:`export_as_csv`, :func:`export_as_ndjson`), which stream the selected
-  rows, or with "Select all N" (``select_across``) the whole filtered
+* the actions "Export selected <verbose_name_plural> as CSV" / "as NDJSON" / "as
+  Excel" (:func:`export_as_csv`, :func:`export_as_ndjson`, :func:`export_as_xlsx`), which
+  stream the selected rows, or with "Select all N" (``select_across``) the whole filtered
   changelist, without listing their keys;
 * an "Export" button on the changelist leading to the export page
   (``<changelist>/export/?_changelist_filters=<the changelist's query>``),
@@ -81,6 +81,7 @@ __all__ = [
     "export_action",
     "export_as_csv",
     "export_as_ndjson",
+    "export_as_xlsx",
 ]
 
 #: The admin's name for the changelist query string carried to another page
@@ -136,6 +137,8 @@ def export_action(
 export_as_csv = export_action("csv")
 #: "Export selected <verbose_name_plural> as NDJSON".
 export_as_ndjson = export_action("ndjson")
+#: "Export selected <verbose_name_plural> as Excel": a streamed ``.xlsx`` workbook.
+export_as_xlsx = export_action("xlsx", "Export selected %(verbose_name_plural)s as Excel")
 
 
 # --- a changelist that does not count ---------------------------------------------------
@@ -179,7 +182,7 @@ class ExportAdminMixin:
     #: Format classes offered on the export page; ``None`` means ``STREAMEXPORT_FORMATS``.
     export_format_classes: Sequence[type[ExportFormat]] | None = None
     #: The actions added for users with the export permission.
-    export_actions: Sequence[Callable[..., Any]] = (export_as_csv, export_as_ndjson)
+    export_actions: Sequence[Callable[..., Any]] = (export_as_csv, export_as_ndjson, export_as_xlsx)
     #: The export page's template.
     export_template: str = "admin/django_streamexport/export.html"
     #: Shows the "Export" button; extend it if you set your own ``change_list_template``.

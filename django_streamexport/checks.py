@@ -10,12 +10,14 @@ exports would not stream (W001-W003).  W101 is an admin check, reported by each
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
+import zoneinfo
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
@@ -40,7 +42,7 @@ def _error(name: str, problem: str, hint: str, check_id: str) -> Error:
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E017, E101).
+    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E020, E101).
 
     One id per setting, returned in the order of the ids.  E101 is checked here, once,
     rather than by each export admin.
@@ -63,6 +65,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         _limit("MAX_CONCURRENT_EXPORTS", "E015"),
         _limit("MAX_CONCURRENT_EXPORTS_PER_USER", "E016"),
         _retry_after(),  # E017
+        _xlsx_time_zone(),  # E018
+        _int_range("XLSX_COMPRESS_LEVEL", "E019", 0, 9),
+        _int_range("PARQUET_ROW_GROUP_ROWS", "E020", 1, 10_000_000),
         _admin_export_permission(),  # E101
     ]
     return [error for error in errors if error is not None]
@@ -209,6 +214,59 @@ def _retry_after() -> Error | None:
         "STREAMEXPORT_RETRY_AFTER to use the default (10).",
         "E017",
     )
+
+
+def _xlsx_time_zone() -> Error | None:
+    """E018: ``None`` or a time zone name the ``zoneinfo`` database knows."""
+    value = conf.XLSX_TIME_ZONE
+    if value is None:
+        return None
+    if isinstance(value, str) and value:
+        try:
+            zoneinfo.ZoneInfo(value)
+            return None
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    return _error(
+        "XLSX_TIME_ZONE",
+        f"must be None or a time zone name such as 'Europe/Paris', not {value!r}.",
+        "Use an IANA time zone name, or remove the setting to use TIME_ZONE.",
+        "E018",
+    )
+
+
+def _int_range(name: str, check_id: str, low: int, high: int) -> Error | None:
+    """E019, E020: an integer from ``low`` to ``high``."""
+    value = getattr(conf, name)
+    if _is_int(value) and low <= value <= high:
+        return None
+    return _error(
+        name,
+        f"must be an integer from {low} to {high}, not {value!r}.",
+        f"Remove STREAMEXPORT_{name} to use the default.",
+        check_id,
+    )
+
+
+@register(Tags.compatibility)
+def check_optional_formats(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Say which default formats are not offered because their library is missing (I001)."""
+    from django_streamexport.conf import DEFAULT_FORMATS, OPTIONAL_FORMATS
+
+    if tuple(conf.FORMATS) != DEFAULT_FORMATS:
+        return []
+    messages: list[CheckMessage] = []
+    for path, module in OPTIONAL_FORMATS.items():
+        if importlib.util.find_spec(module) is None:
+            name = path.rsplit(".", 1)[-1].removesuffix("Format")
+            messages.append(
+                Info(
+                    f"{name} exports are not offered: {module} is not installed.",
+                    hint=f'pip install "django-streamexport[{name.lower()}]" to offer them.',
+                    id="django_streamexport.I001",
+                )
+            )
+    return messages
 
 
 def _admin_export_permission() -> Error | None:

@@ -4,7 +4,7 @@ Every setting is read from ``django.conf.settings`` at call time, so
 ``override_settings`` works in tests and nothing is cached at import time.
 Each property documents its type and default; the README's settings reference
 mirrors them, and :func:`django_streamexport.checks.check_settings` validates
-every one at start-up (ids ``django_streamexport.E001`` to ``E017`` and ``E101``).
+every one at start-up (ids ``django_streamexport.E001`` to ``E020`` and ``E101``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from django.conf import settings
 DEFAULT_FORMATS = (
     "django_streamexport.formats.csv.CSVFormat",
     "django_streamexport.formats.ndjson.NDJSONFormat",
+    "django_streamexport.formats.xlsx.XLSXFormat",
+    "django_streamexport.formats.json.JSONFormat",
+    # Offered only where pyarrow is installed (the [parquet] extra; check I001).
+    "django_streamexport.formats.parquet.ParquetFormat",
 )
+#: Formats of DEFAULT_FORMATS that need an optional library, and the module it is.
+OPTIONAL_FORMATS = {"django_streamexport.formats.parquet.ParquetFormat": "pyarrow"}
 
 
 class Settings:
@@ -180,6 +186,32 @@ class Settings:
     def RETRY_AFTER(self) -> int:
         """Seconds sent in ``Retry-After`` with a 429 or 503 refusal. Default 10."""
         return getattr(settings, "STREAMEXPORT_RETRY_AFTER", 10)
+
+    # --- Formats: XLSX and Parquet ----------------------------------------------------------
+
+    @property
+    def XLSX_TIME_ZONE(self) -> str | None:
+        """Time zone name aware datetimes are written in, in XLSX files (Excel has none).
+
+        Default ``None``: the project's ``TIME_ZONE``.  Checked by E018.
+        """
+        return getattr(settings, "STREAMEXPORT_XLSX_TIME_ZONE", None)
+
+    @property
+    def XLSX_COMPRESS_LEVEL(self) -> int:
+        """Deflate level (0-9) of XLSX parts. Default 1: fastest, about 5x smaller than XML.
+
+        Checked by E019.
+        """
+        return getattr(settings, "STREAMEXPORT_XLSX_COMPRESS_LEVEL", 1)
+
+    @property
+    def PARQUET_ROW_GROUP_ROWS(self) -> int:
+        """Rows per Parquet row group (one group is held in memory). Default 65536.
+
+        Checked by E020.
+        """
+        return getattr(settings, "STREAMEXPORT_PARQUET_ROW_GROUP_ROWS", 65536)
 
 
 conf = Settings()

@@ -208,6 +208,8 @@ def build_plan(
         instance = export_format
     else:
         instance = export_format(columns)
+    if not instance.title:
+        instance.title = str(queryset.model._meta.verbose_name_plural)
 
     alias = using or conf.DATABASE or queryset.db
     if alias not in connections:

@@ -4,11 +4,10 @@
 runs, so a server sends the headers at once; then the body, read by the plan's reader
 (:func:`~django_streamexport.readers.choose_reader`) and rendered in slices of about
 ``plan.buffer_size`` bytes (:func:`next_slice_rows`; never one row per chunk); then the
-closing bytes.  On completion, an error and ``close()`` (a client disconnect: the server
-closes the response; PEP 3333) the reader is closed, which closes its cursor and ends its
-transaction.  A failure after the first byte is logged with the export id, answered with
-the format's ``error()`` bytes and re-raised, so the server aborts the transfer: a clean
-end would make a cut file look complete.
+closing bytes.  On completion, an error and ``close()`` (a client disconnect; PEP 3333) the
+reader (its cursor, its transaction) and the format are closed.  A failure after the first
+byte is logged, answered with the format's ``error()`` bytes and re-raised, so the server
+aborts the transfer (no clean end).
 """
 
 from __future__ import annotations
@@ -59,6 +58,7 @@ class ExportStream:
         self.error_code: str | None = None
         self._iterator: Iterator[bytes] | None = None
         self._closers: list[weakref.finalize] = []
+        self.add_closer(plan.format.close)
         self.reader = self.get_reader()
         logger.debug("Export %s reads with %r.", self.export_id, self.reader)
 
@@ -97,13 +97,12 @@ class ExportStream:
                 logger.exception("Export %s: a closer failed.", self.export_id)
 
     def iter_body(self) -> Iterator[bytes]:
-        """Yield the body (no header or footer) in chunks of about ``buffer_size`` bytes.
+        """Yield the body (no header, no footer) in ~``buffer_size`` chunks; keep counters.
 
-        Slices are sized by :func:`next_slice_rows`.  Sends exactly ``max_rows`` rows, then
-        raises :class:`RowLimitExceeded` if there are more.  Keeps ``rows``/``bytes`` current.
+        Sends exactly ``max_rows`` rows, then raises :class:`RowLimitExceeded` if there are more.
         """
-        reader, fmt = self.reader, self.plan.format
-        buffer_size, limit = self.plan.buffer_size, self.plan.max_rows
+        reader, fmt, plan = self.reader, self.format, self.plan
+        limit, buffer = plan.max_rows, plan.buffer_size
         parts = reader.read()
         try:
             if reader.renders:
@@ -127,10 +126,11 @@ class ExportStream:
                     data = render(part)
                     self.rows += len(part)
                     self.bytes += len(data)
-                    yield data
+                    if data:  # a compressing format may hold everything back
+                        yield data
                     if over:
                         raise RowLimitExceeded(limit)  # type: ignore[arg-type]
-                    slice_rows = next_slice_rows(buffer_size, len(part), len(data))
+                    slice_rows = next_slice_rows(buffer, len(part), fmt.rendered_size(data))
         finally:
             parts.close()  # type: ignore[attr-defined]
 

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class Result:
     first_byte_after: float | None = None
     first_row_after: float | None = None
     errors: list[str] = field(default_factory=list)
+    header: list | None = None
 
 
 def stream_export(base_url: str, path: str, fmt: str, timeout: float) -> Result:
@@ -146,6 +148,8 @@ def stream_export(base_url: str, path: str, fmt: str, timeout: float) -> Result:
         try:
             if fmt == "csv":
                 parse_csv(buffered, result, started)
+            elif fmt == "xlsx":
+                parse_xlsx(buffered, result, started)
             else:
                 parse_ndjson(buffered, result, started)
         except http.client.IncompleteRead as exc:
@@ -181,6 +185,32 @@ def parse_csv(stream: io.BufferedReader, result: Result, started: float) -> None
             )
             return
         result.rows += 1
+
+
+def parse_xlsx(stream: io.BufferedReader, result: Result, started: float) -> None:
+    """Keep the workbook in a temporary file as it arrives, then count its rows with calamine.
+
+    A zip is readable only once whole (its directory is at the end), so there is no first
+    row time; a cut transfer fails to open.
+    """
+    from python_calamine import CalamineWorkbook
+
+    with tempfile.NamedTemporaryFile(suffix=".xlsx") as file:
+        while chunk := stream.read(1 << 20):
+            file.write(chunk)
+        file.flush()
+        try:
+            workbook = CalamineWorkbook.from_path(file.name)
+        except Exception as exc:  # a cut or broken workbook
+            result.errors.append(f"the workbook does not open: {exc}")
+            return
+        for name in workbook.sheet_names:
+            rows = workbook.get_sheet_by_name(name).to_python()
+            if rows and result.header is None:
+                result.header = rows[0]
+            elif rows and rows[0] != result.header:
+                result.errors.append(f"sheet {name!r} does not repeat the header")
+            result.rows += max(0, len(rows) - 1)
 
 
 def parse_ndjson(stream: io.BufferedReader, result: Result, started: float) -> None:
@@ -224,7 +254,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
     parser.add_argument("--path", default="/exports/flights/", help="export URL path")
-    parser.add_argument("--formats", default="csv,ndjson", help="comma-separated format names")
+    parser.add_argument("--formats", default="csv,ndjson,xlsx", help="comma-separated format names")
     parser.add_argument("--master-pid", type=int, required=True, help="gunicorn master pid")
     parser.add_argument("--expected-rows", type=int, required=True, help="rows in the database")
     parser.add_argument("--max-rss-growth-mib", type=float, default=30.0)

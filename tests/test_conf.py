@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from django_streamexport.conf import Settings, conf
+from django_streamexport.conf import DEFAULT_FORMATS, Settings, conf
 
 CSV = "django_streamexport.formats.csv.CSVFormat"
 NDJSON = "django_streamexport.formats.ndjson.NDJSONFormat"
@@ -19,7 +19,7 @@ SETTINGS = [
     ("CHUNK_SIZE", 2000, 500),
     ("BUFFER_SIZE", 65536, 1024),
     ("DATABASE", None, "sqlite"),
-    ("FORMATS", (CSV, NDJSON), [NDJSON]),
+    ("FORMATS", DEFAULT_FORMATS, [NDJSON]),
     ("CSV_DELIMITER", ",", ";"),
     ("CSV_BOM", False, True),
     ("CSV_ESCAPE_FORMULAS", True, False),
@@ -34,6 +34,9 @@ SETTINGS = [
     ("MAX_CONCURRENT_EXPORTS", None, 4),
     ("MAX_CONCURRENT_EXPORTS_PER_USER", None, 1),
     ("RETRY_AFTER", 10, 30),
+    ("XLSX_TIME_ZONE", None, "Europe/Paris"),
+    ("XLSX_COMPRESS_LEVEL", 1, 6),
+    ("PARQUET_ROW_GROUP_ROWS", 65536, 1000),
 ]
 
 NAMES = [name for name, _default, _example in SETTINGS]

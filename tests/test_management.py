@@ -85,7 +85,7 @@ def test_view_option_gives_the_same_bytes_as_the_web(client, tmp_path, fmt):
         (["testapp.Record", "--fields=id", "--filter=nope=1"], "Invalid --filter"),
         (["testapp.Record", "--fields=id", "--filter=count=abc"], "Invalid --filter"),
         (["testapp.Record", "--fields=id", "--filter=day=notadate"], "Invalid --filter"),
-        (["testapp.Record", "--fields=id", "--format=xlsx"], "Unknown export format 'xlsx'"),
+        (["testapp.Record", "--fields=id", "--format=xls"], "Unknown export format 'xls'"),
         (["testapp.Record"], "--fields is required"),
         ([], "Name a model"),
         (["--view=tests.testapp.views.Nope"], "Cannot import the view"),

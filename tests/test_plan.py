@@ -218,9 +218,9 @@ def test_disable_server_side_cursors_does_not_concern_sqlite(monkeypatch):
 # --- the format ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["xlsx", "CSV", "", "csv;"])
+@pytest.mark.parametrize("name", ["xls", "CSV", "", "csv;"])
 def test_an_unknown_format_name_is_a_400(name):
-    with pytest.raises(UnknownFormat, match="Choose one of: csv, ndjson") as info:
+    with pytest.raises(UnknownFormat, match="Choose one of: csv, json, ndjson") as info:
         plan(format=name)
     assert info.value.status_code == 400
 

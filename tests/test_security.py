@@ -3,8 +3,10 @@ per-user querysets behind login/permission mixins, and a fuzzed query string."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import zipfile
 from urllib.parse import quote
 
 import pytest
@@ -203,16 +205,25 @@ def test_fuzzed_query_string(client, pairs, raw, target):
         FUZZ_STATS["rejected"] += 1
         text = response.content.decode()
         assert response["Content-Type"] == "text/plain; charset=utf-8"
-        assert text.startswith("Unknown export format") and "Choose one of: csv, ndjson." in text
+        assert text.startswith("Unknown export format")
+        assert "Choose one of: csv, json, ndjson, parquet, xlsx." in text
         assert "Traceback" not in text
         return
     FUZZ_STATS["ok"] += 1
     data = b"".join(response.streaming_content)
     response.close()
-    if response["Content-Type"].startswith("text/csv"):
+    content_type = response["Content-Type"]
+    if content_type.startswith("text/csv"):
         assert parse_csv(data)[0][0] == "ID"
-    else:
+    elif content_type.startswith("application/x-ndjson"):
         assert all(json.loads(line) for line in data.decode().splitlines()) or data == b""
+    elif content_type.startswith("application/json"):
+        assert isinstance(json.loads(data), list)
+    elif content_type.startswith("application/vnd.openxmlformats"):
+        assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
+    else:
+        assert content_type == "application/vnd.apache.parquet"
+        assert data[:4] == data[-4:] == b"PAR1"
 
 
 def test_zz_report_fuzz_counts():

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from django_streamexport.conf import conf
+from django_streamexport.conf import DEFAULT_FORMATS, OPTIONAL_FORMATS, conf
 from django_streamexport.exceptions import UnknownFormat
 from django_streamexport.formats.base import ExportFormat
 
@@ -33,8 +34,20 @@ def _import_formats(paths: tuple[str, ...]) -> tuple[type[ExportFormat], ...]:
 
 
 def default_format_classes() -> Sequence[type[ExportFormat]]:
-    """Return the format classes named by ``STREAMEXPORT_FORMATS``, in order."""
-    return _import_formats(tuple(conf.FORMATS))
+    """Return the format classes named by ``STREAMEXPORT_FORMATS``, in order.
+
+    With the default setting, formats whose optional library is not installed
+    (Parquet without pyarrow) are left out; check ``django_streamexport.I001`` says so.
+    A format named in the setting must import, or ``ImproperlyConfigured`` is raised.
+    """
+    paths = tuple(conf.FORMATS)
+    if paths == DEFAULT_FORMATS:
+        paths = tuple(
+            path
+            for path in paths
+            if path not in OPTIONAL_FORMATS or importlib.util.find_spec(OPTIONAL_FORMATS[path])
+        )
+    return _import_formats(paths)
 
 
 def format_classes_by_name(classes: Iterable[type[ExportFormat]]) -> dict[str, type[ExportFormat]]:

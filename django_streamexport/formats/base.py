@@ -117,6 +117,9 @@ class ExportFormat:
     extension: ClassVar[str] = ""
     #: The encoding of every byte this format produces.
     charset: ClassVar[str] = "utf-8"
+    #: What the export is called (the model's ``verbose_name_plural``): set by
+    #: :func:`~django_streamexport.plan.build_plan` when empty; XLSX names its sheet after it.
+    title: str = ""
 
     def __init__(self, columns: Sequence[ResolvedColumn]) -> None:
         self.columns = list(columns)
@@ -129,8 +132,16 @@ class ExportFormat:
 
     @property
     def content_type(self) -> str:
-        """Return the ``Content-Type`` header value, with the charset."""
-        return f"{self.media_type}; charset={self.charset}"
+        """Return the ``Content-Type`` header value, with the charset (none for binary formats)."""
+        return f"{self.media_type}; charset={self.charset}" if self.charset else self.media_type
+
+    def rendered_size(self, data: bytes) -> int:
+        """Return the size of the last rendered batch, which sizes the next one. Default: its bytes.
+
+        A format whose output is compressed returns the uncompressed size, so slices stay
+        about ``buffer_size`` bytes of rows however much the compressor holds back.
+        """
+        return len(data)
 
     def get_converter(self, column: ResolvedColumn) -> Converter | None:
         """Return the converter for ``column``'s values, or ``None`` to write them as read.
@@ -199,6 +210,13 @@ class ExportFormat:
         Only called when :meth:`database_text_refusal` returned ``None``.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot render text cells.")
+
+    def close(self) -> None:
+        """Release what the format holds; called once when the export ends, however it ends.
+
+        After :meth:`end` it has nothing left to do; after a failure or a client disconnect
+        it drops what was not sent (an XLSX or Parquet writer).  Default: nothing.
+        """
 
     def start(self) -> bytes:
         """Return the bytes that precede the first row. Default: none."""

@@ -193,7 +193,7 @@ class IndexView(TemplateView):
          "flights:flight-export-filtered", {"origin": "JFK", "dep_delay__gte": "60"}),
         ("Hourly weather", "flights:weather-export", {}),
     )  # fmt: skip
-    formats = ("csv", "ndjson")
+    formats = ("csv", "ndjson", "xlsx", "json")
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)

@@ -92,8 +92,8 @@ class Command(BaseCommand):
     stream_class: type[ExportStream] = ExportStream
 
     help = (
-        "Stream a queryset as CSV or NDJSON to a file or stdout, through the same pipeline "
-        "as the export views (or through one export view's configuration with --view)."
+        "Stream a queryset as CSV, NDJSON, XLSX or JSON to a file or stdout, through the same "
+        "pipeline as the export views (or through one export view's configuration with --view)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -246,7 +246,12 @@ class Command(BaseCommand):
             write_to_file(stream, target, progress=progress.update)
             target.flush()
             return
-        charset = stream.format.charset or "utf-8"
+        charset = stream.format.charset
+        if not charset:
+            raise CommandError(
+                f"The {stream.format.format} format is binary and this output takes text: "
+                "write it to a file with --output."
+            )
         text = _TextSink(self.stdout, charset)
         write_to_file(stream, text, progress=progress.update)
 

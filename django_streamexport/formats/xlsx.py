@@ -1,0 +1,621 @@
+"""XLSX (Office Open XML SpreadsheetML, ECMA-376), streamed: a workbook written as rows arrive.
+
+The workbook is a zip (ECMA-376 Part 2, OPC) written by the standard library's
+:mod:`zipfile` into a non-seekable buffer that is drained after every write, so each
+part leaves as it is compressed: no seek, no temporary file, memory independent of the
+row count.  On a non-seekable file ``zipfile`` writes each member's local header with
+the sizes unknown ("version needed" 2.0, general purpose flag 0x08) and a data
+descriptor after the data; the central directory, at the end of the zip, lists them all.
+
+Parts, in the order they are written::
+
+    _rels/.rels, xl/styles.xml           before the query runs
+    xl/worksheets/sheet1.xml ...         the rows, one sheet after another
+    xl/workbook.xml, xl/_rels/workbook.xml.rels, [Content_Types].xml, central directory
+
+``workbook.xml`` comes last because it names the sheets, and an export learns how many
+sheets it needs only at its end: a sheet holds at most 1,048,576 rows (Excel's limit,
+header included), and a sheet part is kept below 2 GiB uncompressed, because ``zipfile``
+refuses at ``close()`` a member that passed 2 GiB without ZIP64 (CPython's
+``ZIP64_LIMIT``), after its bytes went out.  No member is written with ZIP64: reports
+disagree on whether Excel accepts ZIP64 records where they are not needed.  An export that
+needs another sheet continues on it with the header repeated.
+
+Cells (ECMA-376 Part 1, §18.3.1.4 ``c``):
+
+* text: an inline string (``t="inlineStr"``), so no shared-strings table is held in
+  memory and no text is ever evaluated as a formula (no ``'`` prefix, unlike CSV).
+  Characters XML 1.0 forbids (C0 controls but tab and line feed, CR as Office asks,
+  U+FFFE, U+FFFF, lone surrogates) are written as ``_xHHHH_``, and a literal
+  ``_xHHHH_`` in the data as ``_x005F_xHHHH_``, so it reads back unchanged (ECMA-376
+  Part 1 §22.9.2.19 ST_Xstring).  Texts over 32,767 characters (Excel's cell limit) are
+  cut to it; the export logs how many cells were cut.
+* integers and floats: numbers; integers of 16 digits or more, infinities and NaN as
+  text (Excel keeps 15 significant digits);
+* ``Decimal``: its exact text in a numeric cell (Excel itself keeps 15 significant
+  digits of it);
+* booleans: ``t="b"``;
+* dates, datetimes and times: serial numbers in the 1900 date system with a
+  ``yyyy-mm-dd``, ``yyyy-mm-dd hh:mm:ss`` or ``hh:mm:ss`` number format, so spreadsheets
+  sort and filter them.  Excel has no time zones: aware datetimes are written as wall
+  time in ``time_zone`` (default ``STREAMEXPORT_XLSX_TIME_ZONE``, else ``TIME_ZONE``).
+  Dates before 1900-03-01 (where the 1900 system counts a day that never was) are text.
+* durations, UUIDs, JSON and binary: text, spelled as in CSV; ``None``: an empty ``<c/>``.
+
+Rows carry their ``r`` number; cells carry none (ECMA-376 makes both optional), which
+keeps the sheet XML about a third smaller, so each cell is written in its place.
+
+The header row is bold and frozen, with an autofilter over the data; column widths come
+from the header and the first rendered rows.  A failure after the first byte sends
+nothing more: the workbook has no central directory, so it never opens as complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import zipfile
+import zoneinfo
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import IO, Any, ClassVar, cast
+from xml.sax.saxutils import escape, quoteattr
+
+from django.conf import settings
+from django.utils.duration import duration_iso_string
+
+from django_streamexport import columns as kinds
+from django_streamexport.columns import ResolvedColumn
+from django_streamexport.conf import conf
+from django_streamexport.formats.base import (
+    Converter,
+    ExportFormat,
+    Row,
+    binary_text,
+    choices_converter,
+)
+from django_streamexport.formats.csv import json_text, other_text
+
+__all__ = ["MAX_CELL_CHARS", "MAX_SHEET_ROWS", "XLSXFormat", "sheet_name"]
+
+logger = logging.getLogger("django_streamexport")
+
+#: Rows per worksheet, header included (Excel specifications and limits).
+MAX_SHEET_ROWS = 1_048_576
+#: Characters per cell (Excel specifications and limits).
+MAX_CELL_CHARS = 32_767
+#: Uncompressed bytes per sheet part: below CPython zipfile's ZIP64_LIMIT (2 GiB - 1), with
+#: room for the part's closing tags.
+MAX_SHEET_BYTES = (1 << 31) - 1 - (1 << 20)
+
+_MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+_PKG_REL = "http://schemas.openxmlformats.org/package/2006/relationships"
+_XML = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+_CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+
+#: Style indexes into ``cellXfs`` (:data:`_STYLES`).
+_BOLD, _DATE, _DATETIME, _TIME = 1, 2, 3, 4
+_STYLES = (
+    _XML + f'<styleSheet xmlns="{_MAIN}">'
+    '<numFmts count="3"><numFmt numFmtId="164" formatCode="yyyy-mm-dd"/>'
+    '<numFmt numFmtId="165" formatCode="yyyy-mm-dd hh:mm:ss"/>'
+    '<numFmt numFmtId="166" formatCode="hh:mm:ss"/></numFmts>'
+    '<fonts count="2"><font><sz val="11"/><name val="Calibri"/></font>'
+    '<font><b/><sz val="11"/><name val="Calibri"/></font></fonts>'
+    '<fills count="2"><fill><patternFill patternType="none"/></fill>'
+    '<fill><patternFill patternType="gray125"/></fill></fills>'
+    '<borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>'
+    '<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>'
+    '<cellXfs count="5"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
+    '<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/>'
+    '<xf numFmtId="164" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
+    '<xf numFmtId="165" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
+    '<xf numFmtId="166" fontId="0" fillId="0" borderId="0" xfId="0" applyNumberFormat="1"/>'
+    "</cellXfs>"
+    '<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>'
+    "</styleSheet>"
+)
+_ROOT_RELS = (
+    _XML + f'<Relationships xmlns="{_PKG_REL}"><Relationship Id="rId1" '
+    f'Type="{_REL}/officeDocument" Target="xl/workbook.xml"/></Relationships>'
+)
+
+# XML 1.0 forbids C0 controls but tab, LF and CR; Office asks for CR escaped too
+# ([MS-OI29500] 2.1.1747).  Lone surrogates cannot be encoded; U+FFFE/U+FFFF are
+# non-characters XML excludes.
+_ESCAPED = [*range(0x00, 0x09), 0x0B, 0x0C, 0x0D, *range(0x0E, 0x20), 0xFFFE, 0xFFFF]
+_TEXT_TABLE = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        **{chr(code): f"_x{code:04X}_" for code in _ESCAPED},
+        **{chr(code): f"_x{code:04X}_" for code in range(0xD800, 0xE000)},
+    }
+)
+#: The underscore that starts a literal ``_xHHHH_`` (a lookahead: two may share one).
+_LITERAL_ESCAPE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
+_SHEET_NAME_FORBIDDEN = re.compile(r"[\[\]:*?/\\\x00-\x1f]")
+
+#: Day 0 of the 1900 date system as spreadsheets count from 1900-03-01 on.
+_EPOCH = datetime.date(1899, 12, 30)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+_FIRST_SERIAL_DATE = datetime.date(1900, 3, 1)
+_FIRST_SERIAL_DATETIME = datetime.datetime(1900, 3, 1)
+#: Aware datetimes from here on are on or after 1900-03-01 in every zone (offsets < 1 day).
+_FIRST_SERIAL_UTC = _FIRST_SERIAL_DATETIME.replace(tzinfo=datetime.timezone.utc) + (
+    datetime.timedelta(days=1)
+)
+#: Hours whose UTC offset :meth:`XLSXFormat._hour_offset` keeps, before starting afresh.
+_OFFSET_CACHE_HOURS = 4096
+_UNKNOWN = object()
+_LAST_MICROSECOND = datetime.timedelta(hours=1) - datetime.timedelta(microseconds=1)
+#: The serial of 1970-01-01 (Unix time 0).
+_UNIX_SERIAL = datetime.date(1970, 1, 1).toordinal() - _EPOCH_ORDINAL
+_INT_LIMIT = 10**15
+#: A cell with no value: cells carry no ``r`` reference, so an empty one keeps its place.
+_EMPTY = "<c/>"
+
+
+def column_letter(index: int) -> str:
+    """Return the column name of 0-based ``index``: ``A``... ``Z``, ``AA``... (up to ``XFD``)."""
+    name = ""
+    index += 1
+    while index:
+        index, remainder = divmod(index - 1, 26)
+        name = chr(65 + remainder) + name
+    return name
+
+
+def sheet_name(title: str, number: int = 1) -> str:
+    """Return a valid worksheet name for ``title``: the ``number``-th sheet of it.
+
+    At most 31 characters, none of ``[ ] : * ? / \\``, not starting or ending with
+    ``'`` (Excel's rules); the second and later sheets end with `` (2)``, `` (3)``...
+    """
+    name = _SHEET_NAME_FORBIDDEN.sub(" ", str(title)).strip().strip("'").strip() or "Export"
+    suffix = f" ({number})" if number > 1 else ""
+    return name[: 31 - len(suffix)].rstrip().rstrip("'") + suffix
+
+
+class _Sink:
+    """A write-only, non-seekable file collecting what ``zipfile`` writes, drained per chunk."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+class XLSXFormat(ExportFormat):
+    """Write rows as an Excel workbook (``.xlsx``), streamed as a zip of parts.
+
+    Options: ``time_zone`` (name of the zone aware datetimes are written in; default
+    ``STREAMEXPORT_XLSX_TIME_ZONE``, else ``TIME_ZONE``), ``compress_level`` (deflate
+    level 0-9, default ``STREAMEXPORT_XLSX_COMPRESS_LEVEL``, 1), ``sheet_title`` (the
+    sheet name; default the format's ``title``, the exported model's
+    ``verbose_name_plural``).  ``max_sheet_rows`` (rows per sheet, header included) and
+    ``max_sheet_bytes`` (uncompressed bytes per sheet part) are Excel's and zipfile's
+    limits; lower them only to try sheet breaks.
+
+    :meth:`render_rows` returns the compressed bytes that are ready, often none; the
+    stream sizes its slices by :meth:`rendered_size`, the uncompressed XML.
+    """
+
+    format = "xlsx"
+    media_type = f"{_CT}.sheet"
+    extension = "xlsx"
+    charset = ""  # binary: no charset parameter
+    #: Kinds written as text, with the converter that spells them (CSV's rules).
+    text_converters: ClassVar[dict[str, Converter]] = {
+        kinds.DURATION: duration_iso_string,
+        kinds.UUID: str,
+        kinds.JSON: json_text,
+        kinds.BINARY: binary_text,
+        kinds.OTHER: other_text,
+    }
+
+    def __init__(
+        self,
+        columns: Sequence[ResolvedColumn],
+        *,
+        time_zone: str | None = None,
+        compress_level: int | None = None,
+        sheet_title: str | None = None,
+        max_sheet_rows: int = MAX_SHEET_ROWS,
+        max_sheet_bytes: int = MAX_SHEET_BYTES,
+    ) -> None:
+        zone = time_zone or conf.XLSX_TIME_ZONE or settings.TIME_ZONE or "UTC"
+        self.time_zone = zoneinfo.ZoneInfo(zone)
+        self.compress_level = conf.XLSX_COMPRESS_LEVEL if compress_level is None else compress_level
+        self.sheet_title = sheet_title
+        self.max_sheet_rows = max_sheet_rows
+        self.max_sheet_bytes = max_sheet_bytes
+        #: Cells cut to :data:`MAX_CELL_CHARS` characters so far.
+        self.cut_cells = 0
+        self._sink = _Sink()
+        self._zip: zipfile.ZipFile | None = None
+        self._sheet: Any = None
+        self._sheets: list[str] = []
+        self._sheet_last_rows: list[int] = []
+        self._sheet_rows = 0
+        self._sheet_bytes = 0
+        self._last_size = 0
+        self._widths: list[int] | None = None
+        self._offsets: dict[float, float | None] = {}
+        super().__init__(columns)
+        self._letters = [column_letter(index) for index in range(len(self.columns))]
+        self._writers = [self.get_cell_writer(column) for column in self.columns]
+
+    # --- values -------------------------------------------------------------------
+
+    def get_converter(self, column: ResolvedColumn) -> Converter | None:
+        """Return the converter to text for choices labels and kinds written as text."""
+        if column.choices is not None:
+            return choices_converter(dict(column.choices))
+        return self.text_converters.get(column.kind)
+
+    def get_cell_writer(self, column: ResolvedColumn) -> Callable[[Sequence[Any]], list[str]]:
+        """Return the function from a column of (converted) values to their ``<c>`` elements."""
+        if column.choices is not None or column.kind in self.text_converters:
+            return self._text_cells
+        writer = {
+            kinds.INTEGER: self._integer_cells,
+            kinds.FLOAT: self._float_cells,
+            kinds.DECIMAL: self._decimal_cells,
+            kinds.BOOLEAN: self._boolean_cells,
+            kinds.DATE: self._date_cells,
+            kinds.DATETIME: self._datetime_cells,
+            kinds.TIME: self._time_cells,
+        }.get(column.kind, self._text_cells)
+        return writer
+
+    def text_element(self, value: str) -> str:
+        """Return the ``<t>`` element of ``value``: escaped, cut to :data:`MAX_CELL_CHARS`."""
+        if len(value) > MAX_CELL_CHARS:
+            value = value[:MAX_CELL_CHARS]
+            self.cut_cells += 1
+        if "_x" in value:
+            value = _LITERAL_ESCAPE.sub("_x005F_", value)
+        value = value.translate(_TEXT_TABLE)
+        if value[:1] in (" ", "\t", "\n") or value[-1:] in (" ", "\t", "\n"):
+            return f'<t xml:space="preserve">{value}</t>'
+        return f"<t>{value}</t>"
+
+    def text_cell(self, value: str) -> str:
+        """Return an inline-string cell holding ``value`` (never evaluated as a formula)."""
+        return f'<c t="inlineStr"><is>{self.text_element(value)}</is></c>'
+
+    def _text_cells(self, values: Sequence[Any]) -> list[str]:
+        # Most text needs no escape, no xml:space and no cut; these C-level tests say so
+        # (isprintable() is False for every control and forbidden character, tab and LF
+        # included), and the rest takes text_cell().
+        text_cell, limit = self.text_cell, MAX_CELL_CHARS
+        return [
+            _EMPTY
+            if v is None
+            else f'<c t="inlineStr"><is><t>{v}</t></is></c>'
+            if type(v) is str
+            and v
+            and len(v) <= limit
+            and v.isprintable()
+            and v[0] != " "
+            and v[-1] != " "
+            and "&" not in v
+            and "<" not in v
+            and ">" not in v
+            and "_x" not in v
+            else text_cell(str(v))
+            for v in values
+        ]
+
+    def _integer_cells(self, values: Sequence[Any]) -> list[str]:
+        text_cell, limit = self.text_cell, _INT_LIMIT
+        return [
+            _EMPTY
+            if v is None
+            else f"<c><v>{v}</v></c>"
+            if -limit < v < limit
+            else text_cell(str(v))
+            for v in values
+        ]
+
+    def _float_cells(self, values: Sequence[Any]) -> list[str]:
+        text_cell = self.text_cell
+        return [
+            _EMPTY
+            if v is None
+            else f"<c><v>{v!r}</v></c>"
+            if v - v == 0  # False for inf and nan
+            else text_cell(repr(v))
+            for v in values
+        ]
+
+    def _decimal_cells(self, values: Sequence[Decimal | None]) -> list[str]:
+        text_cell = self.text_cell
+        return [
+            _EMPTY if v is None else f"<c><v>{v:f}</v></c>" if v.is_finite() else text_cell(str(v))
+            for v in values
+        ]
+
+    @staticmethod
+    def _boolean_cells(values: Sequence[Any]) -> list[str]:
+        return [
+            _EMPTY if v is None else '<c t="b"><v>1</v></c>' if v else '<c t="b"><v>0</v></c>'
+            for v in values
+        ]
+
+    def _date_cells(self, values: Sequence[datetime.date | None]) -> list[str]:
+        text_cell, first, epoch = self.text_cell, _FIRST_SERIAL_DATE, _EPOCH_ORDINAL
+        return [
+            _EMPTY
+            if v is None
+            else f'<c s="{_DATE}"><v>{v.toordinal() - epoch}</v></c>'
+            if v >= first
+            else text_cell(v.isoformat())
+            for v in values
+        ]
+
+    def _datetime_cells(self, values: Sequence[datetime.datetime | None]) -> list[str]:
+        cells: list[str] = []
+        append, offsets, cell = cells.append, self._offsets, self._datetime_cell
+        for v in values:
+            if v is None:
+                append(_EMPTY)
+            elif v.tzinfo is not None and v >= _FIRST_SERIAL_UTC:
+                # Aware: the serial is Unix time in days, shifted, plus the zone's offset,
+                # looked up once per UTC hour where it is the same all through the hour.
+                seconds = v.timestamp()
+                hour = seconds // 3600
+                offset: Any = offsets.get(hour, _UNKNOWN)
+                if offset is _UNKNOWN:
+                    offset = self._hour_offset(hour)
+                if offset is None:  # the offset changes within this hour
+                    append(cell(v))
+                    continue
+                append(
+                    f'<c s="{_DATETIME}"><v>{(seconds + offset) / 86400 + _UNIX_SERIAL!r}</v></c>'
+                )
+            else:
+                append(cell(v))
+        return cells
+
+    def _hour_offset(self, hour: float) -> float | None:
+        """Return ``time_zone``'s UTC offset (seconds) all through UTC ``hour``, or ``None``.
+
+        ``None`` when the offset at the hour's start and at its last microsecond differ (a
+        transition inside the hour, such as half-hour zones' daylight saving changes).
+        """
+        if len(self._offsets) >= _OFFSET_CACHE_HOURS:
+            self._offsets.clear()
+        start = datetime.datetime.fromtimestamp(hour * 3600, datetime.timezone.utc)
+        first = start.astimezone(self.time_zone).utcoffset()
+        last = (start + _LAST_MICROSECOND).astimezone(self.time_zone).utcoffset()
+        offset = first.total_seconds() if first == last and first is not None else None
+        self._offsets[hour] = offset
+        return offset
+
+    def _datetime_cell(self, value: datetime.datetime) -> str:
+        if value.tzinfo is not None:
+            value = value.astimezone(self.time_zone).replace(tzinfo=None)
+        if value < _FIRST_SERIAL_DATETIME:
+            return self.text_cell(value.isoformat())
+        seconds = value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
+        serial = value.toordinal() - _EPOCH_ORDINAL + seconds / 86400
+        return f'<c s="{_DATETIME}"><v>{serial!r}</v></c>'
+
+    @staticmethod
+    def _time_cells(values: Sequence[datetime.time | None]) -> list[str]:
+        return [
+            _EMPTY
+            if v is None
+            else f'<c s="{_TIME}"><v>'
+            f"{(v.hour * 3600 + v.minute * 60 + v.second + v.microsecond / 1e6) / 86400!r}"
+            "</v></c>"
+            for v in values
+        ]
+
+    # --- the zip ------------------------------------------------------------------
+
+    def _write(self, name: str, text: str) -> None:
+        assert self._zip is not None
+        self._zip.writestr(name, text.encode("utf-8"))
+
+    def start(self) -> bytes:
+        """Return the zip's first parts (relationships, styles): sent before the query runs."""
+        self._zip = zipfile.ZipFile(
+            cast(IO[bytes], self._sink),
+            "w",
+            compression=zipfile.ZIP_DEFLATED,
+            compresslevel=self.compress_level,
+        )
+        self._write("_rels/.rels", _ROOT_RELS)
+        self._write("xl/styles.xml", _STYLES)
+        return self._sink.drain()
+
+    def _width(self, index: int, rows: Sequence[Row]) -> int:
+        column = self.columns[index]
+        fixed = {kinds.DATE: 12, kinds.DATETIME: 20, kinds.TIME: 10, kinds.BOOLEAN: 7}
+        longest = len(column.label) + 3  # room for the autofilter button
+        if column.choices is None and column.kind in fixed:
+            longest = max(longest, fixed[column.kind])
+        else:
+            for row in rows:
+                value = row[index]
+                if value is not None:
+                    longest = max(longest, min(len(str(value)), 60) + 2)
+        return max(8, min(longest, 80))
+
+    def _open_sheet(self, rows: Sequence[Row]) -> None:
+        """Start the next sheet part: the frozen header row, then rows follow."""
+        assert self._zip is not None
+        if self._widths is None:
+            self._widths = [self._width(index, rows) for index in range(len(self.columns))]
+        number = len(self._sheets) + 1
+        self._sheets.append(sheet_name(self.sheet_title or self.title or "Export", number))
+        self._sheet = self._zip.open(f"xl/worksheets/sheet{number}.xml", "w")
+        cols = "".join(
+            f'<col min="{i}" max="{i}" width="{width}" customWidth="1"/>'
+            for i, width in enumerate(self._widths, 1)
+        )
+        header = "".join(
+            f'<c t="inlineStr" s="{_BOLD}"><is>{self.text_element(c.label)}</is></c>'
+            for c in self.columns
+        )
+        selected = ' tabSelected="1"' if number == 1 else ""
+        head = (
+            f'{_XML}<worksheet xmlns="{_MAIN}" xmlns:r="{_REL}"><sheetViews>'
+            f'<sheetView workbookViewId="0"{selected}>'
+            '<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>'
+            f"</sheetView></sheetViews><cols>{cols}</cols><sheetData>"
+            f'<row r="1">{header}</row>'
+        ).encode()
+        self._sheet.write(head)
+        self._sheet_rows = 1
+        self._sheet_bytes = len(head)
+
+    def _close_sheet(self) -> None:
+        self._sheet_last_rows.append(self._sheet_rows)
+        last = f"{self._letters[-1]}{self._sheet_rows}"
+        self._sheet.write(f'</sheetData><autoFilter ref="A1:{last}"/></worksheet>'.encode())
+        self._sheet.close()  # writes the data descriptor
+        self._sheet = None
+
+    def _flush(self, lines: list[str]) -> None:
+        if lines:
+            data = "".join(lines).encode("utf-8")
+            self._sheet.write(data)
+            self._sheet_bytes += len(data)
+            self._last_size += len(data)
+            lines.clear()
+
+    def render_rows(self, rows: Sequence[Row]) -> bytes:
+        """Write a batch of rows into the current sheet; return the compressed bytes ready."""
+        rows = self.convert_rows(rows)
+        if self._sheet is None:
+            self._open_sheet(rows)
+        self._last_size = 0
+        columns = list(zip(*rows))  # noqa: B905 (equal lengths)
+        cells = [write(values) for write, values in zip(self._writers, columns, strict=True)]
+        first = self._sheet_rows + 1
+        if first + len(rows) <= self.max_sheet_rows:
+            # The common case: the batch fits the sheet's rows; check its bytes once.
+            text = "".join(
+                [
+                    f'<row r="{number}">{"".join(row_cells)}</row>'
+                    for number, row_cells in enumerate(zip(*cells), first)  # noqa: B905
+                ]
+            )
+            if self._sheet_bytes + 4 * len(text) <= self.max_sheet_bytes:
+                self._sheet_rows += len(rows)
+                self._flush([text])
+                return self._sink.drain()
+        lines: list[str] = []
+        pending = 0  # characters in lines; at most 4 bytes each in UTF-8
+        for row_cells in zip(*cells):  # noqa: B905
+            line = "".join(row_cells)
+            if (
+                self._sheet_rows >= self.max_sheet_rows
+                or self._sheet_bytes + 4 * (pending + len(line) + 24) > self.max_sheet_bytes
+            ):
+                self._flush(lines)
+                pending = 0
+                if (
+                    self._sheet_rows >= self.max_sheet_rows
+                    or self._sheet_bytes + 4 * (len(line) + 24) > self.max_sheet_bytes
+                ):
+                    self._close_sheet()
+                    self._open_sheet(rows)
+            self._sheet_rows += 1
+            line = f'<row r="{self._sheet_rows}">{line}</row>'
+            lines.append(line)
+            pending += len(line)
+        self._flush(lines)
+        return self._sink.drain()
+
+    def rendered_size(self, data: bytes) -> int:
+        """Return the uncompressed size of the last batch: what sizes the next slice."""
+        return self._last_size
+
+    def close(self) -> None:
+        """Drop an unfinished workbook (after a failure or a disconnect); nothing is sent.
+
+        The open sheet and the zip are closed into the sink, whose bytes are discarded, so
+        ``zipfile`` has no open writing handle left to complain about when collected.
+        """
+        if self._zip is None or self._zip.fp is None:
+            return
+        try:
+            if self._sheet is not None:
+                self._sheet.close()
+                self._sheet = None
+            self._zip.close()
+        finally:
+            self._sink.drain()
+
+    def end(self, rows: int | None = None) -> bytes:
+        """Close the last sheet, write the workbook, its relationships and content types."""
+        assert self._zip is not None
+        if self._sheet is None:
+            self._open_sheet(())
+        self._close_sheet()
+        count = len(self._sheets)
+        sheets = "".join(
+            f'<sheet name={quoteattr(name)} sheetId="{i}" r:id="rId{i}"/>'
+            for i, name in enumerate(self._sheets, 1)
+        )
+        # The autofilter's hidden name, as Excel writes it with every autofilter.
+        names = "".join(
+            f'<definedName name="_xlnm._FilterDatabase" localSheetId="{i}" hidden="1">'
+            + escape(f"'{name.replace(chr(39), chr(39) * 2)}'!$A$1:${self._letters[-1]}${last}")
+            + "</definedName>"
+            for i, (name, last) in enumerate(zip(self._sheets, self._sheet_last_rows, strict=True))
+        )
+        self._write(
+            "xl/workbook.xml",
+            f'{_XML}<workbook xmlns="{_MAIN}" xmlns:r="{_REL}"><sheets>{sheets}</sheets>'
+            f"<definedNames>{names}</definedNames></workbook>",
+        )
+        rels = "".join(
+            f'<Relationship Id="rId{i}" Type="{_REL}/worksheet" Target="worksheets/sheet{i}.xml"/>'
+            for i in range(1, count + 1)
+        )
+        self._write(
+            "xl/_rels/workbook.xml.rels",
+            f'{_XML}<Relationships xmlns="{_PKG_REL}">{rels}<Relationship Id="rId{count + 1}" '
+            f'Type="{_REL}/styles" Target="styles.xml"/></Relationships>',
+        )
+        overrides = "".join(
+            f'<Override PartName="/xl/worksheets/sheet{i}.xml" ContentType="{_CT}.worksheet+xml"/>'
+            for i in range(1, count + 1)
+        )
+        self._write(
+            "[Content_Types].xml",
+            f'{_XML}<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+            '<Default Extension="rels" '
+            'ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="xml" ContentType="application/xml"/>'
+            f'<Override PartName="/xl/workbook.xml" ContentType="{_CT}.sheet.main+xml"/>'
+            f'<Override PartName="/xl/styles.xml" ContentType="{_CT}.styles+xml"/>'
+            f"{overrides}</Types>",
+        )
+        self._zip.close()  # the central directory
+        if self.cut_cells:
+            logger.warning(
+                "XLSX export: %d cells were longer than %d characters and were cut.",
+                self.cut_cells,
+                MAX_CELL_CHARS,
+            )
+        return self._sink.drain()
