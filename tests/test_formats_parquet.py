@@ -27,7 +27,7 @@ from django_streamexport.columns import resolve_columns
 from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.formats import default_format_classes, format_classes_by_name
 from django_streamexport.formats.ndjson import NDJSONFormat
-from django_streamexport.formats.parquet import DEFAULT_COMPRESSION, ParquetFormat
+from django_streamexport.formats.parquet import ParquetFormat, default_compression
 from django_streamexport.plan import build_plan
 from django_streamexport.sinks import write_to_file
 from django_streamexport.streaming import ExportStream
@@ -203,7 +203,7 @@ def test_view_export_reads_back_in_pyarrow_and_duckdb(db_alias, tmp_path):
     assert_duckdb_matches(path, records)
     metadata = pq.ParquetFile(path).metadata
     assert metadata.num_rows == len(records)
-    assert metadata.row_group(0).column(0).compression == DEFAULT_COMPRESSION.upper() == "ZSTD"
+    assert metadata.row_group(0).column(0).compression == default_compression().upper() == "ZSTD"
 
 
 def test_parquet_holds_the_ndjson_records(db_alias, tmp_path):
@@ -590,3 +590,20 @@ def test_with_pyarrow_check_i001_is_silent():
     from django.core.checks import run_checks
 
     assert "django_streamexport.I001" not in [m.id for m in run_checks()]
+
+
+def test_offering_parquet_does_not_import_pyarrow():
+    """pyarrow (~30 MB per process) is imported by the first Parquet export, not before."""
+    code = (
+        "import sys, django; django.setup()\n"
+        "from django_streamexport.formats import default_format_classes\n"
+        "names = [cls.format for cls in default_format_classes()]\n"
+        "assert 'parquet' in names, names\n"
+        "print('pyarrow' in sys.modules)\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "example_project")])
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -27,11 +27,11 @@ imports it only when pyarrow is installed (the ``parquet`` extra); check
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -41,13 +41,39 @@ from django_streamexport.conf import conf
 from django_streamexport.formats.base import Converter, ExportFormat, Row, decimal_text
 from django_streamexport.formats.csv import json_text, other_text
 
-__all__ = ["CODECS", "DEFAULT_COMPRESSION", "ParquetFormat", "arrow_type"]
+if importlib.util.find_spec("pyarrow") is None:  # found, not imported (check E004)
+    raise ImportError('Parquet exports need pyarrow: pip install "django-streamexport[parquet]".')
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+else:
+
+    class _LazyModule:
+        """A module imported at its first attribute: pyarrow costs ~30 MB of RSS per
+        process, which a project offering Parquet pays only once a Parquet export runs."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(importlib.import_module(self._name), attribute)
+
+    pa = _LazyModule("pyarrow")
+    pq = _LazyModule("pyarrow.parquet")
+
+__all__ = ["CODECS", "ParquetFormat", "arrow_type", "default_compression"]
 
 #: Compression codecs of the Parquet format that pyarrow writes (``"none"``: uncompressed).
 CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
-#: ``"zstd"`` (Zstandard, in every pyarrow wheel on PyPI), else ``"snappy"``, pyarrow's own
-#: default, for a pyarrow built without Zstandard.
-DEFAULT_COMPRESSION = "zstd" if pa.Codec.is_available("zstd") else "snappy"
+
+
+def default_compression() -> str:
+    """Return ``"zstd"`` (Zstandard, in every pyarrow wheel on PyPI), else ``"snappy"``,
+    pyarrow's own default, for a pyarrow built without Zstandard."""
+    return "zstd" if pa.Codec.is_available("zstd") else "snappy"
+
+
 #: Largest precision of ``decimal128``; ``decimal256`` goes to 76 digits (Arrow's types).
 DECIMAL128_MAX_PRECISION = 38
 DECIMAL256_MAX_PRECISION = 76
@@ -159,7 +185,7 @@ class ParquetFormat(ExportFormat):
 
     Options: ``row_group_rows`` (rows per row group, default
     ``STREAMEXPORT_PARQUET_ROW_GROUP_ROWS``; one group is held in memory), ``compression``
-    (one of :data:`CODECS`, default :data:`DEFAULT_COMPRESSION`, ``"zstd"``),
+    (one of :data:`CODECS`, default :func:`default_compression`, ``"zstd"``),
     ``compression_level`` (the codec's level; default pyarrow's) and ``memory_pool`` (the
     ``pyarrow.MemoryPool`` the arrays and the writer allocate from; default pyarrow's
     default pool).  A pool of your own, such as ``pyarrow.proxy_memory_pool(...)`` to
@@ -191,7 +217,7 @@ class ParquetFormat(ExportFormat):
         rows = conf.PARQUET_ROW_GROUP_ROWS if row_group_rows is None else row_group_rows
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ImproperlyConfigured(f"row_group_rows must be a positive integer, not {rows!r}.")
-        codec = DEFAULT_COMPRESSION if compression is None else compression
+        codec = default_compression() if compression is None else compression
         if not isinstance(codec, str) or codec.lower() not in CODECS:
             raise ImproperlyConfigured(
                 f"Parquet compression must be one of {', '.join(CODECS)}, not {codec!r}."

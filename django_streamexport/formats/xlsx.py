@@ -42,8 +42,10 @@ Cells (ECMA-376 Part 1, §18.3.1.4 ``c``):
   Dates before 1900-03-01 (where the 1900 system counts a day that never was) are text.
 * durations, UUIDs, JSON and binary: text, spelled as in CSV; ``None``: an empty ``<c/>``.
 
-Rows carry their ``r`` number; cells carry none (ECMA-376 makes both optional), which
-keeps the sheet XML about a third smaller, so each cell is written in its place.
+Rows and cells carry no ``r`` reference (ECMA-376 Part 1 §18.3.1.73 and §18.3.1.4 make it
+optional; readers number them in order), which keeps the sheet XML about a third smaller
+and lets each batch be joined in C; so every cell is written in its place, an empty one as
+``<c/>``.
 
 The header row is bold and frozen, with an autofilter over the data; column widths come
 from the header and the first rendered rows.  A failure after the first byte sends
@@ -54,10 +56,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import re
+import sys
 import zipfile
 import zoneinfo
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import IO, Any, ClassVar, cast
 from xml.sax.saxutils import escape, quoteattr
@@ -148,6 +153,17 @@ _FIRST_SERIAL_DATETIME = datetime.datetime(1900, 3, 1)
 _FIRST_SERIAL_UTC = _FIRST_SERIAL_DATETIME.replace(tzinfo=datetime.timezone.utc) + (
     datetime.timedelta(days=1)
 )
+_FIRST_SERIAL_STAMP = _FIRST_SERIAL_UTC.timestamp()
+#: Characters that make text need escaping (``&<>`` and what XML forbids but tab and LF).
+_TEXT_SPECIAL = re.compile("[&<>\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
+#: Whitespace that needs ``xml:space="preserve"`` at either end of a text.
+_EDGE = (" ", "\t", "\n")
+#: The same, seen in LF-joined texts: at a text's end or start.
+_JOINED_EDGES = (" \n", "\n ", "\t\n", "\n\t")
+#: Uncompressed XML handed to the background compressor at once (about 50 KiB compressed,
+#: a chunk): large enough that the thread switch (the GIL's 5 ms switch interval) is paid
+#: rarely, small enough that chunks stay small and memory flat.
+BACKGROUND_JOB_BYTES = 256 << 10
 #: Hours whose UTC offset :meth:`XLSXFormat._hour_offset` keeps, before starting afresh.
 _OFFSET_CACHE_HOURS = 4096
 _UNKNOWN = object()
@@ -178,6 +194,59 @@ def sheet_name(title: str, number: int = 1) -> str:
     name = _SHEET_NAME_FORBIDDEN.sub(" ", str(title)).strip().strip("'").strip() or "Export"
     suffix = f" ({number})" if number > 1 else ""
     return name[: 31 - len(suffix)].rstrip().rstrip("'") + suffix
+
+
+class _ThreadWriter:
+    """Run jobs one at a time in a thread of their own (``concurrent.futures``)."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamexport-xlsx")
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Any:
+        return self._executor.submit(function, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class _GeventJob:
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def done(self) -> bool:
+        return bool(self._result.ready())
+
+    def result(self) -> Any:
+        return self._result.get()
+
+
+class _GeventWriter:
+    """Run jobs in gevent's hub thread pool: real threads in a monkey-patched process."""
+
+    def __init__(self) -> None:
+        import gevent  # type: ignore[import-untyped]
+
+        self._pool = gevent.get_hub().threadpool
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> _GeventJob:
+        return _GeventJob(self._pool.spawn(function, *args))
+
+    def shutdown(self) -> None:
+        pass
+
+
+def background_writer() -> _ThreadWriter | _GeventWriter:
+    """Return a runner of one background job at a time, in a real OS thread.
+
+    zlib releases the GIL while it compresses (CPython ``Modules/zlibmodule.c``), so a
+    batch compresses on another core while the next one's XML is built.  In a process
+    gevent has monkey-patched, ``threading`` makes greenlets, so gevent's hub thread
+    pool (real threads) runs the jobs instead.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        return _GeventWriter()
+    return _ThreadWriter()
 
 
 class _Sink:
@@ -236,6 +305,7 @@ class XLSXFormat(ExportFormat):
         sheet_title: str | None = None,
         max_sheet_rows: int = MAX_SHEET_ROWS,
         max_sheet_bytes: int = MAX_SHEET_BYTES,
+        background_compression: bool = True,
     ) -> None:
         zone = time_zone or conf.XLSX_TIME_ZONE or settings.TIME_ZONE or "UTC"
         self.time_zone = zoneinfo.ZoneInfo(zone)
@@ -243,6 +313,7 @@ class XLSXFormat(ExportFormat):
         self.sheet_title = sheet_title
         self.max_sheet_rows = max_sheet_rows
         self.max_sheet_bytes = max_sheet_bytes
+        self.background_compression = background_compression
         #: Cells cut to :data:`MAX_CELL_CHARS` characters so far.
         self.cut_cells = 0
         self._sink = _Sink()
@@ -254,6 +325,11 @@ class XLSXFormat(ExportFormat):
         self._sheet_bytes = 0
         self._last_size = 0
         self._widths: list[int] | None = None
+        self._writer: Any = None  # background_writer(), from start() to end() or close()
+        self._job: Any = None
+        self._ready: list[bytes] = []
+        self._held: list[bytes] = []  # XML waiting for the next background job
+        self._held_size = 0
         self._offsets: dict[float, float | None] = {}
         super().__init__(columns)
         self._letters = [column_letter(index) for index in range(len(self.columns))]
@@ -299,29 +375,42 @@ class XLSXFormat(ExportFormat):
         return f'<c t="inlineStr"><is>{self.text_element(value)}</is></c>'
 
     def _text_cells(self, values: Sequence[Any]) -> list[str]:
-        # Most text needs no escape, no xml:space and no cut; these C-level tests say so
-        # (isprintable() is False for every control and forbidden character, tab and LF
-        # included), and the rest takes text_cell().
-        text_cell, limit = self.text_cell, MAX_CELL_CHARS
-        return [
-            _EMPTY
-            if v is None
-            else f'<c t="inlineStr"><is><t>{v}</t></is></c>'
-            if type(v) is str
-            and v
-            and len(v) <= limit
-            and v.isprintable()
-            and v[0] != " "
-            and v[-1] != " "
-            and "&" not in v
-            and "<" not in v
-            and ">" not in v
-            and "_x" not in v
-            else text_cell(str(v))
-            for v in values
-        ]
+        present = [v for v in values if v is not None] if None in values else values
+        if self._plain_texts(present):
+            # No text of the batch needs escaping, xml:space or a cut: no test per value.
+            if present is values:
+                return [f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in values]
+            return [
+                _EMPTY if v is None else f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in values
+            ]
+        text_cell = self.text_cell
+        return [_EMPTY if v is None else text_cell(str(v)) for v in values]
+
+    @staticmethod
+    def _plain_texts(texts: Sequence[Any]) -> bool:
+        """Say whether every one of ``texts`` (strings) is written as it is, by C-level tests.
+
+        They are joined with LF, which no forbidden-character test matches, so one scan
+        covers them all; whitespace next to an LF is a text's edge (``xml:space``).
+        """
+        try:
+            joined = "\n".join(texts)
+        except TypeError:  # not all str
+            return False
+        return not (
+            _TEXT_SPECIAL.search(joined)
+            or "_x" in joined
+            or "\n\n" in joined
+            or joined[:1] in _EDGE
+            or joined[-1:] in _EDGE
+            or any(edge in joined for edge in _JOINED_EDGES)
+            or (texts and max(map(len, texts)) > MAX_CELL_CHARS)
+        )
 
     def _integer_cells(self, values: Sequence[Any]) -> list[str]:
+        present = [v for v in values if v is not None] if None in values else values
+        if not present or (-_INT_LIMIT < min(present) and max(present) < _INT_LIMIT):
+            return [_EMPTY if v is None else f"<c><v>{v}</v></c>" for v in values]
         text_cell, limit = self.text_cell, _INT_LIMIT
         return [
             _EMPTY
@@ -333,17 +422,23 @@ class XLSXFormat(ExportFormat):
         ]
 
     def _float_cells(self, values: Sequence[Any]) -> list[str]:
+        present = [v for v in values if v is not None] if None in values else values
+        if all(map(math.isfinite, present)):
+            return [_EMPTY if v is None else f"<c><v>{v!r}</v></c>" for v in values]
         text_cell = self.text_cell
         return [
             _EMPTY
             if v is None
             else f"<c><v>{v!r}</v></c>"
-            if v - v == 0  # False for inf and nan
+            if math.isfinite(v)
             else text_cell(repr(v))
             for v in values
         ]
 
     def _decimal_cells(self, values: Sequence[Decimal | None]) -> list[str]:
+        present = [v for v in values if v is not None] if None in values else values
+        if all(map(Decimal.is_finite, present)):  # type: ignore[arg-type]
+            return [_EMPTY if v is None else f"<c><v>{v:f}</v></c>" for v in values]
         text_cell = self.text_cell
         return [
             _EMPTY if v is None else f"<c><v>{v:f}</v></c>" if v.is_finite() else text_cell(str(v))
@@ -369,6 +464,11 @@ class XLSXFormat(ExportFormat):
         ]
 
     def _datetime_cells(self, values: Sequence[datetime.datetime | None]) -> list[str]:
+        # The common case, a column of aware datetimes after 1900: Unix times in days,
+        # shifted, plus the zone's offset, looked up once per UTC hour of the batch.
+        serials = self._datetime_serials(values)
+        if serials is not None:
+            return [f'<c s="{_DATETIME}"><v>{serial!r}</v></c>' for serial in serials]
         cells: list[str] = []
         append, offsets, cell = cells.append, self._offsets, self._datetime_cell
         for v in values:
@@ -391,6 +491,30 @@ class XLSXFormat(ExportFormat):
             else:
                 append(cell(v))
         return cells
+
+    def _datetime_serials(self, values: Sequence[Any]) -> list[float] | None:
+        """Return the serials of a column of aware datetimes after 1900, else ``None``.
+
+        Unix time in days, shifted, plus the zone's UTC offset, looked up once per UTC
+        hour of the batch (``None`` too when an hour holds an offset change).
+        """
+        if not values or values[0] is None or values[0].tzinfo is None:
+            return None
+        try:
+            stamps = [v.timestamp() for v in values]
+        except AttributeError:  # a NULL
+            return None
+        if min(stamps) < _FIRST_SERIAL_STAMP:
+            return None
+        offsets = self._offsets
+        hours = {stamp // 3600 for stamp in stamps}
+        for hour in hours:
+            if offsets.get(hour, _UNKNOWN) is _UNKNOWN:
+                self._hour_offset(hour)
+        if any(offsets.get(hour) is None for hour in hours):
+            return None
+        offset = offsets.__getitem__
+        return [(stamp + offset(stamp // 3600)) / 86400 + _UNIX_SERIAL for stamp in stamps]
 
     def _hour_offset(self, hour: float) -> float | None:
         """Return ``time_zone``'s UTC offset (seconds) all through UTC ``hour``, or ``None``.
@@ -443,6 +567,8 @@ class XLSXFormat(ExportFormat):
         )
         self._write("_rels/.rels", _ROOT_RELS)
         self._write("xl/styles.xml", _STYLES)
+        if self.background_compression:
+            self._writer = background_writer()
         return self._sink.drain()
 
     def _width(self, index: int, rows: Sequence[Row]) -> int:
@@ -461,6 +587,7 @@ class XLSXFormat(ExportFormat):
     def _open_sheet(self, rows: Sequence[Row]) -> None:
         """Start the next sheet part: the frozen header row, then rows follow."""
         assert self._zip is not None
+        self._wait()
         if self._widths is None:
             self._widths = [self._width(index, rows) for index in range(len(self.columns))]
         number = len(self._sheets) + 1
@@ -480,13 +607,14 @@ class XLSXFormat(ExportFormat):
             f'<sheetView workbookViewId="0"{selected}>'
             '<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>'
             f"</sheetView></sheetViews><cols>{cols}</cols><sheetData>"
-            f'<row r="1">{header}</row>'
+            f"<row>{header}</row>"
         ).encode()
         self._sheet.write(head)
         self._sheet_rows = 1
         self._sheet_bytes = len(head)
 
     def _close_sheet(self) -> None:
+        self._wait()
         self._sheet_last_rows.append(self._sheet_rows)
         last = f"{self._letters[-1]}{self._sheet_rows}"
         self._sheet.write(f'</sheetData><autoFilter ref="A1:{last}"/></worksheet>'.encode())
@@ -494,56 +622,87 @@ class XLSXFormat(ExportFormat):
         self._sheet = None
 
     def _flush(self, lines: list[str]) -> None:
+        """Hand ``lines`` to the sheet: compressed by the background writer when there is one."""
         if lines:
             data = "".join(lines).encode("utf-8")
-            self._sheet.write(data)
             self._sheet_bytes += len(data)
             self._last_size += len(data)
             lines.clear()
+            if self._writer is None:
+                self._sheet.write(data)
+                return
+            self._held.append(data)
+            self._held_size += len(data)
+            if self._held_size >= BACKGROUND_JOB_BYTES:
+                self._submit()
+
+    def _submit(self) -> None:
+        """Compress the held XML in the background (after the job before it)."""
+        data = b"".join(self._held)
+        self._held.clear()
+        self._held_size = 0
+        self._wait_job()
+        self._ready.append(self._sink.drain())
+        if data:
+            self._job = self._writer.submit(self._sheet.write, data)
+
+    def _wait(self) -> None:
+        """Write what is held and wait for the background writer, so the sheet is current."""
+        if self._held:
+            self._submit()
+        self._wait_job()
+
+    def _wait_job(self) -> None:
+        job, self._job = self._job, None
+        if job is not None:
+            job.result()  # raises what the job raised
+
+    def _output(self) -> bytes:
+        """Return the compressed bytes ready (not those of a batch still compressing)."""
+        ready, self._ready = self._ready, []
+        if self._job is None or self._job.done():
+            self._wait_job()
+            ready.append(self._sink.drain())
+        return b"".join(ready)
 
     def render_rows(self, rows: Sequence[Row]) -> bytes:
         """Write a batch of rows into the current sheet; return the compressed bytes ready."""
-        rows = self.convert_rows(rows)
+        if not rows:
+            return b""
+        columns: list[Sequence[Any]] = list(zip(*rows))  # noqa: B905 (equal lengths)
+        for index, convert in self._active:  # converters to text, column by column
+            columns[index] = convert(columns[index])
         if self._sheet is None:
-            self._open_sheet(rows)
+            self._open_sheet(list(zip(*columns)))  # noqa: B905
         self._last_size = 0
-        columns = list(zip(*rows))  # noqa: B905 (equal lengths)
         cells = [write(values) for write, values in zip(self._writers, columns, strict=True)]
-        first = self._sheet_rows + 1
-        if first + len(rows) <= self.max_sheet_rows:
-            # The common case: the batch fits the sheet's rows; check its bytes once.
-            text = "".join(
-                [
-                    f'<row r="{number}">{"".join(row_cells)}</row>'
-                    for number, row_cells in enumerate(zip(*cells), first)  # noqa: B905
-                ]
-            )
-            if self._sheet_bytes + 4 * len(text) <= self.max_sheet_bytes:
-                self._sheet_rows += len(rows)
+        lines = list(map("".join, zip(*cells)))  # noqa: B905 (each row's cells, joined in C)
+        if self._sheet_rows + len(lines) <= self.max_sheet_rows:
+            # The common case: the whole batch fits the sheet; one join, one size check.
+            text = "<row>" + "</row><row>".join(lines) + "</row>"
+            if self._sheet_bytes + 4 * len(text) <= self.max_sheet_bytes:  # UTF-8: <= 4 B/char
+                self._sheet_rows += len(lines)
                 self._flush([text])
-                return self._sink.drain()
-        lines: list[str] = []
-        pending = 0  # characters in lines; at most 4 bytes each in UTF-8
-        for row_cells in zip(*cells):  # noqa: B905
-            line = "".join(row_cells)
-            if (
-                self._sheet_rows >= self.max_sheet_rows
-                or self._sheet_bytes + 4 * (pending + len(line) + 24) > self.max_sheet_bytes
+                return self._output()
+        pending: list[str] = []
+        size = 0  # characters in pending
+        for line in lines:
+            line = f"<row>{line}</row>"
+            if self._sheet_rows >= self.max_sheet_rows or (
+                self._sheet_bytes + 4 * (size + len(line)) > self.max_sheet_bytes
             ):
-                self._flush(lines)
-                pending = 0
-                if (
-                    self._sheet_rows >= self.max_sheet_rows
-                    or self._sheet_bytes + 4 * (len(line) + 24) > self.max_sheet_bytes
+                self._flush(pending)
+                size = 0
+                if self._sheet_rows >= self.max_sheet_rows or (
+                    self._sheet_bytes + 4 * len(line) > self.max_sheet_bytes
                 ):
                     self._close_sheet()
-                    self._open_sheet(rows)
+                    self._open_sheet(())
             self._sheet_rows += 1
-            line = f'<row r="{self._sheet_rows}">{line}</row>'
-            lines.append(line)
-            pending += len(line)
-        self._flush(lines)
-        return self._sink.drain()
+            pending.append(line)
+            size += len(line)
+        self._flush(pending)
+        return self._output()
 
     def rendered_size(self, data: bytes) -> int:
         """Return the uncompressed size of the last batch: what sizes the next slice."""
@@ -555,15 +714,26 @@ class XLSXFormat(ExportFormat):
         The open sheet and the zip are closed into the sink, whose bytes are discarded, so
         ``zipfile`` has no open writing handle left to complain about when collected.
         """
-        if self._zip is None or self._zip.fp is None:
-            return
         try:
+            self._stop_writer()
+            if self._zip is None or self._zip.fp is None:
+                return
             if self._sheet is not None:
                 self._sheet.close()
                 self._sheet = None
             self._zip.close()
         finally:
+            self._ready.clear()
             self._sink.drain()
+
+    def _stop_writer(self) -> None:
+        """Wait for the background writer's last job and let its thread go."""
+        try:
+            self._wait()
+        finally:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.shutdown()
 
     def end(self, rows: int | None = None) -> bytes:
         """Close the last sheet, write the workbook, its relationships and content types."""
@@ -618,4 +788,5 @@ class XLSXFormat(ExportFormat):
                 self.cut_cells,
                 MAX_CELL_CHARS,
             )
-        return self._sink.drain()
+        self._stop_writer()
+        return self._output()
