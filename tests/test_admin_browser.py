@@ -6,8 +6,8 @@ server is pytest-django's ``live_server`` (a real HTTP server on 127.0.0.1, over
 PostgreSQL test database) with all 336,776 flights loaded by ``loadflights`` (COPY).
 A staff user with only the view permission logs in, filters the changelist, exports the
 filtered flights with both actions, picks and reorders columns on the export page, and
-exports all flights in both formats; every download is parsed and compared with the
-database.
+exports all flights as CSV, NDJSON and Excel; every download is parsed (the workbook by
+python-calamine and by LibreOffice) and compared with the database.
 
 ``STREAMEXPORT_SCREENSHOTS=1`` also writes ``docs/admin-export-page{,-dark}.png``.
 """
@@ -21,12 +21,23 @@ import os
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.db import connections
 from django.utils.text import capfirst
 from flights.admin import FlightAdmin
 from flights.models import Flight
+
+from django_streamexport.columns import resolve_columns
+from tests.spreadsheets import read_calamine, read_libreoffice
+from tests.test_formats_xlsx import (
+    assert_same_rows,
+    calamine_expected,
+    libreoffice_cell,
+    libreoffice_read_back,
+    read_back,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -192,3 +203,27 @@ def test_staff_user_exports_flights_from_the_admin(live_server, browser_page, tm
             assert rows == as_csv_cells(everything)
         else:
             assert [list(r.values()) for r in parse_ndjson(data)] == everything
+
+    # Excel: all flights as .xlsx from the same page, read back cell by cell by calamine and
+    # by LibreOffice (what staff open it with), against the database.
+    page.check("input[name=format][value=xlsx]")
+    with page.expect_download() as info:
+        page.click("#streamexport-form input[type=submit]")
+    assert info.value.suggested_filename == "flights.xlsx"
+    data = read_download(info.value)
+    columns = resolve_columns(ordered, fields)
+    rows = [list(row) for row in ordered.values_list(*fields).iterator(chunk_size=10_000)]
+    zone = settings.TIME_ZONE
+    (sheet,) = read_calamine(data)
+    assert sheet[0] == [column.label for column in columns]
+    assert_same_rows(
+        read_back(columns, sheet[1:]), calamine_expected(columns, rows, zone), "calamine"
+    )
+    csv_rows = read_libreoffice(data, tmp_path)
+    assert len(csv_rows) == ALL_FLIGHTS + 1
+    expected = [
+        [libreoffice_cell(column, value, zone) for column, value in zip(columns, row, strict=True)]
+        for row in rows
+    ]
+    got = libreoffice_read_back(columns, rows, zone, csv_rows[1:])
+    assert_same_rows(got, expected, "LibreOffice")
