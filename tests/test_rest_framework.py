@@ -223,3 +223,20 @@ def test_no_export_filename_names_the_file_after_the_models_verbose_name_plural(
     assert [int(row[0]) for row in rows[1:]] == list(
         model.objects.order_by("id").values_list("id", flat=True)
     )
+
+
+def test_xlsx_streams_a_workbook_of_the_filtered_queryset(api):
+    from tests.spreadsheets import read_calamine
+
+    records = make_records("default")
+    response = api.get("/api/records/", {"format": "xlsx", "status": "p", "ordering": "-id"})
+    assert response.status_code == 200
+    assert response.streaming
+    assert response["Content-Type"] == (
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    )
+    assert response["Content-Disposition"] == 'attachment; filename="records.xlsx"'
+    (sheet,) = read_calamine(body(response))
+    assert sheet[0] == ["ID", "Record title", "Count", "Author name"]
+    expected = sorted((r for r in records if r.status == "p"), key=lambda r: -r.id)
+    assert [(row[0], row[1]) for row in sheet[1:]] == [(float(r.id), r.title) for r in expected]

@@ -38,6 +38,7 @@ from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
+from django_streamexport.formats.xlsx import XLSXFormat
 from django_streamexport.plan import ExportPlan, build_plan
 from django_streamexport.responses import (
     admit_export,
@@ -47,7 +48,14 @@ from django_streamexport.responses import (
 )
 from django_streamexport.streaming import ExportStream
 
-__all__ = ["CSVExportRenderer", "ExportRenderer", "NDJSONExportRenderer", "StreamingExportAPIMixin"]
+__all__ = [
+    "CSVExportRenderer",
+    "ExportRenderer",
+    "NDJSONExportRenderer",
+    "ParquetExportRenderer",
+    "StreamingExportAPIMixin",
+    "XLSXExportRenderer",
+]
 
 
 class ExportRenderer(BaseRenderer):
@@ -90,6 +98,32 @@ class NDJSONExportRenderer(ExportRenderer):
     format = "ndjson"
 
 
+class XLSXExportRenderer(ExportRenderer):
+    """Select a streamed Excel workbook (``?format=xlsx`` or its media type in ``Accept``)."""
+
+    export_format_class = XLSXFormat
+    media_type = XLSXFormat.media_type
+    format = "xlsx"
+    charset = None  # type: ignore[assignment]  # binary: no charset parameter
+
+
+class ParquetExportRenderer(ExportRenderer):
+    """Select a streamed Parquet file (``?format=parquet``; needs the ``[parquet]`` extra).
+
+    Not among the mixin's defaults: add it to ``export_renderer_classes``.
+    """
+
+    format = "parquet"
+    media_type = "application/vnd.apache.parquet"
+    charset = None  # type: ignore[assignment]  # binary: no charset parameter
+
+    @property
+    def export_format_class(self) -> type[ExportFormat]:  # type: ignore[override]
+        from django_streamexport.formats.parquet import ParquetFormat
+
+        return ParquetFormat
+
+
 class StreamingExportAPIMixin:
     """Stream ``list()`` when an :class:`ExportRenderer` was negotiated.
 
@@ -111,6 +145,7 @@ class StreamingExportAPIMixin:
     export_renderer_classes: Sequence[type[ExportRenderer]] = (
         CSVExportRenderer,
         NDJSONExportRenderer,
+        XLSXExportRenderer,
     )
     export_filename: str | None = None
     export_chunk_size: int | None = None
