@@ -97,6 +97,35 @@ def choices_converter(choices: dict[Any, str]) -> Converter:
     return convert
 
 
+class OutputBuffer:
+    """A write-only, non-seekable binary file that collects what a writer library writes.
+
+    Formats that hand their bytes to a library writer (``zipfile`` for XLSX, pyarrow's
+    ``ParquetWriter``) give it this file and :meth:`drain` it after each batch, so each
+    chunk leaves as soon as it is written.  It has no ``tell()`` or ``seek()``: ``zipfile``
+    then writes data descriptors; ``closed`` and ``write()`` are what pyarrow reads.
+    """
+
+    closed = False
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        """Keep ``data`` (``bytes``, or a buffer, copied) until the next :meth:`drain`."""
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        """Do nothing: bytes leave with :meth:`drain`."""
+
+    def drain(self) -> bytes:
+        """Return the bytes written since the last drain, and forget them."""
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
 class ExportFormat:
     """Render rows of a fixed set of columns as a stream of bytes.
 

@@ -38,7 +38,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django_streamexport import columns as kinds
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.conf import conf
-from django_streamexport.formats.base import Converter, ExportFormat, Row, decimal_text
+from django_streamexport.formats.base import (
+    Converter,
+    ExportFormat,
+    OutputBuffer,
+    Row,
+    decimal_text,
+)
 from django_streamexport.formats.csv import json_text, other_text
 
 if importlib.util.find_spec("pyarrow") is None:  # found, not imported (check E004)
@@ -148,31 +154,6 @@ def choices_text(choices: dict[Any, str]) -> Converter:
     return convert
 
 
-class _Sink:
-    """A write-only, non-seekable file collecting what pyarrow writes, drained per chunk.
-
-    ``pyarrow.PythonFile`` (what ``ParquetWriter`` wraps a Python file object in) reads
-    ``closed`` and calls ``write()``; it keeps the position itself.
-    """
-
-    closed = False
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self._parts.append(bytes(data))  # pyarrow passes bytes: no copy
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def drain(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
-
-
 class ParquetFormat(ExportFormat):
     """Write rows as an Apache Parquet file (``.parquet``), one row group at a time.
 
@@ -230,7 +211,7 @@ class ParquetFormat(ExportFormat):
         self.compression_level = compression_level
         #: The Arrow memory pool of this export's arrays and writer.
         self.memory_pool = memory_pool or pa.default_memory_pool()
-        self._sink = _Sink()
+        self._sink = OutputBuffer()
         self._writer: pq.ParquetWriter | None = None
         self._batches: list[pa.RecordBatch] = []
         self._buffered = 0

@@ -76,6 +76,7 @@ from django_streamexport.conf import conf
 from django_streamexport.formats.base import (
     Converter,
     ExportFormat,
+    OutputBuffer,
     Row,
     binary_text,
     choices_converter,
@@ -249,25 +250,6 @@ def background_writer() -> _ThreadWriter | _GeventWriter:
     return _ThreadWriter()
 
 
-class _Sink:
-    """A write-only, non-seekable file collecting what ``zipfile`` writes, drained per chunk."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def drain(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
-
-
 class XLSXFormat(ExportFormat):
     """Write rows as an Excel workbook (``.xlsx``), streamed as a zip of parts.
 
@@ -316,7 +298,7 @@ class XLSXFormat(ExportFormat):
         self.background_compression = background_compression
         #: Cells cut to :data:`MAX_CELL_CHARS` characters so far.
         self.cut_cells = 0
-        self._sink = _Sink()
+        self._sink = OutputBuffer()
         self._zip: zipfile.ZipFile | None = None
         self._sheet: Any = None
         self._sheets: list[str] = []
