@@ -166,7 +166,7 @@ _JOINED_EDGES = (" \n", "\n ", "\t\n", "\n\t")
 #: rarely, small enough that chunks stay small and memory flat.
 BACKGROUND_JOB_BYTES = 256 << 10
 #: Hours whose UTC offset :meth:`XLSXFormat._hour_offset` keeps, before starting afresh.
-_OFFSET_CACHE_HOURS = 4096
+_OFFSET_CACHE_HOURS = 1024
 _UNKNOWN = object()
 _LAST_MICROSECOND = datetime.timedelta(hours=1) - datetime.timedelta(microseconds=1)
 #: The serial of 1970-01-01 (Unix time 0).
