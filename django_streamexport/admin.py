@@ -35,13 +35,19 @@ from functools import cache
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR, ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core import checks
-from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, PermissionDenied
+from django.core.exceptions import (
+    FieldDoesNotExist,
+    ImproperlyConfigured,
+    PermissionDenied,
+    ValidationError,
+)
 from django.db import models
-from django.http import HttpRequest, HttpResponseBase, QueryDict
+from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
@@ -295,6 +301,18 @@ class ExportAdminMixin:
             actions.setdefault(name, (func, name, description))
         return actions
 
+    def _valid_selection(self, values: Sequence[str]) -> bool:
+        """Say whether every selected value is a key the model's primary key accepts."""
+        pk = self.opts.pk
+        try:
+            for value in values:
+                if value in pk.empty_values or "\x00" in value:
+                    return False
+                pk.get_prep_value(pk.to_python(value))
+        except (ValidationError, ValueError, TypeError):
+            return False
+        return True
+
     def _export_action_names(self) -> set[str]:
         return {self.get_action(action)[1] for action in self.export_actions}  # type: ignore[attr-defined]
 
@@ -409,13 +427,21 @@ class ExportAdminMixin:
     def changelist_view(
         self, request: HttpRequest, extra_context: dict | None = None
     ) -> HttpResponseBase:
-        """Add the export button's URL; refuse export actions without permission (403)."""
-        if (
-            request.method == "POST"
-            and set(request.POST.getlist("action")) & self._export_action_names()
-            and not self.has_export_permission(request)
+        """Add the export button's URL; refuse export actions without permission (403).
+
+        An export action whose selected keys are not keys of the model (``x``, ``1.5``,
+        an empty value) is a 400: Django's own action handling would filter by them and
+        fail with a 500 (a ``ValueError`` from the key field).
+        """
+        if request.method == "POST" and (
+            set(request.POST.getlist("action")) & self._export_action_names()
         ):
-            raise PermissionDenied
+            if not self.has_export_permission(request):
+                raise PermissionDenied
+            if not self._valid_selection(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)):
+                return export_error_response(
+                    ExportRequestError(_("The selected rows are not valid."))
+                )
         extra_context = dict(extra_context or {})
         if self.has_export_permission(request):
             query = request.GET.copy()
@@ -452,6 +478,9 @@ class ExportAdminMixin:
         """
         if not self.has_export_permission(request):
             raise PermissionDenied
+        if request.method not in ("GET", "HEAD"):
+            # The page is a form that GETs the download; nothing else may trigger it.
+            return HttpResponseNotAllowed(["GET", "HEAD"])
         from django.contrib.admin.options import IncorrectLookupParameters
 
         allowed = [self._field_name(field) for field in self.get_export_fields(request)]

@@ -604,3 +604,35 @@ def test_disable_server_side_cursors_refuses_cursor_mode_and_keyset_streams(
     (stream,) = recorded
     assert stream.reader.name == "keyset"
     assert stream.plan.using == "default"
+
+
+# --- bad input: a clear 4xx, never a 500 ------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["x", "1.5", "", "\x00", "1\x00"])
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_an_export_action_on_keys_that_are_not_keys_is_a_400(admin_client, fmt, value):
+    make_records("default", 3)
+    response = post_action(admin_client, f"export_as_{fmt}", [value])
+    assert response.status_code == 400
+    assert not response.streaming
+    assert response.content.decode() == "The selected rows are not valid.\n"
+
+
+def test_other_actions_keep_djangos_handling(admin_client):
+    """Only export actions are checked: delete_selected still reaches its confirmation page."""
+    records = make_records("default", 3)
+    response = post_action(admin_client, "delete_selected", [records[0].pk])
+    assert response.status_code == 200
+    assert b"Are you sure" in response.content
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "options", "trace"])
+def test_the_export_page_answers_only_get_and_head(admin_client, method):
+    make_records("default", 3)
+    response = admin_client.generic(method.upper(), f"{EXPORT}?format=csv&fields=id")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
+    assert not response.streaming
+    head = admin_client.head(f"{EXPORT}?format=csv&fields=id")
+    assert head.status_code == 200
