@@ -176,6 +176,11 @@ _INT_LIMIT = 10**15
 _EMPTY = "<c/>"
 
 
+def _present(values: Sequence[Any]) -> Sequence[Any]:
+    """Return ``values`` without its ``None`` (``values`` itself when it has none)."""
+    return [v for v in values if v is not None] if None in values else values
+
+
 def column_letter(index: int) -> str:
     """Return the column name of 0-based ``index``: ``A``... ``Z``, ``AA``... (up to ``XFD``)."""
     name = ""
@@ -348,7 +353,7 @@ class XLSXFormat(ExportFormat):
         if "_x" in value:
             value = _LITERAL_ESCAPE.sub("_x005F_", value)
         value = value.translate(_TEXT_TABLE)
-        if value[:1] in (" ", "\t", "\n") or value[-1:] in (" ", "\t", "\n"):
+        if value[:1] in _EDGE or value[-1:] in _EDGE:
             return f'<t xml:space="preserve">{value}</t>'
         return f"<t>{value}</t>"
 
@@ -357,7 +362,7 @@ class XLSXFormat(ExportFormat):
         return f'<c t="inlineStr"><is>{self.text_element(value)}</is></c>'
 
     def _text_cells(self, values: Sequence[Any]) -> list[str]:
-        present = [v for v in values if v is not None] if None in values else values
+        present = _present(values)
         if self._plain_texts(present):
             # No text of the batch needs escaping, xml:space or a cut: no test per value.
             if present is values:
@@ -390,7 +395,7 @@ class XLSXFormat(ExportFormat):
         )
 
     def _integer_cells(self, values: Sequence[Any]) -> list[str]:
-        present = [v for v in values if v is not None] if None in values else values
+        present = _present(values)
         if not present or (-_INT_LIMIT < min(present) and max(present) < _INT_LIMIT):
             return [_EMPTY if v is None else f"<c><v>{v}</v></c>" for v in values]
         text_cell, limit = self.text_cell, _INT_LIMIT
@@ -404,7 +409,7 @@ class XLSXFormat(ExportFormat):
         ]
 
     def _float_cells(self, values: Sequence[Any]) -> list[str]:
-        present = [v for v in values if v is not None] if None in values else values
+        present = _present(values)
         if all(map(math.isfinite, present)):
             return [_EMPTY if v is None else f"<c><v>{v!r}</v></c>" for v in values]
         text_cell = self.text_cell
@@ -418,8 +423,8 @@ class XLSXFormat(ExportFormat):
         ]
 
     def _decimal_cells(self, values: Sequence[Decimal | None]) -> list[str]:
-        present = [v for v in values if v is not None] if None in values else values
-        if all(map(Decimal.is_finite, present)):  # type: ignore[arg-type]
+        present = _present(values)
+        if all(map(Decimal.is_finite, present)):
             return [_EMPTY if v is None else f"<c><v>{v:f}</v></c>" for v in values]
         text_cell = self.text_cell
         return [
@@ -451,28 +456,8 @@ class XLSXFormat(ExportFormat):
         serials = self._datetime_serials(values)
         if serials is not None:
             return [f'<c s="{_DATETIME}"><v>{serial!r}</v></c>' for serial in serials]
-        cells: list[str] = []
-        append, offsets, cell = cells.append, self._offsets, self._datetime_cell
-        for v in values:
-            if v is None:
-                append(_EMPTY)
-            elif v.tzinfo is not None and v >= _FIRST_SERIAL_UTC:
-                # Aware: the serial is Unix time in days, shifted, plus the zone's offset,
-                # looked up once per UTC hour where it is the same all through the hour.
-                seconds = v.timestamp()
-                hour = seconds // 3600
-                offset: Any = offsets.get(hour, _UNKNOWN)
-                if offset is _UNKNOWN:
-                    offset = self._hour_offset(hour)
-                if offset is None:  # the offset changes within this hour
-                    append(cell(v))
-                    continue
-                append(
-                    f'<c s="{_DATETIME}"><v>{(seconds + offset) / 86400 + _UNIX_SERIAL!r}</v></c>'
-                )
-            else:
-                append(cell(v))
-        return cells
+        cell = self._datetime_cell
+        return [_EMPTY if v is None else cell(v) for v in values]
 
     def _datetime_serials(self, values: Sequence[Any]) -> list[float] | None:
         """Return the serials of a column of aware datetimes after 1900, else ``None``.
@@ -498,6 +483,20 @@ class XLSXFormat(ExportFormat):
         offset = offsets.__getitem__
         return [(stamp + offset(stamp // 3600)) / 86400 + _UNIX_SERIAL for stamp in stamps]
 
+    def _aware_serial(self, value: datetime.datetime) -> float | None:
+        """Return one aware datetime's serial as :meth:`_datetime_serials` computes it.
+
+        ``None`` before 1900-03-01 (in any zone) or in an hour holding an offset change.
+        """
+        if value < _FIRST_SERIAL_UTC:
+            return None
+        seconds = value.timestamp()
+        hour = seconds // 3600
+        offset: Any = self._offsets.get(hour, _UNKNOWN)
+        if offset is _UNKNOWN:
+            offset = self._hour_offset(hour)
+        return None if offset is None else (seconds + offset) / 86400 + _UNIX_SERIAL
+
     def _hour_offset(self, hour: float) -> float | None:
         """Return ``time_zone``'s UTC offset (seconds) all through UTC ``hour``, or ``None``.
 
@@ -515,6 +514,9 @@ class XLSXFormat(ExportFormat):
 
     def _datetime_cell(self, value: datetime.datetime) -> str:
         if value.tzinfo is not None:
+            serial = self._aware_serial(value)
+            if serial is not None:
+                return f'<c s="{_DATETIME}"><v>{serial!r}</v></c>'
             value = value.astimezone(self.time_zone).replace(tzinfo=None)
         if value < _FIRST_SERIAL_DATETIME:
             return self.text_cell(value.isoformat())
@@ -659,25 +661,20 @@ class XLSXFormat(ExportFormat):
         self._last_size = 0
         cells = [write(values) for write, values in zip(self._writers, columns, strict=True)]
         lines = list(map("".join, zip(*cells)))  # noqa: B905 (each row's cells, joined in C)
-        if self._sheet_rows + len(lines) <= self.max_sheet_rows:
-            # The common case: the whole batch fits the sheet; one join, one size check.
-            text = "<row>" + "</row><row>".join(lines) + "</row>"
-            if self._sheet_bytes + 4 * len(text) <= self.max_sheet_bytes:  # UTF-8: <= 4 B/char
-                self._sheet_rows += len(lines)
-                self._flush([text])
-                return self._output()
+        # The common case: the whole batch fits the sheet; one join, one size check.
+        text = "<row>" + "</row><row>".join(lines) + "</row>"
+        if not self._sheet_full(len(lines) - 1, len(text)):
+            self._sheet_rows += len(lines)
+            self._flush([text])
+            return self._output()
         pending: list[str] = []
         size = 0  # characters in pending
         for line in lines:
             line = f"<row>{line}</row>"
-            if self._sheet_rows >= self.max_sheet_rows or (
-                self._sheet_bytes + 4 * (size + len(line)) > self.max_sheet_bytes
-            ):
+            if self._sheet_full(0, size + len(line)):
                 self._flush(pending)
                 size = 0
-                if self._sheet_rows >= self.max_sheet_rows or (
-                    self._sheet_bytes + 4 * len(line) > self.max_sheet_bytes
-                ):
+                if self._sheet_full(0, len(line)):
                     self._close_sheet()
                     self._open_sheet(())
             self._sheet_rows += 1
@@ -685,6 +682,14 @@ class XLSXFormat(ExportFormat):
             size += len(line)
         self._flush(pending)
         return self._output()
+
+    def _sheet_full(self, rows: int, characters: int) -> bool:
+        """Say whether the sheet cannot take one row more, plus ``rows`` more and
+        ``characters`` more of XML (UTF-8: at most 4 bytes a character)."""
+        return (
+            self._sheet_rows + rows >= self.max_sheet_rows
+            or self._sheet_bytes + 4 * characters > self.max_sheet_bytes
+        )
 
     def rendered_size(self, data: bytes) -> int:
         """Return the uncompressed size of the last batch: what sizes the next slice."""
