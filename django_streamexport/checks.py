@@ -22,17 +22,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_streamexport.conf import conf
+from django_streamexport.plan import is_count, is_integer, is_timeout
 from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
 
 logger = logging.getLogger("django_streamexport")
 
 #: Values of ``STREAMEXPORT_ADMIN_EXPORT_PERMISSION``.
 ADMIN_EXPORT_PERMISSIONS = ("view", "export")
-
-
-def _is_int(value: Any) -> bool:
-    """Return whether ``value`` is an integer (``True`` and ``False`` are not, here)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _error(name: str, problem: str, hint: str, check_id: str) -> Error:
@@ -76,7 +72,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 def _positive_int(name: str, check_id: str) -> Error | None:
     """E001, E002: a positive integer."""
     value = getattr(conf, name)
-    if _is_int(value) and value >= 1:
+    if is_integer(value) and value >= 1:
         return None
     return _error(
         name,
@@ -174,11 +170,7 @@ def _copy_mode() -> Error | None:
 def _timeout(name: str, check_id: str) -> Error | None:
     """E012, E013: ``None`` or seconds from 0 up to PostgreSQL's limit."""
     value = getattr(conf, name)
-    if value is None or (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and 0 <= value <= MAX_TIMEOUT_MS / 1000  # False for NaN; no float() of a huge int
-    ):
+    if is_timeout(value):
         return None
     return _error(
         name,
@@ -192,7 +184,7 @@ def _timeout(name: str, check_id: str) -> Error | None:
 def _limit(name: str, check_id: str) -> Error | None:
     """E014, E015, E016: ``None`` or a non-negative integer (``None`` and 0: no limit)."""
     value = getattr(conf, name)
-    if value is None or (_is_int(value) and value >= 0):
+    if is_count(value):
         return None
     return _error(
         name,
@@ -205,7 +197,7 @@ def _limit(name: str, check_id: str) -> Error | None:
 def _retry_after() -> Error | None:
     """E017: a non-negative integer (``Retry-After`` takes whole seconds)."""
     value = conf.RETRY_AFTER
-    if _is_int(value) and value >= 0:
+    if is_integer(value) and value >= 0:
         return None
     return _error(
         "RETRY_AFTER",
@@ -238,7 +230,7 @@ def _xlsx_time_zone() -> Error | None:
 def _int_range(name: str, check_id: str, low: int, high: int) -> Error | None:
     """E019, E020: an integer from ``low`` to ``high``."""
     value = getattr(conf, name)
-    if _is_int(value) and low <= value <= high:
+    if is_integer(value) and low <= value <= high:
         return None
     return _error(
         name,

@@ -82,31 +82,53 @@ def _setting(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
+# The rules of option values, shared with the settings' system checks (checks.py).
+
+
+def is_integer(value: Any) -> bool:
+    """Say whether ``value`` is an ``int`` (``True`` and ``False`` are not, here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_count(value: Any) -> bool:
+    """Say whether ``value`` is a limit in rows or exports: ``None`` or an integer >= 0."""
+    return value is None or (is_integer(value) and value >= 0)
+
+
+def is_timeout(value: Any) -> bool:
+    """Say whether ``value`` is ``None`` or seconds from 0 to what PostgreSQL takes.
+
+    PostgreSQL takes at most INT_MAX milliseconds (``pg_settings.max_val``); NaN fails.
+    """
+    return value is None or (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_TIMEOUT_MS / 1000  # no float() of a huge int
+    )
+
+
 def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not (is_integer(value) and value >= 1):
         raise ImproperlyConfigured(f"{name} must be a positive integer, not {value!r}.")
     return value
 
 
-def _limit(name: str, value: Any, *, number: type | tuple[type, ...]) -> Any:
-    """Return ``value`` (0 or ``None``: no limit, as ``None``); refuse negatives and bools."""
-    if value is None or (value == 0 and not isinstance(value, bool)):
-        return None
-    is_number = isinstance(value, number) and not isinstance(value, bool)
-    if not is_number or value < 0:
+def _count(name: str, value: Any) -> int | None:
+    """Return the limit ``value`` (0 or ``None``: no limit, as ``None``)."""
+    if not is_count(value):
         raise ImproperlyConfigured(f"{name} must be a non-negative number or None, not {value!r}.")
-    return value
+    return value or None
 
 
 def _timeout(name: str, value: Any) -> float | None:
     """Return seconds PostgreSQL can take (0 or ``None``: the server's, as ``None``)."""
-    value = _limit(name, value, number=(int, float))
-    # False for NaN; PostgreSQL takes at most INT_MAX milliseconds.
-    if value is not None and not value <= MAX_TIMEOUT_MS / 1000:
+    if is_timeout(value):
+        return value or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not value < 0:
         raise ImproperlyConfigured(
             f"{name} must be at most {MAX_TIMEOUT_MS / 1000} seconds, not {value!r}."
         )
-    return value
+    raise ImproperlyConfigured(f"{name} must be a non-negative number or None, not {value!r}.")
 
 
 def unique_key_field(model: type[models.Model], key: str) -> models.Field:
@@ -251,7 +273,7 @@ def build_plan(
         prefetch=bool(_setting(prefetch, True)),
         chunk_size=_positive_int("chunk_size", _setting(chunk_size, conf.CHUNK_SIZE)),
         buffer_size=_positive_int("buffer_size", _setting(buffer_size, conf.BUFFER_SIZE)),
-        max_rows=_limit("max_rows", _setting(max_rows, conf.MAX_ROWS), number=int),
+        max_rows=_count("max_rows", _setting(max_rows, conf.MAX_ROWS)),
         statement_timeout=_timeout(
             "statement_timeout", _setting(statement_timeout, conf.STATEMENT_TIMEOUT)
         ),

@@ -138,6 +138,7 @@ def test_settings_are_resolved_once_when_the_plan_is_built():
         ({"max_rows": True}, "max_rows must be a non-negative number"),
         ({"max_rows": 1.5}, "max_rows must be a non-negative number"),
         ({"max_rows": "10"}, "max_rows must be a non-negative number"),
+        ({"max_rows": 0.0}, "max_rows must be a non-negative number"),
         ({"statement_timeout": -0.5}, "statement_timeout must be a non-negative number"),
         ({"statement_timeout": "5"}, "statement_timeout must be a non-negative number"),
         (
