@@ -162,3 +162,15 @@ def plan_stream(queryset, columns, export_format, *, stream_class=None, **option
 
     plan = build_plan(queryset, columns=columns, export_format=export_format, **options)
     return (stream_class or ExportStream)(plan)
+
+
+def traced_peak(stream) -> tuple[int, int]:
+    """Iterate ``stream`` whole; return (peak bytes Python allocated meanwhile, bytes sent)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        total = sum(len(chunk) for chunk in stream)
+        return tracemalloc.get_traced_memory()[1], total
+    finally:
+        tracemalloc.stop()

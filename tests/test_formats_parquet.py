@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,7 +30,14 @@ from django_streamexport.formats.parquet import ParquetFormat, default_compressi
 from django_streamexport.plan import build_plan
 from django_streamexport.sinks import write_to_file
 from django_streamexport.streaming import ExportStream
-from tests.conftest import body, both_databases, make_records, parse_ndjson, plan_stream
+from tests.conftest import (
+    body,
+    both_databases,
+    make_records,
+    parse_ndjson,
+    plan_stream,
+    traced_peak,
+)
 from tests.testapp.models import Record
 from tests.testapp.views import ALL_FIELDS, RecordExport
 
@@ -423,12 +429,7 @@ def test_memory_does_not_grow_with_rows(pg_alias):
         stream = plan_stream(
             queryset, columns, fmt, chunk_size=500, buffer_size=64 * 1024, using=pg_alias
         )
-        tracemalloc.start()
-        try:
-            total = sum(len(chunk) for chunk in stream)
-            python_peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        python_peak, total = traced_peak(stream)
         del stream, fmt
         gc.collect()
         assert pool.bytes_allocated() == 0  # everything freed while the pool lives

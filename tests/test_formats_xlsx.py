@@ -27,7 +27,6 @@ import logging
 import math
 import re
 import sys
-import tracemalloc
 import uuid
 import weakref
 import xml.etree.ElementTree as ET
@@ -51,7 +50,7 @@ from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.formats.xlsx import MAX_CELL_CHARS, XLSXFormat, sheet_name
 from django_streamexport.plan import build_plan
 from django_streamexport.streaming import ExportStream
-from tests.conftest import DATABASES, body, both_databases, make_records, plan_stream
+from tests.conftest import DATABASES, body, both_databases, make_records, plan_stream, traced_peak
 from tests.spreadsheets import (
     read_calamine,
     read_libreoffice_many,
@@ -61,7 +60,7 @@ from tests.spreadsheets import (
     zip_facts,
 )
 from tests.testapp.models import Record
-from tests.testapp.views import ALL_FIELDS
+from tests.testapp.views import ALL_FIELDS, ALL_LABELS
 
 MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 MAIN = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
@@ -74,25 +73,7 @@ PARTS = [
     "xl/_rels/workbook.xml.rels",
     "[Content_Types].xml",
 ]
-#: The header row of ALL_FIELDS: each field's verbose name, capitalized.
-LABELS = [
-    "ID",
-    "Record title",
-    "Body",
-    "Status",
-    "Count",
-    "Amount",
-    "Ratio",
-    "Flag",
-    "Created",
-    "Day",
-    "At",
-    "Took",
-    "Key",
-    "Data",
-    "Author name",
-    "Author country country name",
-]
+LABELS = ALL_LABELS
 LAST_COLUMN = "P"  # the 16th column
 UTC = datetime.timezone.utc
 PLUS_0530 = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
@@ -1156,12 +1137,7 @@ def test_memory_does_not_grow_with_rows(pg_alias):
             buffer_size=64 * 1024,
             using=pg_alias,
         )
-        tracemalloc.start()
-        try:
-            total = sum(len(chunk) for chunk in stream)
-            return tracemalloc.get_traced_memory()[1], total
-        finally:
-            tracemalloc.stop()
+        return traced_peak(stream)
 
     small_peak, small_bytes = peak(2_000)
     large_peak, large_bytes = peak(20_000)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
-
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
@@ -25,6 +23,7 @@ from tests.conftest import (
     plan_stream,
     server_side_cursors,
     session_state,
+    traced_peak,
 )
 from tests.testapp.models import Record
 
@@ -233,12 +232,7 @@ def test_memory_does_not_grow_with_rows(pg_alias):
             buffer_size=64 * 1024,
             using=pg_alias,
         )
-        tracemalloc.start()
-        try:
-            total = sum(len(chunk) for chunk in stream)
-            return tracemalloc.get_traced_memory()[1], total
-        finally:
-            tracemalloc.stop()
+        return traced_peak(stream)
 
     small_peak, small_bytes = peak(2_000)
     large_peak, large_bytes = peak(20_000)

@@ -24,6 +24,25 @@ ALL_FIELDS = [
     "author__name",
     "author__country__name",
 ]
+#: The header row of ALL_FIELDS: each field's verbose name, capitalized.
+ALL_LABELS = [
+    "ID",
+    "Record title",
+    "Body",
+    "Status",
+    "Count",
+    "Amount",
+    "Ratio",
+    "Flag",
+    "Created",
+    "Day",
+    "At",
+    "Took",
+    "Key",
+    "Data",
+    "Author name",
+    "Author country country name",
+]
 
 
 class RecordExport(StreamingExportView):
