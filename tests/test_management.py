@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -113,19 +114,19 @@ def test_progress_reports_rows_and_megabytes_per_second(capsys, tmp_path):
     assert "MB/s" in err
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": PYTHONPATH,
-        "DJANGO_SETTINGS_MODULE": "tests.asgi_project.settings",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "django", "streamexport", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,  # stdout and stderr are pipes, not terminals
-        timeout=120,
-    )
+#: The environment of a ``python -m django`` subprocess on the test database.
+ENV = {
+    **os.environ,
+    "PYTHONPATH": PYTHONPATH,
+    "DJANGO_SETTINGS_MODULE": "tests.asgi_project.settings",
+}
+COMMAND = [sys.executable, "-m", "django", "streamexport"]
+
+
+def _run(*args: str | bytes, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("stdout", subprocess.PIPE)  # pipes, not terminals
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run([*COMMAND, *args], cwd=ROOT, env=ENV, timeout=120, **kwargs)
 
 
 def test_subprocess_writes_to_a_pipe_without_progress_bar():
@@ -203,3 +204,86 @@ def test_stdout_gets_bytes_through_its_buffer_and_text_streams_get_text():
     call_command("streamexport", "testapp.Record", "--fields=id,title", stdout=text)
     assert binary.getvalue() == text.getvalue().encode()
     assert len(parse_csv(binary.getvalue())) == Record.objects.count() + 1
+
+
+# --- where --output writes -------------------------------------------------------------------
+
+
+def _rows(records) -> list[list[str]]:
+    """The CSV rows of ``--fields=id,title`` (``make_records(count=...)`` has no formulas)."""
+    return [[str(r.id), r.title] for r in records]
+
+
+def test_a_fifo_is_written_straight_to_its_reader(tmp_path):
+    """Renaming a file over the FIFO would leave its reader waiting for a writer forever."""
+    records = make_records("default", count=3000)  # more than a pipe holds
+    fifo = tmp_path / "records.csv"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    try:
+        call_command(
+            "streamexport", "testapp.Record", "--fields=id,title", f"-o{fifo}", verbosity=0
+        )
+        received, _ = reader.communicate(timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert parse_csv(received)[1:] == _rows(records)
+    assert [path.name for path in tmp_path.iterdir()] == ["records.csv"]
+
+
+def test_a_device_is_written_straight_not_replaced(tmp_path):
+    make_records("default")
+    device = tmp_path / "null"
+    try:  # a character device with /dev/null's numbers (needs root, CAP_MKNOD)
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod needs root")
+    call_command("streamexport", "testapp.Record", "--fields=id,title", f"-o{device}", verbosity=0)
+    status = device.lstat()
+    assert stat.S_ISCHR(status.st_mode)
+    assert status.st_rdev == os.makedev(1, 3)
+    assert [path.name for path in tmp_path.iterdir()] == ["null"]
+
+
+def test_a_symlink_is_followed_and_its_target_replaced(tmp_path):
+    records = make_records("default", count=50)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "links").mkdir()
+    target = tmp_path / "data" / "records.csv"
+    target.write_bytes(b"old\n")
+    target.chmod(0o640)
+    link = tmp_path / "links" / "records.csv"
+    link.symlink_to("../data/records.csv")
+    dangling = tmp_path / "links" / "new.csv"
+    dangling.symlink_to("../data/new.csv")
+    for output in (link, dangling):
+        call_command(
+            "streamexport", "testapp.Record", "--fields=id,title", f"-o{output}", verbosity=0
+        )
+    assert os.readlink(link) == "../data/records.csv"
+    assert os.readlink(dangling) == "../data/new.csv"
+    assert parse_csv(target.read_bytes())[1:] == _rows(records)
+    assert parse_csv((tmp_path / "data" / "new.csv").read_bytes())[1:] == _rows(records)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # the file's permissions are kept
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["new.csv", "records.csv"]
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1"])
+def test_dev_stdout_is_written_where_stdout_goes(tmp_path, name):
+    """To a pipe, and to a file opened for appending (``>>``): after what it holds."""
+    records = make_records("default", count=50)
+    piped = _run("testapp.Record", "--fields=id,title", "-o", name, "-v0")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == b""
+    assert parse_csv(piped.stdout)[1:] == _rows(records)
+    appended = tmp_path / "appended.csv"
+    appended.write_bytes(b"before\n")
+    with open(appended, "ab") as stdout:
+        result = _run("testapp.Record", "--fields=id,title", "-o", name, "-v0", stdout=stdout)
+    assert result.returncode == 0, result.stderr
+    data = appended.read_bytes()
+    assert data.startswith(b"before\n")
+    assert parse_csv(data[len(b"before\n") :])[1:] == _rows(records)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import io
+import os
 from itertools import pairwise
 
 import pytest
@@ -21,6 +23,7 @@ from django_streamexport.sinks import (
     AsyncNoBody,
     NoBody,
     http_body,
+    resolve_output,
     write_to_file,
 )
 from django_streamexport.streaming import ExportStream
@@ -172,6 +175,41 @@ def test_write_to_file_on_sqlite():
     assert write_to_file(stream, file) == len(file.getvalue())
     assert len(parse_csv(file.getvalue())) == 101
     assert not connections["sqlite"].in_atomic_block
+
+
+# --- resolve_output --------------------------------------------------------------------------
+
+
+def test_resolve_output_follows_links_one_at_a_time(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "a.csv").symlink_to("b.csv")  # relative to the link's directory
+    (tmp_path / "links" / "b.csv").symlink_to("../data/c.csv")  # dangling: c.csv is not there
+    assert resolve_output(str(tmp_path / "links" / "a.csv")) == (
+        str(tmp_path / "data" / "c.csv"),
+        None,
+    )
+    monkeypatch.chdir(tmp_path)  # a relative path is the working directory's
+    assert resolve_output("data/x.csv") == (str(tmp_path / "data" / "x.csv"), None)
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"])
+def test_resolve_output_names_a_descriptor_of_this_process(name):
+    path, descriptor = resolve_output(name)
+    assert descriptor == 1
+    assert path == f"/proc/{os.getpid()}/fd/1"
+
+
+def test_resolve_output_names_another_process_descriptor():
+    assert resolve_output("/proc/1/fd/1") == ("/proc/1/fd/1", -1)
+
+
+def test_resolve_output_refuses_a_loop_of_links(tmp_path):
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(OSError) as caught:
+        resolve_output(str(tmp_path / "a"))
+    assert caught.value.errno == errno.ELOOP
 
 
 # --- http_body ------------------------------------------------------------------------------

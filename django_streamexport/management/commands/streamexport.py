@@ -15,12 +15,16 @@ and written through :func:`~django_streamexport.sinks.write_to_file`, so the fil
 the same bytes as the web response.  A progress bar (rows, MB and MB/s, by
 ``tqdm``: ``pip install django-streamexport[cli]``) is drawn on stderr when
 stderr is a terminal; never when piped, unless ``--progress``.
+
+``--output`` (:func:`~django_streamexport.sinks.open_output_file`): ``-`` is standard
+output; a regular file (or a new one; a symbolic link's target) is written as
+``FILE.part`` and renamed into place when complete; a FIFO, a device or ``/dev/stdout``
+is written straight.
 """
 
 from __future__ import annotations
 
 import codecs
-import os
 import sys
 import time
 from typing import IO, Any
@@ -36,7 +40,7 @@ from django.utils.module_loading import import_string
 
 from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.plan import ExportPlan, build_plan
-from django_streamexport.sinks import write_to_file
+from django_streamexport.sinks import open_output_file, write_to_file
 from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportMixin
 
@@ -107,7 +111,13 @@ class Command(BaseCommand):
             metavar="LOOKUP=VALUE",
             help="A filter() argument; repeat for more (AND). __in/__range split on commas.",
         )
-        parser.add_argument("--output", "-o", default="-", help="File to write, or - (stdout).")
+        parser.add_argument(
+            "--output",
+            "-o",
+            default="-",
+            help="File to write (replaced when complete), a FIFO or device (written straight), "
+            "or - (stdout, the default).",
+        )
         parser.add_argument("--view", help="Dotted path of an export view to take settings from.")
         parser.add_argument("--database", help="Database alias to read from.")
         parser.add_argument(
@@ -256,20 +266,23 @@ class Command(BaseCommand):
         write_to_file(stream, text, progress=progress.update)
 
     def write_file(self, stream: ExportStream, path: str, progress: Progress) -> None:
-        """Write the export to ``path``, replacing it only once the export is complete.
+        """Write the export to ``path`` with :func:`~django_streamexport.sinks.open_output_file`.
 
-        Written beside the target (``<path>.part``) and renamed at the end, so a failed
-        export never leaves a truncated file that looks complete.
+        A regular file is replaced only once the export is complete; a FIFO or a device
+        is written straight.  Raises ``CommandError`` when ``path`` cannot be written.
         """
-        partial = f"{path}.part"
         try:
-            with open(partial, "wb") as file:
+            with open_output_file(path) as file:
                 write_to_file(stream, file, progress=progress.update)
-            os.replace(partial, path)
-        except BaseException:
-            if os.path.exists(partial):
-                os.unlink(partial)
-            raise
+        except OSError as exc:
+            if stream.outcome == "failed":
+                raise  # the export's own error, not the file's
+            reason = exc.strerror or str(exc)
+            if stream.outcome is None:
+                raise CommandError(f"Cannot write {path!r}: {reason}.") from exc
+            raise CommandError(
+                f"Writing {path!r} failed after {stream.rows} rows: {reason}."
+            ) from exc
 
 
 class _TextSink:
