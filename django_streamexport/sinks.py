@@ -165,17 +165,36 @@ def write_to_file(
     """Write every chunk of ``stream`` to the binary ``file``; return the bytes written.
 
     Chunks are about ``plan.buffer_size`` bytes; memory does not grow with rows.
-    ``progress(stream)`` is called after each chunk (``stream.rows`` and
-    ``stream.bytes`` are current).  The stream is closed at the end, also when the
-    export or a write fails; the error propagates, and the caller must not keep what
-    was written as if complete (:func:`open_output_file` renames a regular file into
-    place only after success).
+    ``progress(stream)`` is called after each chunk written (``stream.rows`` and
+    ``stream.bytes`` are current).  The stream's first chunk (a CSV header, yielded
+    before the query runs) is held back until the query has answered: written with
+    the first rows, or at the end of an export without rows.  So a query that fails
+    at once (the database refuses it at its first ``FETCH``) writes nothing, not a
+    header that would look like a complete export without rows.  The stream is closed
+    at the end, also when the export or a write fails; the error propagates, and the
+    caller must not keep what was written as if complete (:func:`open_output_file`
+    renames a regular file into place only after success).
     """
     written = 0
+    head: bytes | None = None  # the first chunk, until the query answers
+    started = False
     try:
         for chunk in stream:
+            if not started:
+                if head is None:
+                    head = chunk
+                    continue
+                if stream.outcome == "failed":
+                    continue  # the format's error bytes; the stream raises next
+                started = True
+                chunk = head + chunk  # one write, as the stream's chunks are
             file.write(chunk)
             written += len(chunk)
+            if progress is not None:
+                progress(stream)
+        if not started and head:
+            file.write(head)
+            written += len(head)
             if progress is not None:
                 progress(stream)
     finally:

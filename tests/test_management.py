@@ -90,13 +90,60 @@ def test_view_option_gives_the_same_bytes_as_the_web(client, tmp_path, fmt):
         (["testapp.Record"], "--fields is required"),
         ([], "Name a model"),
         (["--view=tests.testapp.views.Nope"], "Cannot import the view"),
-        (["--view=tests.testapp.models.Record"], "is not a StreamingExportMixin"),
+        (["--view=tests.testapp.models.Record"], "is not an export view"),
         (["testapp.Record", "--view=tests.testapp.views.RecordExport"], "not both"),
+        (["--view=django_streamexport.views.StreamingExportMixin"], "is not an export view"),
+        (["--view=django_streamexport.views.StreamingExportView"], "missing a queryset"),
+        (
+            ["testapp.Record", "--fields=id", "--database=nosuchdb"],
+            "'nosuchdb' is not in DATABASES",
+        ),
+        (["testapp.Record", "--fields=id", "--mode=keyset", "--database=nope"], "not in DATABASES"),
+        (["testapp.Record", "--fields=id,tags__name"], "follows the to-many relation"),
+        (["testapp.Record", "--fields=id,data__x"], "is not a relation"),
+        (["testapp.Record", "--fields=,"], "--fields names no field"),
+        (["testapp.Record", "--fields=id", "--format=CSV"], "Unknown export format 'CSV'"),
+        (["testapp.Record", "--fields=id", "--format=xlsx"], "format is binary"),
+        (["testapp.Record", "--fields=id", "--filter==1"], "Malformed --filter '=1'"),
+        (["testapp.Record", "--fields=id", "--filter=count__isnull=2"], "__isnull takes true"),
+        (["testapp.Record", "--fields=id", "--filter=count__range=1"], "__range takes two values"),
+        (["testapp.Record", "--fields=id", "--filter=count__range=1,2,3"], "__range takes two"),
+        (["testapp.Record", "--fields=id", "--filter=count__range=,"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--filter=count__gt=1.5"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--filter=count__nope=1"], "Unsupported lookup 'nope'"),
+        (["testapp.Record", "--fields=id", "--filter=title__search=x"], "Unsupported lookup"),
+        (["testapp.Record", "--fields=id", "--filter=author__in=1,x"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--filter=amount=NaN"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--filter=key=nope"], "is not a valid UUID"),
+        (["testapp.Record", "--fields=id", "--filter=at=25:00"], "Invalid --filter"),
+        (["testapp.Record", "--fields=id", "--filter=day__iso_year=99999"], "out of range"),
+        (["flights.Flight", "--fields=id", "--filter=time_hour__year=99999"], "out of range"),
+        (["testapp.Record", "--fields=id", "--filter=title=\udcff"], "not text in the locale"),
+        # Refused by the database when it plans the query (EXPLAIN), before a byte:
+        (["testapp.Record", "--fields=id", "--filter=title__regex=("], "invalid regular exp"),
+        (["testapp.Record", "--fields=id", "--filter=author__name__iregex=*"], "invalid regular"),
+        (["testapp.Record", "--fields=id", "--mode=keyset", "--filter=title__regex=["], "regular"),
+        (["testapp.Record", "--fields=id", "--filter=took=abc"], "invalid input syntax"),
+        (["testapp.Record", "--fields=id", "--filter=took__gt=999999999999 days"], "out of range"),
+        (["testapp.Record", "--fields=id", "--filter=amount=1e999999999"], "overflows numeric"),
+        (["testapp.Record", "--fields=id", "--output="], "--output is empty"),
+        (["testapp.Record", "--fields=id", "--output=/nonexistent/x.csv"], "no directory"),
+        (["testapp.Record", "--fields=id", "--output=/proc/version"], "Cannot write '/proc/"),
+        (["testapp.Record", "--fields=id", "--output=/sys/kernel/x.csv"], "Permission denied"),
+        (["testapp.Record", "--fields=id", "--output=/dev/fd/999999"], "Bad file descriptor"),
     ],
 )
 def test_bad_input_is_a_command_error(args, message):
-    with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(CommandError, match=re.escape(message)) as caught:
         call_command("streamexport", *args, stdout=io.StringIO())
+    assert "\n" not in str(caught.value)  # one line
+
+
+def test_an_output_directory_is_a_command_error_and_stays_empty(tmp_path):
+    for output in (str(tmp_path), f"{tmp_path}/", f"{tmp_path}/missing.csv/"):
+        with pytest.raises(CommandError, match="Is a directory"):
+            call_command("streamexport", "testapp.Record", "--fields=id", f"--output={output}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_reports_rows_and_megabytes_per_second(capsys, tmp_path):
@@ -206,6 +253,54 @@ def test_stdout_gets_bytes_through_its_buffer_and_text_streams_get_text():
     assert len(parse_csv(binary.getvalue())) == Record.objects.count() + 1
 
 
+# --- bad arguments on the command line: one line, exit status 1, no traceback ---------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--database=nosuchdb", "testapp.Record", "--fields=id"], "'nosuchdb' is not in DATA"),
+        (["testapp.Record", "--fields=id", "-o", "/nonexistent/x.csv"], "no directory '/nonex"),
+        (["testapp.Record", "--fields=id", "-o", ""], "--output is empty"),
+        (["testapp.Record", "--fields=id", "-o", "{tmp}"], "Is a directory"),
+        (["testapp.Record", "--fields=id", "-o", "/proc/version"], "Cannot write '/proc/version'"),
+        (["testapp.Record", "--fields=id", "--filter", "id__range=1"], "__range takes two values"),
+        (["testapp.Record", "--fields=id", "--filter", "id__range=1,2,3"], "__range takes two"),
+        (["flights.Flight", "--fields=id", "--filter", "time_hour__year=99999"], "out of range"),
+        (
+            ["flights.Flight", "--fields=id", "--filter", "tailnum__regex=(", "-o", "{tmp}/x.csv"],
+            "The database refused the export's query: invalid regular expression",
+        ),
+        (["testapp.Record", "--fields=id", "--filter=title__regex=("], "invalid regular exp"),
+        (["--view=django_streamexport.views.StreamingExportMixin"], "is not an export view"),
+        (["testapp.Record", "--fields=id", b"--filter=title=\xff"], "not text in the locale"),
+    ],
+)
+def test_a_bad_invocation_exits_1_with_one_line_and_no_traceback(tmp_path, args, message):
+    """Run as a user does: no traceback from Django, from the library's log or at exit."""
+    args = [arg.replace("{tmp}", str(tmp_path)) if isinstance(arg, str) else arg for arg in args]
+    result = _run(*args)
+    errors = result.stderr.decode(errors="replace")
+    assert result.returncode == 1, errors
+    assert errors.startswith("CommandError: ") and errors.count("\n") == 1, errors
+    assert message in errors
+    assert result.stdout == b""
+    assert list(tmp_path.iterdir()) == []  # no output file, no .part
+
+
+def test_a_query_failing_at_its_first_fetch_writes_nothing(tmp_path):
+    """Planned fine, refused on its first row: a CommandError, and no byte anywhere."""
+    make_records("default")
+    view = "--view=tests.fault_views.FirstFetchFailsExport"
+    with pytest.raises(CommandError, match=r"^The export failed after 0 rows: division by zero$"):
+        call_command("streamexport", view, f"--output={tmp_path / 'x.csv'}")
+    assert list(tmp_path.iterdir()) == []
+    out = BinaryOut()
+    with pytest.raises(CommandError, match="division by zero"):
+        call_command("streamexport", view, stdout=out)
+    assert out.getvalue() == b""  # not a CSV header that looks like an export of no rows
+
+
 # --- where --output writes -------------------------------------------------------------------
 
 
@@ -269,6 +364,18 @@ def test_a_symlink_is_followed_and_its_target_replaced(tmp_path):
     assert parse_csv((tmp_path / "data" / "new.csv").read_bytes())[1:] == _rows(records)
     assert stat.S_IMODE(target.stat().st_mode) == 0o640  # the file's permissions are kept
     assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["new.csv", "records.csv"]
+
+
+def test_a_regular_file_is_replaced_only_when_complete(tmp_path):
+    make_records("default")
+    target = tmp_path / "records.csv"
+    target.write_bytes(b"the previous export\n")
+    with pytest.raises(CommandError, match="division by zero"):
+        call_command(
+            "streamexport", "--view=tests.fault_views.FirstFetchFailsExport", f"-o{target}"
+        )
+    assert target.read_bytes() == b"the previous export\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["records.csv"]
 
 
 @pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1"])

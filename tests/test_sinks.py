@@ -11,7 +11,7 @@ from itertools import pairwise
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connections
+from django.db import DataError, connections
 from django.http import StreamingHttpResponse
 from django.test import AsyncRequestFactory, RequestFactory
 from django.test.utils import CaptureQueriesContext
@@ -98,7 +98,7 @@ def test_write_to_file_reports_progress_after_each_chunk():
 
     written = write_to_file(stream, file, progress=progress)
     assert len(seen) == file.writes > 10
-    assert seen[0][0] == 0  # the header
+    assert seen[0][0] > 0  # the header went with the first rows, once the query answered
     assert seen[-1] == (2000, written)
     assert all(a[1] < b[1] for a, b in pairwise(seen))  # every CSV chunk has bytes
     assert all(a[0] <= b[0] for a, b in pairwise(seen))
@@ -166,6 +166,32 @@ def test_write_to_file_closes_the_stream_when_a_write_fails():
     assert not connections["default"].in_atomic_block
     assert server_side_cursors() == []
     assert session_state(pid) == "idle"
+
+
+@pytest.mark.parametrize("format_name", ["csv", "ndjson"])
+def test_write_to_file_writes_nothing_when_the_first_fetch_fails(format_name):
+    """The header waits for the query's first rows: a query the database refuses at its
+    first FETCH leaves an empty file, not a header that looks like an export of no rows."""
+    make_records("default")
+    plan = build_plan(
+        Record.objects.extra(where=["1 / (testapp_record.id - testapp_record.id) = 1"]),
+        fields=["id", "title"],
+        format=format_name,
+    )
+    stream = ExportStream(plan)
+    file = io.BytesIO()
+    with pytest.raises(DataError, match="division by zero"):
+        write_to_file(stream, file)
+    assert file.getvalue() == b""
+    assert stream.outcome == "failed"
+
+
+def test_write_to_file_writes_the_header_of_an_export_without_rows():
+    make_records("default")
+    file = io.BytesIO()
+    stream = ExportStream(build_plan(Record.objects.filter(pk=-1), fields=["id"], format="csv"))
+    assert write_to_file(stream, file) == len(b"ID\r\n")
+    assert file.getvalue() == b"ID\r\n"
 
 
 def test_write_to_file_on_sqlite():
