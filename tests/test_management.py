@@ -301,6 +301,34 @@ def test_a_query_failing_at_its_first_fetch_writes_nothing(tmp_path):
     assert out.getvalue() == b""  # not a CSV header that looks like an export of no rows
 
 
+@pytest.mark.parametrize("output", ["-", "/dev/stdout"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path, output):
+    """``streamexport ... | head -c 100``: no BrokenPipeError, no "Exception ignored" at exit."""
+    make_records("default", count=5000)  # far more than a pipe holds
+    errors = tmp_path / "stderr"
+    with open(errors, "wb") as stderr:
+        export = subprocess.Popen(
+            [*COMMAND, "testapp.Record", "--fields=id,title,body", "-o", output],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        head = subprocess.run(
+            ["head", "-c", "100"], stdin=export.stdout, capture_output=True, timeout=120
+        )
+        export.stdout.close()  # head, gone, held the only other end
+        returncode = export.wait(timeout=120)
+    finally:
+        if export.poll() is None:
+            export.kill()
+            export.wait()
+    assert len(head.stdout) == 100
+    assert errors.read_bytes() == b""
+    assert returncode == 0
+
+
 # --- where --output writes -------------------------------------------------------------------
 
 

@@ -21,12 +21,14 @@ output; a regular file (or a new one; a symbolic link's target) is written as
 ``FILE.part`` and renamed into place when complete; a FIFO, a device or ``/dev/stdout``
 is written straight.  Bad input is a ``CommandError`` (exit status 1, one line on
 stderr, no traceback) before anything is written: the query is planned by the database
-(``EXPLAIN``) first, and nothing is written until its first rows arrive.
+(``EXPLAIN``) first, and nothing is written until its first rows arrive.  A reader that
+stops reading (``| head``) ends the command quietly, with exit status 0.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 import time
 from typing import IO, Any
@@ -311,6 +313,9 @@ class Command(BaseCommand):
                 self.write_stdout(stream, progress)
             else:
                 self.write_file(stream, output, progress)
+        except BrokenPipeError:
+            # The reader stopped reading (``| head``): end quietly, as Unix tools do.
+            return
         except RowLimitExceeded as exc:
             raise CommandError(
                 f"The export has more rows than its limit of {exc.limit} and was stopped."
@@ -329,11 +334,18 @@ class Command(BaseCommand):
         """Write the export to standard output: bytes to its binary buffer, if it has one.
 
         ``call_command(stdout=StringIO())`` gives a text stream: it gets decoded text.
+        When the reader closes the pipe, its descriptor is pointed at ``os.devnull``
+        before ``BrokenPipeError`` propagates, so flushing it at exit cannot fail again
+        (Python docs, "Note on SIGPIPE").
         """
         target: IO[bytes] | None = getattr(self.stdout, "buffer", None)  # OutputWrapper delegates
         if target is not None:
-            write_to_file(stream, target, progress=progress.update)
-            target.flush()
+            try:
+                write_to_file(stream, target, progress=progress.update)
+                target.flush()
+            except BrokenPipeError:
+                _to_devnull(target)
+                raise
             return
         charset = stream.format.charset
         if not charset:
@@ -353,6 +365,8 @@ class Command(BaseCommand):
         try:
             with open_output_file(path) as file:
                 write_to_file(stream, file, progress=progress.update)
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             if stream.outcome == "failed":
                 raise  # the export's own error, not the file's
@@ -362,6 +376,19 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Writing {path!r} failed after {stream.rows} rows: {reason}."
             ) from exc
+
+
+def _to_devnull(file: Any) -> None:
+    """Point ``file``'s descriptor at ``os.devnull``, if it has one."""
+    try:
+        descriptor = file.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
 
 
 class _TextSink:
