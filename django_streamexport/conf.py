@@ -223,4 +223,5 @@ class Settings:
         return getattr(settings, "STREAMEXPORT_PARQUET_ROW_GROUP_ROWS", 65536)
 
 
+#: The settings reader: ``conf.CHUNK_SIZE`` is ``STREAMEXPORT_CHUNK_SIZE`` or its default.
 conf = Settings()

@@ -419,7 +419,12 @@ def setup(app: Any) -> dict[str, Any]:
             node = nodes.section()
             node.document = self.state.document
             source = f"<{self.name}>"
-            content = StringList(self.lines(), source=source)
+            try:
+                lines = self.lines()
+            except RuntimeError as exc:  # a setting without a check, a setting set
+                logger.warning("%s: %s", self.name, exc, location=self.get_location())
+                return []
+            content = StringList(lines, source=source)
             nested_parse_with_titles(self.state, content, node)
             self.env.note_dependency(str(PACKAGE / "conf.py"))
             self.env.note_dependency(str(PACKAGE / "checks.py"))
@@ -448,6 +453,8 @@ def setup(app: Any) -> dict[str, Any]:
         if path.suffix != ".md":
             return
         page = path.relative_to(app.srcdir).as_posix()
+        for _, include in parse_includes(page, source[0]):
+            app.env.note_dependency(str(ROOT / include.path))
         try:
             source[0] = expand(page, source[0], state["pages"])
         except (ValueError, OSError) as exc:
