@@ -8,6 +8,7 @@ lose fails the test suite too.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -121,3 +122,39 @@ def test_documents_link_only_to_files_of_the_repository(document):
                 continue
             path = (ROOT / document).parent / target.partition("#")[0]
             assert path.exists(), f"{document} links to {target}, which does not exist"
+
+
+#: Documents of the project's planning notes, outside the repository: a citation of one
+#: means nothing to a reader (spelled in pieces so this file does not cite them).
+OUTSIDE = [
+    "streaming" + "-facts",
+    "shared" + "/reference",
+    "formats-and-jobs" + "-facts",
+    "landscape" + ".md",
+]
+SKIPPED_DIRS = {
+    ".git",
+    ".nox",
+    ".venv",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "_build",
+    "__pycache__",
+    "var",
+}
+SKIPPED_SUFFIXES = {".png", ".json", ".pyc", ".sqlite3", ".whl", ".gz", ".csv"}
+
+
+def test_no_file_cites_a_document_outside_the_repository():
+    citing = []
+    for directory, subdirectories, names in os.walk(ROOT):
+        subdirectories[:] = [name for name in subdirectories if name not in SKIPPED_DIRS]
+        for name in names:
+            path = Path(directory, name)
+            if path.suffix in SKIPPED_SUFFIXES or not path.is_file():
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            citing += [f"{path.relative_to(ROOT)}: {cited}" for cited in OUTSIDE if cited in text]
+    assert citing == []
