@@ -1,6 +1,8 @@
 """System checks for settings and deployments that would break streaming.
 
-Ids are stable; each is documented in the README's "System checks" section.
+Ids are stable; each is documented in docs/reference/checks.rst (the settings checks'
+messages and hints are generated from :func:`check_settings` when the documentation is
+built) and in the README's "System checks" section.
 :func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E017, E101);
 :func:`check_databases` and :func:`check_green_psycopg2` warn about deployments on which
 exports would not stream (W001-W003).  W101 is an admin check, reported by each
