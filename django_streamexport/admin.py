@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+import django
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
@@ -98,6 +99,11 @@ FORMAT_VAR = "format"
 FIELDS_VAR = "fields"
 
 PERMISSION_MODES = ("view", "export")
+
+#: Django 6.1 writes the admin's breadcrumbs as ``<ol class="breadcrumbs">`` of ``<li>``
+#: and styles only that; 5.2 and 6.0 write (and style) ``<div class="breadcrumbs">``.
+#: The export page writes what the running Django's own pages write.
+BREADCRUMBS_LIST = django.VERSION >= (6, 1)
 
 
 # --- actions ----------------------------------------------------------------------------
@@ -562,6 +568,7 @@ class ExportAdminMixin:
             "changelist_url": changelist_url + (f"?{filters}" if filters else ""),
             "filtered": bool(QueryDict(filters)),
             "error": error,
+            "breadcrumbs_list": BREADCRUMBS_LIST,
             "format_var": FORMAT_VAR,
             "fields_var": FIELDS_VAR,
             "changelist_filters_var": CHANGELIST_FILTERS_VAR,
