@@ -1,10 +1,10 @@
 """The supported matrix: Python x Django x PostgreSQL driver, plus lint and types.
 
-    nox -s ci              # one combination per Django version, plus the lowest psycopg
-                           # (what CI runs; most server and browser tests run once, in
-                           # scripts/test)
-    nox -s tests           # the full matrix (Python 3.10-3.13 x Django 4.2/5.2/6.0 x driver)
-    nox -s "tests-3.12(django='6.0', driver='psycopg2')"   # one combination
+    nox -s ci              # each Django version with each driver it is tested with, plus
+                           # the lowest psycopg (what CI runs; most server and browser
+                           # tests run once, in scripts/test)
+    nox -s tests           # the full matrix (Python 3.10-3.13 x Django 5.2/6.0/6.1 x driver)
+    nox -s "tests-3.12(django='6.1', driver='psycopg')"   # one combination
     nox -s lint types
 
 The drivers: "psycopg" (the newest psycopg 3 that pyproject.toml's psycopg extra allows),
@@ -15,9 +15,10 @@ are tested.
 Every session needs PostgreSQL on 127.0.0.1:5432 (PGHOST/PGPORT/PGUSER override) and
 uses its own test database, so sessions may run side by side. Django prefers psycopg 3
 whenever it is importable, so the psycopg2 venvs do not install it.
-Django 6.0 needs Python 3.12 or later, and psycopg 3.1.14 has no binary wheels for
-Python 3.13; those combinations are skipped.  Interpreters are found on PATH, then in
-pyenv's versions directory.
+Django 6.0 and 6.1 need Python 3.12 or later, and psycopg 3.1.14 has no binary wheels for
+Python 3.13; those combinations are skipped.  Django's deprecation warnings raised from
+the project's code are errors in every session (pyproject.toml, filterwarnings).
+Interpreters are found on PATH, then in pyenv's versions directory.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ nox.options.sessions = ["ci", "lint", "types"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-DJANGOS = {"4.2": "Django>=4.2,<5.0", "5.2": "Django>=5.2,<6.0", "6.0": "Django>=6.0,<6.1"}
+#: The Django releases with security support (5.2 LTS until April 2028); pyproject.toml's
+#: lower bound is the first.
+DJANGOS = {"5.2": "Django>=5.2,<6.0", "6.0": "Django>=6.0,<6.1", "6.1": "Django>=6.1,<6.2"}
 #: The lowest psycopg 3 that pyproject.toml's psycopg extra allows (its upper bound is the
 #: next minor after the newest release tested).  Binary wheels for Python 3.10-3.12 only.
 PSYCOPG_LOWEST = "3.1.14"
@@ -46,14 +49,16 @@ DRIVERS = {
     "psycopg-lowest": ("psycopg,psycopg2", [f"psycopg[binary]=={PSYCOPG_LOWEST}"]),
     "psycopg2": ("psycopg2", []),
 }
-#: One combination per Django version, both drivers covered, and the lowest psycopg (with
-#: the lowest Django): the default CI run.  scripts/test already runs everything on
-#: Python 3.11, Django 5.2 and the newest psycopg 3.
+#: The default CI run: every Django version, Django 5.2 and 6.1 with both drivers, the
+#: lowest psycopg with the lowest Django, every Python.  scripts/test already runs
+#: everything on Python 3.11, Django 5.2 and the newest psycopg 3.  Five sessions: CI's
+#: time is what bounds this list.
 CI_COMBINATIONS = [
-    ("3.10", "4.2", "psycopg2"),
-    ("3.13", "5.2", "psycopg2"),
+    ("3.10", "5.2", "psycopg2"),
+    ("3.11", "5.2", "psycopg-lowest"),
     ("3.12", "6.0", "psycopg"),
-    ("3.11", "4.2", "psycopg-lowest"),
+    ("3.12", "6.1", "psycopg"),
+    ("3.13", "6.1", "psycopg2"),
 ]
 #: What `nox -s ci` leaves to scripts/test: the tests of servers and browsers (real
 #: nginx, gunicorn, Chromium), whose behaviour does not change with the Django version or
@@ -75,8 +80,8 @@ for _bin in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-9].*/bi
 
 
 def _run_tests(session: nox.Session, django: str, driver: str) -> None:
-    if django == "6.0" and session.python in ("3.10", "3.11"):
-        session.skip("Django 6.0 needs Python 3.12 or later.")
+    if django in ("6.0", "6.1") and session.python in ("3.10", "3.11"):
+        session.skip(f"Django {django} needs Python 3.12 or later.")
     if driver == "psycopg-lowest" and session.python == "3.13":
         session.skip(f"psycopg {PSYCOPG_LOWEST} has no binary wheels for Python 3.13.")
     extras, pip_args = DRIVERS[driver]
@@ -109,7 +114,7 @@ def tests(session: nox.Session, django: str, driver: str) -> None:
 
 @nox.session(python=False)
 def ci(session: nox.Session) -> None:
-    """Run one combination per Django version and the lowest psycopg (see CI_COMBINATIONS)."""
+    """Run every Django version with its drivers and the lowest psycopg (CI_COMBINATIONS)."""
     for python, django, driver in CI_COMBINATIONS:
         session.notify(
             f"tests-{python}(django='{django}', driver='{driver}')",

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+import django
 from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
@@ -99,6 +100,11 @@ FIELDS_VAR = "fields"
 
 PERMISSION_MODES = ("view", "export")
 
+#: Django 6.1 writes the admin's breadcrumbs as ``<ol class="breadcrumbs">`` of ``<li>``
+#: and styles only that; 5.2 and 6.0 write (and style) ``<div class="breadcrumbs">``.
+#: The export page writes what the running Django's own pages write.
+BREADCRUMBS_LIST = django.VERSION >= (6, 1)
+
 
 # --- actions ----------------------------------------------------------------------------
 
@@ -145,6 +151,16 @@ export_as_csv = export_action("csv")
 export_as_ndjson = export_action("ndjson")
 #: "Export selected <verbose_name_plural> as Excel": a streamed ``.xlsx`` workbook.
 export_as_xlsx = export_action("xlsx", "Export selected %(verbose_name_plural)s as Excel")
+
+
+def _action_name(action: Any) -> str:
+    """Return the name of what ``ModelAdmin.get_action()`` returned.
+
+    Django 6.1 returns an ``Action`` (whose tuple unpacking and indexing are deprecated),
+    earlier versions a ``(func, name, description)`` tuple; Django's own
+    ``response_action()`` tells them apart the same way.
+    """
+    return action[1] if isinstance(action, tuple) else action.name
 
 
 # --- a changelist that does not count ---------------------------------------------------
@@ -289,16 +305,25 @@ class ExportAdminMixin:
 
     # --- actions ------------------------------------------------------------------------------
 
-    def get_actions(self, request: HttpRequest) -> dict[str, tuple[Callable[..., Any], str, str]]:
-        """Add :attr:`export_actions` to the actions, for users with the export permission."""
-        actions = super().get_actions(request)  # type: ignore[misc]
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        """Add :attr:`export_actions` to the actions, for users with the export permission.
+
+        ``action_location`` is Django 6.1's ``ActionLocation`` (the changelist or the
+        change form); Django 6.1 passes it to an override that names it and deprecates
+        one that does not.  Earlier versions never pass it (``None``).  The export actions
+        are changelist actions, so on the change form they are left out (Django's
+        ``get_action()`` returns ``None`` for an action of another location).
+        """
+        location = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **location)  # type: ignore[misc]
         if self.actions is None or IS_POPUP_VAR in request.GET:  # type: ignore[attr-defined]
             return actions
         if not self.has_export_permission(request):
             return actions
         for action in self.export_actions:
-            func, name, description = self.get_action(action)  # type: ignore[attr-defined]
-            actions.setdefault(name, (func, name, description))
+            found = self.get_action(action, **location)  # type: ignore[attr-defined]
+            if found is not None:
+                actions.setdefault(_action_name(found), found)
         return actions
 
     def _valid_selection(self, values: Sequence[str]) -> bool:
@@ -314,7 +339,7 @@ class ExportAdminMixin:
         return True
 
     def _export_action_names(self) -> set[str]:
-        return {self.get_action(action)[1] for action in self.export_actions}  # type: ignore[attr-defined]
+        return {_action_name(self.get_action(action)) for action in self.export_actions}  # type: ignore[attr-defined]
 
     # --- the export itself --------------------------------------------------------------------
 
@@ -543,6 +568,7 @@ class ExportAdminMixin:
             "changelist_url": changelist_url + (f"?{filters}" if filters else ""),
             "filtered": bool(QueryDict(filters)),
             "error": error,
+            "breadcrumbs_list": BREADCRUMBS_LIST,
             "format_var": FORMAT_VAR,
             "fields_var": FIELDS_VAR,
             "changelist_filters_var": CHANGELIST_FILTERS_VAR,

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import django
 from django.core.exceptions import EmptyResultSet, FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 from django.db.models.constants import LOOKUP_SEP
@@ -232,28 +231,6 @@ def resolve_columns(
     return columns
 
 
-def sql_positions(queryset: models.QuerySet) -> list[int] | None:
-    """Return where each value of a ``values_list()`` queryset sits in its SQL row.
-
-    ``None`` when the SQL selects them in the requested order.  Before Django 5.2
-    the SQL lists ``extra()`` columns, then model fields, then annotations, and
-    ``ValuesListIterable`` reorders each row; an export that reads rows from the
-    compiler (or wraps its SQL) must do the same, or an annotation exported
-    before a model field lands in the wrong column.
-    """
-    requested: tuple[str, ...] = getattr(queryset, "_fields", None) or ()
-    if django.VERSION >= (5, 2) or not requested:
-        return None
-    query = queryset.query
-    # As Django 4.2's ValuesListIterable.
-    names = [*query.extra_select, *query.values_select, *query.annotation_select]
-    fields = [*requested, *(f for f in query.annotation_select if f not in requested)]
-    if fields == names:
-        return None
-    index = {name: position for position, name in enumerate(names)}
-    return [index[name] for name in fields]
-
-
 def values_queryset(
     queryset: models.QuerySet, columns: Sequence[ResolvedColumn], using: str
 ) -> models.QuerySet:
@@ -282,11 +259,11 @@ class CompiledQuery:
     """The SQL of an export's ``values_list()`` query and how to finish its rows.
 
     ``sql`` and ``params`` are what ``QuerySet.iterator()`` would run (``%s``
-    placeholders).  ``positions[i]`` is where the value of column ``i`` sits in a SQL
-    row (Django before 5.2 selects annotations last).  :meth:`finish` turns a batch of
-    rows as the driver returns them into rows of exactly the export's columns, in
-    order, with Django's converters (``from_db_value()``, backend converters such as
-    SQLite's decimals) applied, as ``SQLCompiler.results_iter()`` does.
+    placeholders); a SQL row holds the values of the export's ``width`` columns first,
+    in column order.  :meth:`finish` turns a batch of rows as the driver returns them
+    into rows of exactly the export's columns, in order, with Django's converters
+    (``from_db_value()``, backend converters such as SQLite's decimals) applied, as
+    ``SQLCompiler.results_iter()`` does.
     ``converted`` names the columns whose values Django converts after reading.
     ``empty`` is true when Django knows the query matches no rows (``EmptyResultSet``):
     there is no SQL to run.
@@ -294,7 +271,6 @@ class CompiledQuery:
 
     sql: str
     params: tuple[Any, ...]
-    positions: list[int]
     width: int
     converted: list[str]
     empty: bool = False
@@ -303,14 +279,11 @@ class CompiledQuery:
     _composite: bool = False
     _extra: int | None = None
     _cut: int | None = None
-    _reorder: list[int] | None = None
 
     @property
     def needs_finishing(self) -> bool:
         """Say whether :meth:`finish` changes rows (else the driver's rows are final)."""
-        return bool(
-            self._converters or self._composite or self._extra or self._cut or self._reorder
-        )
+        return bool(self._converters or self._composite or self._extra or self._cut)
 
     def finish(self, batch: list[tuple]) -> list[tuple]:
         """Return ``batch`` (a list of SQL rows) as export rows; a no-op when nothing to do."""
@@ -322,10 +295,7 @@ class CompiledQuery:
         elif self._converters:
             converters = self._converters
             batch = list(map(tuple, self.compiler.apply_converters(batch, converters)))
-        if self._reorder is not None:
-            order = self._reorder
-            batch = [tuple([row[i] for i in order]) for row in batch]
-        elif self._cut is not None:
+        if self._cut is not None:
             cut = self._cut
             batch = [row[:cut] for row in batch]
         return batch
@@ -344,26 +314,22 @@ def compile_query(
     values = values_queryset(queryset, columns, using)
     width = len(columns)
     compiler = values.query.get_compiler(using=using)
-    positions = sql_positions(values)
-    order = positions[:width] if positions is not None else list(range(width))
     try:
         sql, params = compiler.as_sql()
     except EmptyResultSet:
-        return CompiledQuery("", (), order, width, [], empty=True, compiler=compiler)
+        return CompiledQuery("", (), width, [], empty=True, compiler=compiler)
     # As SQLCompiler.results_iter(): the converters of the selected columns, and extra
     # ordering columns (DISTINCT with ORDER BY) cut off.
     selected = [s[0] for s in compiler.select[0 : compiler.col_count]]
     converters = compiler.get_converters(selected)
-    has_composite = getattr(compiler, "has_composite_fields", None)  # Django 5.2+
-    composite = has_composite is not None and has_composite(selected)
+    composite = compiler.has_composite_fields(selected)
     extra = compiler.col_count if compiler.has_extra_select else None
     # The hidden primary key of a DISTINCT export (values_queryset()) comes last.
     cut = width if len(selected) > width else None
-    converted = [column.name for column, at in zip(columns, order, strict=True) if at in converters]
+    converted = [column.name for at, column in enumerate(columns) if at in converters]
     return CompiledQuery(
         sql,
         tuple(params),
-        order,
         width,
         converted,
         compiler=compiler,
@@ -371,5 +337,4 @@ def compile_query(
         _composite=composite,
         _extra=extra,
         _cut=cut,
-        _reorder=order if positions is not None else None,
     )

@@ -13,14 +13,13 @@ each chunk is produced by the sync stream in Django's thread-sensitive thread
 (``sync_to_async(thread_sensitive=True)``, where the request's database connection
 lives) and handed to the server at once.
 
-On a client disconnect, Django >= 5.0 cancels the response task
+On a client disconnect, Django cancels the response task
 (``ASGIHandler.listen_for_disconnect``, release notes 5.0), which raises
 ``asyncio.CancelledError`` at the ``await`` of the current chunk; the ``finally`` then
 closes the sync stream (closing its server-side cursor and transaction) in that same
 thread, after the chunk in flight.  Async generators consumed by a bare ``async for``
 are otherwise closed only when garbage collected (Django ticket #37066), so nothing here
-relies on that.  Django 4.2 does not watch for disconnects under ASGI: there the export
-runs to its end.
+relies on that.
 
 **Files** (:func:`write_to_file`): any object with a binary ``write()`` (an open file,
 ``sys.stdout.buffer``, a Django storage file).  :func:`open_output_file` opens a path as

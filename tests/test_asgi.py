@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import django
 import pytest
 from django.db import connections
 
@@ -186,14 +185,9 @@ def test_disconnect_cancels_the_export_and_releases_cursor_and_transaction(serve
             state == "idle in transaction" or query.startswith(("FETCH", "DECLARE"))
             for state, _, query in server_sessions()
         )
-    if django.VERSION >= (5, 0):
-        # Django 5.0+ cancels the response task on http.disconnect.
-        wait_for(lambda: status(server)["outcomes"][-1] == "disconnected", "the export to stop")
-        assert status(server)["rows"][-1] < ROWS
-    else:
-        # Django 4.2 does not listen for disconnects under ASGI (docs/asgi.md): the
-        # export runs to its end, then releases everything all the same.
-        wait_for(lambda: status(server)["outcomes"][-1] == "complete", "the export to end")
+    # Django cancels the response task on http.disconnect.
+    wait_for(lambda: status(server)["outcomes"][-1] == "disconnected", "the export to stop")
+    assert status(server)["rows"][-1] < ROWS
     wait_for(
         lambda: all(state == "idle" for state, _, _ in server_sessions()),
         "the server's sessions to leave their transaction",

@@ -243,7 +243,8 @@ def test_memory_does_not_grow_with_rows(pg_alias):
 
 
 def test_annotations_before_model_fields_keep_the_requested_order(db_alias):
-    """Django < 5.2 selects annotations after model fields; the export must not."""
+    """An annotation exported before a model field keeps its column (database formatting
+    wraps the SQL and names its columns by position)."""
     make_records(db_alias)
     queryset = (
         Record.objects.using(db_alias)

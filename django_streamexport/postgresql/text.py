@@ -232,13 +232,12 @@ def text_select(
         raise TextUnavailable(f"database {plan.using!r} is {connection.vendor}")
     if query.empty:
         raise TextUnavailable("the queryset can match no rows")
-    positions = query.positions
-    names = [f"c{index}" for index in range(max(positions) + 1)]
+    names = [f"c{index}" for index in range(query.width)]
     # The export's session time zone (prepare_session()); "+00:00" is a constant in UTC.
     utc = connection.timezone_name.upper() in ("UTC", "ETC/UTC")
     expressions: list[str] = []
     params: list[Any] = []
-    for position, column in zip(positions, plan.columns, strict=True):
+    for position, column in enumerate(plan.columns):
         sql, column_params = column_sql(
             column, f"se.c{position}", export_format, utc=utc, typed=typed
         )

@@ -13,7 +13,7 @@ class RecordAdmin(ExportModelAdmin):
         "title",
         "status",
         "count",
-        "author_name",
+        "author__name",
         "created",
     )
     list_filter = (
@@ -33,11 +33,6 @@ class RecordAdmin(ExportModelAdmin):
         "author__name",
         "author__country__name",
     )
-
-    # A method, not "author__name": list_display takes lookups only from Django 5.1.
-    @admin.display(description="author", ordering="author__name")
-    def author_name(self, record: Record) -> str | None:
-        return record.author.name if record.author else None
 
 
 class RecordingRecordAdmin(RecordAdmin):
