@@ -7,6 +7,8 @@ and every test that needs it errors (CI fails rather than skips).
 """
 
 import os
+import tempfile
+from importlib.util import find_spec
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -39,6 +41,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_streamexport",
+    # Background exports, with django-tasks-db's tables (its app label: django_tasks_database)
+    # and, on Django 5.2, the django-tasks backport of django.tasks.
+    *([] if find_spec("django.tasks") else ["django_tasks"]),
+    "django_tasks_db",
+    "django_streamexport.jobs",
     "tests.testapp",
     "flights",  # the example project (example_project/ is on pytest's pythonpath)
 ]
@@ -72,3 +79,19 @@ TEMPLATES = [
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Background exports: the immediate backend for unit tests (tests/test_jobs.py); the
+# tests with real workers (tests/test_jobs_workers.py) enqueue on "db" and "rq".
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks.backends.immediate.ImmediateBackend"
+        if not find_spec("django.tasks")
+        else "django.tasks.backends.immediate.ImmediateBackend"
+    },
+    "db": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["exports"]},
+}
+MEDIA_ROOT = os.environ.get("STREAMEXPORT_MEDIA_ROOT") or tempfile.mkdtemp(prefix="se-media-")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

@@ -1,0 +1,390 @@
+"""Background exports (django_streamexport.jobs) in process: queueing, running, outcomes.
+
+The task runs on Django's immediate backend (inside ``enqueue()``) or, where a test must
+act between queueing and running, is queued on the database backend (``TASKS["db"]``,
+django-tasks-db) and run here with :func:`run_job`, as a worker would.  The tests with
+real worker processes are in tests/test_jobs_workers.py.  Files are read back from the
+storage and compared with the streamed download of the same export.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
+from django.core.files.storage import storages
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test.utils import override_settings
+from django.utils import timezone
+
+from django_streamexport.jobs.models import ExportJob
+from django_streamexport.jobs.runner import (
+    cancel_job,
+    prune_expired_jobs,
+    run_job,
+    sweep_stale_jobs,
+)
+from django_streamexport.jobs.signals import export_job_finished
+from tests.conftest import body, make_records, parse_csv
+from tests.testapp.models import Record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BACKGROUND = "/records/export/background/"
+STREAMED = "/records/export/"
+ADMIN_EXPORT = "/admin/testapp/record/export/"
+#: Queue on the database backend and let the test run the job (no worker).
+QUEUE_ONLY = override_settings(
+    STREAMEXPORT_JOBS_TASK_BACKEND="db", STREAMEXPORT_JOBS_QUEUE="exports"
+)
+
+
+@pytest.fixture(autouse=True)
+def media_root(tmp_path):
+    """Each test's own storage folder (FileSystemStorage follows MEDIA_ROOT)."""
+    with override_settings(MEDIA_ROOT=str(tmp_path / "media")):
+        yield
+
+
+def staff(username="staff", *codenames, superuser=False):
+    if superuser:
+        return User.objects.create_superuser(username, f"{username}@example.com", "pw")
+    user = User.objects.create_user(username, f"{username}@example.com", "pw", is_staff=True)
+    content_type = ContentType.objects.get_for_model(Record)
+    for codename in codenames:
+        user.user_permissions.add(
+            Permission.objects.get(codename=codename, content_type=content_type)
+        )
+    return user
+
+
+def stored_bytes(job: ExportJob) -> bytes:
+    with storages[job.storage].open(job.file_name, "rb") as file:
+        return file.read()
+
+
+def stored_files() -> list[str]:
+    root = storages["default"].location
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _dirs, names in os.walk(root)
+        for name in names
+    )
+
+
+# --- views: 202, status, download ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "xlsx"])
+def test_view_queues_a_job_whose_file_equals_the_streamed_download(client, fmt):
+    make_records("default", 300)
+    client.force_login(staff())
+    response = client.get(BACKGROUND, {"format": fmt})
+    assert response.status_code == 202
+    status = response.json()
+    assert response["Location"] == status["url"]
+    assert status["status"] == "complete"  # the immediate backend ran it inside the request
+    job = ExportJob.objects.get(pk=status["id"])
+    assert (job.rows, job.format, job.source_kind) == (300, fmt, "view")
+    assert job.query_string == f"format={fmt}"
+
+    polled = client.get(response["Location"]).json()
+    assert polled["progress"] == 1.0 and polled["rows"] == 300
+    download = client.get(polled["download_url"])
+    assert download.status_code == 200
+    assert download["Content-Disposition"] == f'attachment; filename="records.{fmt}"'
+    streamed = body(client.get(STREAMED, {"format": fmt}))
+    downloaded = b"".join(download.streaming_content)
+    if fmt == "xlsx":  # the same cells; the zip's timestamps may differ by a second
+        from tests.spreadsheets import read_calamine
+
+        assert read_calamine(downloaded) == read_calamine(streamed)
+    else:
+        assert downloaded == streamed == stored_bytes(job)
+    assert job.bytes == len(downloaded)
+
+
+def test_other_users_get_404_and_anonymous_users_are_sent_to_log_in(client):
+    make_records("default", 5)
+    client.force_login(staff("owner"))
+    job_url = client.get(BACKGROUND).json()["url"]
+    job = ExportJob.objects.get()
+    client.logout()
+    for url, method in [
+        (job_url, "get"),
+        (job_url + "download/", "get"),
+        (job_url + "cancel/", "post"),
+    ]:
+        response = getattr(client, method)(url)
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+    client.force_login(staff("intruder"))
+    for url, method in [
+        (job_url, "get"),
+        (job_url + "download/", "get"),
+        (job_url + "cancel/", "post"),
+    ]:
+        assert getattr(client, method)(url).status_code == 404
+    client.force_login(staff("root", superuser=True))
+    assert client.get(job_url + "download/").status_code == 200
+    assert ExportJob.objects.get().status == job.status == "complete"
+
+
+def test_anonymous_background_request_is_sent_to_log_in(client):
+    response = client.get(BACKGROUND)
+    assert response.status_code == 302
+    assert not ExportJob.objects.exists()
+
+
+def test_a_bad_request_is_refused_before_queueing(client):
+    client.force_login(staff())
+    response = client.get(BACKGROUND, {"format": "nope"})
+    assert response.status_code == 400
+    assert not ExportJob.objects.exists()
+
+
+def test_head_never_queues(client):
+    client.force_login(staff())
+    assert client.head(BACKGROUND).status_code == 200
+    assert not ExportJob.objects.exists()
+
+
+# --- outcomes recorded on the job --------------------------------------------------------------
+
+
+@QUEUE_ONLY
+def test_a_job_queued_then_cancelled_never_runs(client):
+    make_records("default", 5)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    assert job.status == "queued" and job.task_id
+    assert client.post(f"/exports/jobs/{job.pk}/cancel/").status_code == 200
+    assert run_job(job.pk)["status"] == "cancelled"
+    job.refresh_from_db()
+    assert (job.status, job.rows, job.file_name) == ("cancelled", 0, "")
+    assert client.post(f"/exports/jobs/{job.pk}/cancel/").status_code == 409
+    assert stored_files() == []
+
+
+@QUEUE_ONLY
+def test_permission_lost_between_queueing_and_running_fails_the_job(client):
+    make_records("default", 5)
+    user = staff("clerk", "view_record")
+    client.force_login(user)
+    response = client.post(
+        ADMIN_EXPORT,
+        {"_changelist_filters": "", "format": "csv", "fields": ["", "id", "title"],
+         "_background": "1"},
+    )  # fmt: skip
+    assert response.status_code == 302
+    job = ExportJob.objects.get()
+    assert (job.source_kind, job.fields) == ("admin", ["id", "title"])
+    user.user_permissions.clear()
+    assert run_job(job.pk)["status"] == "failed"
+    job.refresh_from_db()
+    assert job.error_code == "permission_denied" and job.file_name == ""
+    assert stored_files() == []
+
+
+@QUEUE_ONLY
+@override_settings(STREAMEXPORT_MAX_ROWS=10)
+def test_a_failure_mid_export_fails_the_job_and_leaves_no_file(client):
+    make_records("default", 50)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    assert run_job(job.pk)["status"] == "failed"
+    job.refresh_from_db()
+    assert job.error_code == "row_limit"
+    assert "limit of 10" in job.error_message
+    assert stored_files() == []
+    assert client.get(f"/exports/jobs/{job.pk}/download/").status_code == 404
+
+
+@QUEUE_ONLY
+def test_a_full_storage_fails_the_job_with_storage_full(client, tmp_path):
+    make_records("default", 2000)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    # The job's file is a link to /dev/full: every write fails with ENOSPC.
+    folder = os.path.join(storages["default"].location, "exports", str(job.pk))
+    os.makedirs(folder)
+    os.symlink("/dev/full", os.path.join(folder, "records.csv"))
+    assert run_job(job.pk)["status"] == "failed"
+    job.refresh_from_db()
+    assert job.error_code == "storage_full"
+    assert stored_files() == []
+
+
+@QUEUE_ONLY
+def test_the_admin_export_page_queues_what_the_changelist_shows(client):
+    records = make_records("default", 40)
+    client.force_login(staff("clerk", "view_record"))
+    page = client.get(
+        ADMIN_EXPORT,
+        {"_changelist_filters": "status__exact=p", "format": "csv", "fields": ["", "id", "title"],
+         "_background": "1"},
+    )  # fmt: skip
+    assert page.status_code == 200 and b'method="post"' in page.content
+    assert not ExportJob.objects.exists()  # a GET only asks to confirm
+    response = client.post(
+        ADMIN_EXPORT,
+        {"_changelist_filters": "status__exact=p", "format": "csv", "fields": ["", "id", "title"],
+         "_background": "1"},
+    )  # fmt: skip
+    job = ExportJob.objects.get()
+    assert response.status_code == 302
+    assert response["Location"].endswith(f"/admin/streamexport_jobs/exportjob/{job.pk}/change/")
+    assert run_job(job.pk)["status"] == "complete"
+    job.refresh_from_db()
+    rows = parse_csv(stored_bytes(job))
+    expected = [[str(r.id), r.title] for r in records if r.status == "p"]
+    assert rows[1:] == expected and job.rows == len(expected)
+    # The jobs admin lists it with a download link that sends the same bytes.
+    changelist = client.get("/admin/streamexport_jobs/exportjob/")
+    assert changelist.status_code == 200 and b"<progress" in changelist.content
+    download = client.get(f"/admin/streamexport_jobs/exportjob/{job.pk}/download/")
+    assert b"".join(download.streaming_content) == stored_bytes(job)
+
+
+def test_admin_refuses_bad_background_posts_with_the_page_and_400(client):
+    client.force_login(staff("clerk", "view_record"))
+    response = client.post(
+        ADMIN_EXPORT, {"format": "csv", "fields": ["", "body"], "_background": "1"}
+    )
+    assert response.status_code == 400
+    assert not ExportJob.objects.exists()
+    assert client.post(ADMIN_EXPORT, {"format": "csv"}).status_code == 405
+
+
+def test_jobs_admin_shows_each_user_their_own_jobs(client):
+    make_records("default", 3)
+    for name in ("alice", "bob"):
+        client.force_login(staff(name, "view_record"))
+        client.get(BACKGROUND)
+    alice_job = ExportJob.objects.get(user__username="alice")
+    bob_job = ExportJob.objects.get(user__username="bob")
+    changelist = client.get("/admin/streamexport_jobs/exportjob/")  # bob
+    assert str(bob_job.pk) in changelist.content.decode()
+    assert str(alice_job.pk) not in changelist.content.decode()
+    change = f"/admin/streamexport_jobs/exportjob/{alice_job.pk}/change/"
+    assert client.get(change).status_code == 302  # not found: back to the admin index
+    download = f"/admin/streamexport_jobs/exportjob/{alice_job.pk}/download/"
+    assert client.get(download).status_code == 404
+
+
+# --- housekeeping ------------------------------------------------------------------------------
+
+
+@QUEUE_ONLY
+def test_sweep_fails_a_job_whose_worker_stopped_beating_and_deletes_its_file(client):
+    make_records("default", 5)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    # What a SIGKILLed worker leaves: running, a partial file, an old heartbeat.
+    name = f"exports/{job.pk}/records.csv"
+    storages["default"].save(name, __import__("io").BytesIO(b"id,title\r\n1,"))
+    stale = timezone.now() - timedelta(seconds=600)
+    ExportJob.objects.filter(pk=job.pk).update(status="running", heartbeat_at=stale, file_name=name)
+    finished = []
+    export_job_finished.connect(lambda job, **kw: finished.append(job.status), weak=False)
+    try:
+        assert [swept.pk for swept in sweep_stale_jobs(timeout=60)] == [job.pk]
+    finally:
+        export_job_finished.receivers.clear()
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == ("failed", "worker_lost")
+    assert finished == ["failed"]
+    assert stored_files() == []
+    assert sweep_stale_jobs(timeout=60) == []
+
+
+def test_prune_expires_old_files_and_the_command_reports_it(client, capsys):
+    make_records("default", 5)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    assert stored_files() == [job.file_name]
+    assert prune_expired_jobs() == (0, 0)
+    ExportJob.objects.filter(pk=job.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    call_command("streamexport_jobs", "prune")
+    assert "Expired 1 file(s)" in capsys.readouterr().out
+    job.refresh_from_db()
+    assert job.status == "expired" and stored_files() == []
+    assert client.get(f"/exports/jobs/{job.pk}/download/").status_code == 404
+    call_command("streamexport_jobs", "prune", "--delete-after", "0.001")
+    assert not ExportJob.objects.exists()
+    with pytest.raises(CommandError, match="not a positive number"):
+        call_command("streamexport_jobs", "prune", "--delete-after", "-1")
+
+
+def test_cancel_job_of_a_finished_job_is_false(client):
+    make_records("default", 2)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    assert not cancel_job(job)
+    assert job.status == "complete"
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+@QUEUE_ONLY
+def test_command_background_prints_the_job_id_and_the_job_exports_the_filtered_rows(capsys):
+    records = make_records("default", 30)
+    staff("operator")
+    call_command(
+        "streamexport", "testapp.Record", "--fields", "id,title", "--filter", "status=d",
+        "--background", "--user", "operator",
+    )  # fmt: skip
+    job = ExportJob.objects.get(pk=capsys.readouterr().out.strip())
+    assert (job.source_kind, job.user.username) == ("command", "operator")
+    assert run_job(job.pk)["status"] == "complete"
+    job.refresh_from_db()
+    expected = [[str(r.id), r.title] for r in records if r.status == "d"]
+    assert parse_csv(stored_bytes(job))[1:] == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--background"], "needs --user"),
+        (["--background", "--user", "nobody"], "No user 'nobody'"),
+        (["--user", "operator"], "--user goes with --background"),
+        (["--background", "--user", "operator", "-o", "x.csv"], "not to --output"),
+    ],
+)
+def test_command_background_refuses_bad_arguments(arguments, message):
+    staff("operator")
+    with pytest.raises(CommandError, match=message):
+        call_command("streamexport", "testapp.Record", "--fields", "id", *arguments)
+    assert not ExportJob.objects.exists()
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings_kwargs", "check_id"),
+    [
+        ({"STREAMEXPORT_JOBS_STORAGE": "nope"}, "django_streamexport.J002"),
+        ({"STREAMEXPORT_JOBS_TASK_BACKEND": "nope"}, "django_streamexport.J003"),
+        (
+            {"STREAMEXPORT_JOBS_TASK_BACKEND": "db", "STREAMEXPORT_JOBS_QUEUE": "x"},
+            "django_streamexport.J003",
+        ),
+        ({"STREAMEXPORT_JOBS_HEARTBEAT_INTERVAL": 0}, "django_streamexport.J001"),
+        (
+            {"STREAMEXPORT_JOBS_HEARTBEAT_TIMEOUT": 1, "STREAMEXPORT_JOBS_HEARTBEAT_INTERVAL": 2},
+            "django_streamexport.J001",
+        ),
+        ({"STREAMEXPORT_BACKGROUND_ROWS": -1}, "django_streamexport.J001"),
+    ],
+)
+def test_checks_refuse_bad_job_settings(settings_kwargs, check_id):
+    from django_streamexport.jobs.checks import check_jobs_settings
+
+    assert check_jobs_settings() == []
+    with override_settings(**settings_kwargs):
+        assert [error.id for error in check_jobs_settings()] == [check_id]
