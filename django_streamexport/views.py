@@ -354,14 +354,14 @@ class StreamingExportMixin:
         belongs to a user).
         """
         if background == "auto":
-            from django_streamexport.conf import conf
             from django_streamexport.estimates import estimate_rows
+            from django_streamexport.jobs.conf import jobs_conf
 
             if not getattr(self.request.user, "is_authenticated", False):
                 return False
             estimate = estimate_rows(plan)
             self._rows_estimate = estimate
-            return estimate is not None and estimate > conf.BACKGROUND_ROWS
+            return estimate is not None and estimate > jobs_conf.BACKGROUND_ROWS
         return bool(background)
 
     def has_export_permission(self) -> bool:

@@ -364,27 +364,60 @@ def test_command_background_refuses_bad_arguments(arguments, message):
 
 # --- checks ------------------------------------------------------------------------------------
 
+#: Per setting: its check id, values it refuses, values at the edges that pass.
+JOB_SETTINGS = {
+    "BACKGROUND_ROWS": ("J001", [-1, 1.5, "100", True, None], [0, 10**9]),
+    "JOBS_STORAGE": ("J002", ["nope", "", None, 0], ["default", "staticfiles"]),
+    "JOBS_PATH": ("J003", ["", "/abs", "a/../b", "..", "a\\b", None], ["exports", "a/b/c"]),
+    "JOBS_TASK_BACKEND": ("J004", ["nope", "", None], ["default"]),
+    "JOBS_QUEUE": ("J005", ["", None, 3, "not-a-queue-of-the-backend"], ["default"]),
+    "JOBS_EXPIRE_AFTER": ("J006", [0, -1, "60", True, float("inf"), float("nan")], [0.5, 86400]),
+    "JOBS_HEARTBEAT_INTERVAL": ("J007", [0, -1, "2", None, float("nan")], [0.01, 60]),
+    "JOBS_HEARTBEAT_TIMEOUT": ("J008", [0, 2, 1, "120", float("inf")], [2.5, 3600]),
+    "JOBS_URL_EXPIRE": ("J009", [0, -1, 1.5, "300", True], [1, 604800]),
+    "JOBS_X_ACCEL_REDIRECT": ("J010", ["protected/", "", 1, True], [None, "/protected/"]),
+    "JOBS_EMAIL": ("J011", [1, "yes", None], [True, False]),
+}
+
+
+def test_every_job_setting_has_a_check():
+    from django_streamexport.jobs.checks import RULES
+    from django_streamexport.jobs.conf import JobsSettings
+
+    names = {name for name, value in vars(JobsSettings).items() if isinstance(value, property)}
+    assert set(RULES) == set(JOB_SETTINGS) == names
+
 
 @pytest.mark.parametrize(
-    ("settings_kwargs", "check_id"),
-    [
-        ({"STREAMEXPORT_JOBS_STORAGE": "nope"}, "django_streamexport.J002"),
-        ({"STREAMEXPORT_JOBS_TASK_BACKEND": "nope"}, "django_streamexport.J003"),
-        (
-            {"STREAMEXPORT_JOBS_TASK_BACKEND": "db", "STREAMEXPORT_JOBS_QUEUE": "x"},
-            "django_streamexport.J003",
-        ),
-        ({"STREAMEXPORT_JOBS_HEARTBEAT_INTERVAL": 0}, "django_streamexport.J001"),
-        (
-            {"STREAMEXPORT_JOBS_HEARTBEAT_TIMEOUT": 1, "STREAMEXPORT_JOBS_HEARTBEAT_INTERVAL": 2},
-            "django_streamexport.J001",
-        ),
-        ({"STREAMEXPORT_BACKGROUND_ROWS": -1}, "django_streamexport.J001"),
-    ],
+    ("name", "value"),
+    [(name, value) for name, (_id, bad, _good) in JOB_SETTINGS.items() for value in bad],
 )
-def test_checks_refuse_bad_job_settings(settings_kwargs, check_id):
+def test_job_settings_refused(name, value):
     from django_streamexport.jobs.checks import check_jobs_settings
 
     assert check_jobs_settings() == []
-    with override_settings(**settings_kwargs):
-        assert [error.id for error in check_jobs_settings()] == [check_id]
+    with override_settings(**{f"STREAMEXPORT_{name}": value}):
+        (error,) = check_jobs_settings()
+    assert error.id == f"django_streamexport.{JOB_SETTINGS[name][0]}"
+    assert error.msg.startswith(f"STREAMEXPORT_{name} is {value!r}; it must be ")
+    assert error.hint
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name, (_id, _bad, good) in JOB_SETTINGS.items() for value in good],
+)
+def test_job_settings_that_pass(name, value):
+    from django_streamexport.jobs.checks import check_jobs_settings
+
+    with override_settings(**{f"STREAMEXPORT_{name}": value}):
+        assert check_jobs_settings() == []
+
+
+def test_a_queue_the_backend_does_not_have_is_refused():
+    from django_streamexport.jobs.checks import check_jobs_settings
+
+    with override_settings(STREAMEXPORT_JOBS_TASK_BACKEND="db", STREAMEXPORT_JOBS_QUEUE="x"):
+        assert [error.id for error in check_jobs_settings()] == ["django_streamexport.J005"]
+    with override_settings(STREAMEXPORT_JOBS_TASK_BACKEND="db", STREAMEXPORT_JOBS_QUEUE="exports"):
+        assert check_jobs_settings() == []

@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from django_streamexport.conf import conf
+from django_streamexport.jobs.conf import jobs_conf as conf
 from django_streamexport.jobs.models import ExportJob
 from django_streamexport.jobs.runner import cancel_job
 from django_streamexport.jobs.views import download_response

@@ -125,7 +125,7 @@ class ExportJob(models.Model):
         )
 
     def expiry_from(self, when: Any) -> Any:
-        from django_streamexport.conf import conf
+        from django_streamexport.jobs.conf import jobs_conf as conf
 
         return when + timedelta(seconds=conf.JOBS_EXPIRE_AFTER)
 

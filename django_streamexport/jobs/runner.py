@@ -33,9 +33,9 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from django_streamexport.conf import conf
 from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.failures import EXPORT_ERROR, MESSAGES, describe_failure
+from django_streamexport.jobs.conf import jobs_conf as conf
 from django_streamexport.jobs.models import ExportJob
 from django_streamexport.jobs.signals import export_job_finished
 from django_streamexport.jobs.sources import build_job_export

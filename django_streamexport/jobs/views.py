@@ -25,8 +25,8 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from django_streamexport.conf import conf
 from django_streamexport.http import attachment_header
+from django_streamexport.jobs.conf import jobs_conf as conf
 from django_streamexport.jobs.models import ExportJob
 from django_streamexport.jobs.runner import cancel_job
 
