@@ -9,6 +9,7 @@ storage and compared with the streamed download of the same export.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.files.storage import storages
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -60,6 +62,21 @@ def staff(username="staff", *codenames, superuser=False):
             Permission.objects.get(codename=codename, content_type=content_type)
         )
     return user
+
+
+@contextlib.contextmanager
+def patch_attribute(path, value):
+    """Set the class attribute at dotted ``path`` to ``value`` for the block."""
+    from django.utils.module_loading import import_string
+
+    owner_path, name = path.rsplit(".", 1)
+    owner = import_string(owner_path)
+    old = owner.__dict__.get(name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
 
 
 def stored_bytes(job: ExportJob) -> bytes:
@@ -150,6 +167,50 @@ def test_head_never_queues(client):
     client.force_login(staff())
     assert client.head(BACKGROUND).status_code == 200
     assert not ExportJob.objects.exists()
+
+
+def test_auto_queues_above_the_planner_estimate_and_streams_below(client):
+    make_records("default", 300)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE testapp_record")
+    client.force_login(staff())
+    view = "tests.testapp.views.BackgroundRecordExport.background"
+    with patch_attribute(view, "auto"):
+        with override_settings(STREAMEXPORT_BACKGROUND_ROWS=100):
+            queued = client.get(BACKGROUND)
+        with override_settings(STREAMEXPORT_BACKGROUND_ROWS=10_000):
+            streamed = client.get(BACKGROUND)
+    assert queued.status_code == 202
+    assert ExportJob.objects.get().rows_estimate == 300
+    assert streamed.status_code == 200 and streamed.streaming
+    assert len(parse_csv(body(streamed))) == 301
+
+
+@override_settings(STREAMEXPORT_JOBS_X_ACCEL_REDIRECT="/protected-exports/")
+def test_x_accel_redirect_hands_the_file_to_nginx(client):
+    make_records("default", 3)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    response = client.get(f"/exports/jobs/{job.pk}/download/")
+    assert response.status_code == 200 and response.content == b""
+    assert response["X-Accel-Redirect"] == f"/protected-exports/exports/{job.pk}/records.csv"
+    assert response["Content-Disposition"] == 'attachment; filename="records.csv"'
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+
+
+@override_settings(
+    STREAMEXPORT_JOBS_EMAIL=True, EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend"
+)
+def test_the_email_links_the_job_page_never_the_file(client):
+    from django.core import mail
+
+    make_records("default", 3)
+    client.force_login(staff())
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    (message,) = mail.outbox
+    assert message.to == ["staff@example.com"]
+    assert f"http://testserver/exports/jobs/{job.pk}/" in message.body
+    assert "download" not in message.body
 
 
 # --- outcomes recorded on the job --------------------------------------------------------------
@@ -247,6 +308,24 @@ def test_the_admin_export_page_queues_what_the_changelist_shows(client):
     assert changelist.status_code == 200 and b"<progress" in changelist.content
     download = client.get(f"/admin/streamexport_jobs/exportjob/{job.pk}/download/")
     assert b"".join(download.streaming_content) == stored_bytes(job)
+    page = client.get(f"/admin/streamexport_jobs/exportjob/{job.pk}/change/")
+    assert b"/download/" in page.content and b'http-equiv="refresh"' not in page.content
+
+
+@QUEUE_ONLY
+def test_the_job_page_refreshes_while_queued_and_cancels(client):
+    make_records("default", 3)
+    client.force_login(staff("clerk", "view_record"))
+    job = ExportJob.objects.get(pk=client.get(BACKGROUND).json()["id"])
+    page = client.get(f"/admin/streamexport_jobs/exportjob/{job.pk}/change/")
+    assert b'http-equiv="refresh"' in page.content and b"Cancel this export" in page.content
+    cancel = f"/admin/streamexport_jobs/exportjob/{job.pk}/cancel/"
+    assert client.get(cancel).status_code == 405
+    assert client.post(cancel).status_code == 302
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    client.force_login(staff("other", "view_record"))
+    assert client.post(cancel).status_code == 404
 
 
 def test_admin_refuses_bad_background_posts_with_the_page_and_400(client):

@@ -12,7 +12,8 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.files.storage import storages
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponseBase
+from django.http import Http404, HttpRequest, HttpResponseBase, HttpResponseNotAllowed
+from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -91,11 +92,7 @@ class ExportJobAdmin(admin.ModelAdmin):
     def download_link(self, job: ExportJob) -> str:
         if not job.is_downloadable:
             return "-"
-        url = reverse(
-            f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_download",
-            args=[job.pk],
-        )
-        return format_html('<a href="{}">{}</a>', url, _("Download"))
+        return format_html('<a href="{}">{}</a>', self._url("download", job.pk), _("Download"))
 
     # --- actions, download, deletion --------------------------------------------------------
 
@@ -116,6 +113,11 @@ class ExportJobAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.download_view),
                 name="{}_{}_download".format(*info),
             ),
+            path(
+                "<uuid:job_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="{}_{}_cancel".format(*info),
+            ),
             *super().get_urls(),
         ]
 
@@ -125,6 +127,34 @@ class ExportJobAdmin(admin.ModelAdmin):
         if job is None or not job.is_downloadable:
             raise Http404
         return download_response(job)
+
+    def cancel_view(self, request: HttpRequest, job_id: Any) -> HttpResponseBase:
+        """``POST``: cancel the job (its owner or a superuser); back to its page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self.get_queryset(request).filter(pk=job_id).first()
+        if job is None:
+            raise Http404
+        if cancel_job(job):
+            self.message_user(request, _("The export was cancelled."), messages.SUCCESS)
+        else:
+            self.message_user(request, _("The export had already ended."), messages.WARNING)
+        return redirect(self._url("change", job.pk))
+
+    def _url(self, name: str, job_id: Any) -> str:
+        info = (self.admin_site.name, self.opts.app_label, self.opts.model_name, name)
+        return reverse("{}:{}_{}_{}".format(*info), args=[job_id])
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponseBase:
+        extra_context = {
+            **(extra_context or {}),
+            "download_url": self._url("download", object_id),
+            "cancel_url": self._url("cancel", object_id),
+            "refresh_seconds": max(1, round(conf.JOBS_HEARTBEAT_INTERVAL)),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def delete_model(self, request: HttpRequest, obj: ExportJob) -> None:
         cancel_job(obj)
