@@ -12,7 +12,13 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.files.storage import storages
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponseBase, HttpResponseNotAllowed
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseNotAllowed,
+)
 from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
@@ -147,7 +153,7 @@ class ExportJobAdmin(admin.ModelAdmin):
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> HttpResponseBase:
+    ) -> HttpResponse:
         extra_context = {
             **(extra_context or {}),
             "download_url": self._url("download", object_id),
