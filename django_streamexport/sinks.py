@@ -23,11 +23,18 @@ relies on that.  Django 4.2 does not watch for disconnects under ASGI: there the
 runs to its end.
 
 **Files** (:func:`write_to_file`): any object with a binary ``write()`` (an open file,
-``sys.stdout.buffer``, a Django storage file).
+``sys.stdout.buffer``, a Django storage file).  :func:`open_output_file` opens a path as
+the ``streamexport`` command does: a regular file is replaced atomically, anything else
+(a FIFO, a device, ``/dev/stdout``) is written straight.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import re
+import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import IO, Any, cast
 
@@ -43,6 +50,8 @@ __all__ = [
     "NoBody",
     "http_body",
     "is_asgi_request",
+    "open_output_file",
+    "resolve_output",
     "write_to_file",
 ]
 
@@ -156,19 +165,139 @@ def write_to_file(
     """Write every chunk of ``stream`` to the binary ``file``; return the bytes written.
 
     Chunks are about ``plan.buffer_size`` bytes; memory does not grow with rows.
-    ``progress(stream)`` is called after each chunk (``stream.rows`` and
-    ``stream.bytes`` are current).  The stream is closed at the end, also when the
-    export or a write fails; the error propagates, and the caller must not keep what
-    was written as if complete (the ``streamexport`` command writes beside the target
-    and renames only after success).
+    ``progress(stream)`` is called after each chunk written (``stream.rows`` and
+    ``stream.bytes`` are current).  The stream's first chunk (a CSV header, yielded
+    before the query runs) is held back until the query has answered: written with
+    the first rows, or at the end of an export without rows.  So a query that fails
+    at once (the database refuses it at its first ``FETCH``) writes nothing, not a
+    header that would look like a complete export without rows.  The stream is closed
+    at the end, also when the export or a write fails; the error propagates, and the
+    caller must not keep what was written as if complete (:func:`open_output_file`
+    renames a regular file into place only after success).
     """
     written = 0
+    head: bytes | None = None  # the first chunk, until the query answers
+    started = False
     try:
         for chunk in stream:
+            if not started:
+                if head is None:
+                    head = chunk
+                    continue
+                if stream.outcome == "failed":
+                    continue  # the format's error bytes; the stream raises next
+                started = True
+                chunk = head + chunk  # one write, as the stream's chunks are
             file.write(chunk)
             written += len(chunk)
+            if progress is not None:
+                progress(stream)
+        if not started and head:
+            file.write(head)
+            written += len(head)
             if progress is not None:
                 progress(stream)
     finally:
         stream.close()
     return written
+
+
+#: The directory of a process's open descriptors, as ``os.path.realpath()`` spells it.
+_DESCRIPTORS = re.compile(r"/proc/(?P<pid>\d+)(?:/task/\d+)?/fd")
+#: Symbolic links followed at most (Linux's ``MAXSYMLINKS``).
+_MAX_LINKS = 40
+
+
+def resolve_output(path: str) -> tuple[str, int | None]:
+    """Return the file ``path`` names, its symbolic links followed, and a descriptor.
+
+    Links are followed one at a time, so a name of an open descriptor (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/PID/fd/N``, Linux's "magic links" whose targets, such as
+    ``pipe:[1234]`` or the path of a file since renamed, are not paths to write to) is
+    noticed: the second value is then this process's descriptor number ``N``, or ``-1``
+    for another process's; ``None`` for any other path.  Raises ``OSError`` (``ELOOP``)
+    past 40 links.
+    """
+    current = os.path.join(os.getcwd(), path)
+    for _ in range(_MAX_LINKS):
+        parent = os.path.realpath(os.path.dirname(current))
+        current = os.path.join(parent, os.path.basename(current))
+        names = _DESCRIPTORS.fullmatch(parent)
+        if names is not None:
+            number = os.path.basename(current)
+            own = int(names["pid"]) == os.getpid() and number.isdigit()
+            return current, int(number) if own else -1
+        if not os.path.islink(current):
+            return current, None
+        current = os.path.join(parent, os.readlink(current))  # relative to the link's directory
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+
+
+@contextlib.contextmanager
+def open_output_file(path: str) -> Iterator[IO[bytes]]:
+    """Open ``path`` for an export's bytes; yield a binary file.
+
+    A **regular file**, or a path where nothing exists yet, is written beside itself as
+    ``<file>.part`` and renamed over it when the block ends without an error (keeping
+    an existing file's permission bits), so a failed export never leaves a truncated
+    file that looks complete; on an error the ``.part`` file is removed.  A **symbolic
+    link** is followed: the file it names is replaced so, and the link stays a link.
+    **Anything else** (a FIFO, a character device such as ``/dev/null``, ``/dev/stdout``
+    or another name of an open descriptor) is written straight, as a shell's ``>``
+    would: renaming over it would replace it with a regular file, and its reader would
+    get nothing.  A descriptor of this process (``/dev/stdout``) is written through a
+    duplicate, so its offset (a file opened with ``>>``) is kept.
+
+    Raises ``OSError`` when ``path`` cannot be written (``IsADirectoryError`` for a
+    directory or a path ending in ``/``; ``FileNotFoundError`` for a missing
+    directory).
+    """
+    if not path or path.endswith(os.sep):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    target, descriptor = resolve_output(path)
+    try:
+        status: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        status = None
+    if status is not None and stat.S_ISDIR(status.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if descriptor is not None or (status is not None and not stat.S_ISREG(status.st_mode)):
+        if descriptor is not None and descriptor >= 0:
+            file = os.fdopen(os.dup(descriptor), "wb")
+        else:
+            # Appending keeps what another process's descriptor already holds.
+            file = open(target, "ab" if descriptor is not None else "wb")
+        with _closed_on_error(file):
+            yield file
+        return
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"no directory {directory!r}", path)
+    partial = f"{target}.part"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        file = os.fdopen(os.open(partial, flags, 0o666), "wb")
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot create {partial!r}: {exc.strerror}", path) from exc
+    try:
+        with _closed_on_error(file):
+            yield file
+        if status is not None:
+            os.chmod(partial, stat.S_IMODE(status.st_mode))
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
+
+
+@contextlib.contextmanager
+def _closed_on_error(file: IO[bytes]) -> Iterator[None]:
+    """Close ``file`` at the end: its error propagates, unless another error does."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            file.close()  # flushes into a broken pipe: that error is not the news
+        raise
+    file.close()

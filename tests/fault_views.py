@@ -58,3 +58,13 @@ class LoadExport(StreamingExportView):
         return Record.objects.extra(
             where=["(testapp_record.id %% 200 <> 0 OR pg_sleep(0.1) IS NOT NULL)"]
         )
+
+
+class FirstFetchFailsExport(StreamingExportView):
+    """The database plans the query (``EXPLAIN`` passes) and fails on its first row."""
+
+    model = Record
+    export_fields = FIELDS
+
+    def get_queryset(self):
+        return Record.objects.extra(where=["1 / (testapp_record.id - testapp_record.id) = 1"])

@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import datetime
 import functools
+import http.client
 import importlib.util
 import io
 import itertools
+import socket
 import zipfile
 import zoneinfo
 from decimal import Decimal
@@ -25,6 +27,7 @@ from django.utils import timezone
 from flights.models import Airline, Airport, Flight, Plane, Weather
 
 from tests.conftest import body, both_databases, parse_csv, parse_ndjson
+from tests.servers import HOST, database_url, example_gunicorn
 
 SAMPLE = 2000
 UTC = datetime.timezone.utc
@@ -251,3 +254,31 @@ def test_filtered_flight_export_applies_the_filterset(client):
     refused = client.get("/exports/flights/filtered/?format=csv&dep_delay__gte=soon")
     assert refused.status_code == 400
     assert b"dep_delay__gte" in refused.content
+
+
+def free_port() -> int:
+    """Return a loopback port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_a_server_error_is_logged_with_its_traceback(tmp_path):
+    """DEBUG off and no ADMINS: a 500 must leave its traceback in the log, not only the
+    access-log line. The database named in DATABASE_URL does not exist, so loading the
+    session of a request to the admin raises."""
+    missing = database_url("streamexport_example_no_such_database")
+    with example_gunicorn(free_port(), tmp_path / "gunicorn.log", missing) as server:
+        connection = http.client.HTTPConnection(HOST, server.port, timeout=60)
+        try:
+            connection.request("GET", "/admin/", headers={"Cookie": "sessionid=" + "a" * 32})
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        assert response.status == 500
+        log = server.wait_for_log("OperationalError")
+    assert "ERROR django.request: Internal Server Error: /admin/" in log
+    assert "Traceback (most recent call last):" in log
+    assert 'database "streamexport_example_no_such_database" does not exist' in log

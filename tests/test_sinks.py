@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import io
+import os
 from itertools import pairwise
 
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connections
+from django.db import DataError, connections
 from django.http import StreamingHttpResponse
 from django.test import AsyncRequestFactory, RequestFactory
 from django.test.utils import CaptureQueriesContext
@@ -21,6 +23,7 @@ from django_streamexport.sinks import (
     AsyncNoBody,
     NoBody,
     http_body,
+    resolve_output,
     write_to_file,
 )
 from django_streamexport.streaming import ExportStream
@@ -95,7 +98,7 @@ def test_write_to_file_reports_progress_after_each_chunk():
 
     written = write_to_file(stream, file, progress=progress)
     assert len(seen) == file.writes > 10
-    assert seen[0][0] == 0  # the header
+    assert seen[0][0] > 0  # the header went with the first rows, once the query answered
     assert seen[-1] == (2000, written)
     assert all(a[1] < b[1] for a, b in pairwise(seen))  # every CSV chunk has bytes
     assert all(a[0] <= b[0] for a, b in pairwise(seen))
@@ -165,6 +168,32 @@ def test_write_to_file_closes_the_stream_when_a_write_fails():
     assert session_state(pid) == "idle"
 
 
+@pytest.mark.parametrize("format_name", ["csv", "ndjson"])
+def test_write_to_file_writes_nothing_when_the_first_fetch_fails(format_name):
+    """The header waits for the query's first rows: a query the database refuses at its
+    first FETCH leaves an empty file, not a header that looks like an export of no rows."""
+    make_records("default")
+    plan = build_plan(
+        Record.objects.extra(where=["1 / (testapp_record.id - testapp_record.id) = 1"]),
+        fields=["id", "title"],
+        format=format_name,
+    )
+    stream = ExportStream(plan)
+    file = io.BytesIO()
+    with pytest.raises(DataError, match="division by zero"):
+        write_to_file(stream, file)
+    assert file.getvalue() == b""
+    assert stream.outcome == "failed"
+
+
+def test_write_to_file_writes_the_header_of_an_export_without_rows():
+    make_records("default")
+    file = io.BytesIO()
+    stream = ExportStream(build_plan(Record.objects.filter(pk=-1), fields=["id"], format="csv"))
+    assert write_to_file(stream, file) == len(b"ID\r\n")
+    assert file.getvalue() == b"ID\r\n"
+
+
 def test_write_to_file_on_sqlite():
     make_records("sqlite", 100)
     file = io.BytesIO()
@@ -172,6 +201,41 @@ def test_write_to_file_on_sqlite():
     assert write_to_file(stream, file) == len(file.getvalue())
     assert len(parse_csv(file.getvalue())) == 101
     assert not connections["sqlite"].in_atomic_block
+
+
+# --- resolve_output --------------------------------------------------------------------------
+
+
+def test_resolve_output_follows_links_one_at_a_time(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "a.csv").symlink_to("b.csv")  # relative to the link's directory
+    (tmp_path / "links" / "b.csv").symlink_to("../data/c.csv")  # dangling: c.csv is not there
+    assert resolve_output(str(tmp_path / "links" / "a.csv")) == (
+        str(tmp_path / "data" / "c.csv"),
+        None,
+    )
+    monkeypatch.chdir(tmp_path)  # a relative path is the working directory's
+    assert resolve_output("data/x.csv") == (str(tmp_path / "data" / "x.csv"), None)
+
+
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"])
+def test_resolve_output_names_a_descriptor_of_this_process(name):
+    path, descriptor = resolve_output(name)
+    assert descriptor == 1
+    assert path == f"/proc/{os.getpid()}/fd/1"
+
+
+def test_resolve_output_names_another_process_descriptor():
+    assert resolve_output("/proc/1/fd/1") == ("/proc/1/fd/1", -1)
+
+
+def test_resolve_output_refuses_a_loop_of_links(tmp_path):
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(OSError) as caught:
+        resolve_output(str(tmp_path / "a"))
+    assert caught.value.errno == errno.ELOOP
 
 
 # --- http_body ------------------------------------------------------------------------------

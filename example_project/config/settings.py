@@ -195,17 +195,36 @@ if os.environ.get("EXPORTS_S3_ENDPOINT_URL"):
     }
     STREAMEXPORT_JOBS_STORAGE = "exports"
 
+# Both loggers write to stderr (gunicorn's error log, the journal, the container log).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
     "formatters": {
         "console": {"format": "{asctime} {levelname} {name}: {message}", "style": "{"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "console"},
+        # As Django's default logging: mails ADMINS (if any) when DEBUG is off.
+        "mail_admins": {
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+            "class": "django.utils.log.AdminEmailHandler",
+        },
     },
     "loggers": {
         # Show the library's INFO messages (exports started and finished, mid-stream errors).
         "django_streamexport": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # A 500 with its traceback. Django's default logging prints it only with DEBUG on and
+        # otherwise mails it to ADMINS, so with DEBUG off and no ADMINS a server error left
+        # nothing but an access-log line. Not propagated: the default "django" console
+        # handler would print it a second time with DEBUG on.
+        "django.request": {
+            "handlers": ["console", "mail_admins"],
+            "level": "ERROR",
+            "propagate": False,
+        },
     },
 }

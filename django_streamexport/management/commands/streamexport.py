@@ -15,6 +15,14 @@ and written through :func:`~django_streamexport.sinks.write_to_file`, so the fil
 the same bytes as the web response.  A progress bar (rows, MB and MB/s, by
 ``tqdm``: ``pip install django-streamexport[cli]``) is drawn on stderr when
 stderr is a terminal; never when piped, unless ``--progress``.
+
+``--output`` (:func:`~django_streamexport.sinks.open_output_file`): ``-`` is standard
+output; a regular file (or a new one; a symbolic link's target) is written as
+``FILE.part`` and renamed into place when complete; a FIFO, a device or ``/dev/stdout``
+is written straight.  Bad input is a ``CommandError`` (exit status 1, one line on
+stderr, no traceback) before anything is written: the query is planned by the database
+(``EXPLAIN``) first, and nothing is written until its first rows arrive.  A reader that
+stops reading (``| head``) ends the command quietly, with exit status 0.
 """
 
 from __future__ import annotations
@@ -29,29 +37,62 @@ from django.apps import apps
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import FieldError, ImproperlyConfigured, ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, models
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    models,
+    transaction,
+)
 from django.db.models import Q
 from django.http import HttpRequest, QueryDict
 from django.utils.module_loading import import_string
+from django.views import View
 
-from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.columns import compile_query
+from django_streamexport.exceptions import ExportRequestError, RowLimitExceeded
 from django_streamexport.plan import ExportPlan, build_plan
-from django_streamexport.sinks import write_to_file
+from django_streamexport.sinks import open_output_file, write_to_file
 from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportMixin
+
+#: What building a queryset from ``--filter`` values can raise besides ``FieldError``:
+#: a value the field refuses (``ValidationError``, ``ValueError``: ``year 99999 is out of
+#: range``, ``OverflowError``, ``decimal.InvalidOperation``) or a lookup given the wrong
+#: number of values.
+FILTER_ERRORS = (FieldError, ValidationError, ValueError, TypeError, LookupError, ArithmeticError)
+
+
+def first_line(exc: BaseException) -> str:
+    """Return the first line of ``exc``'s message (drivers add ``LINE 1: ...`` and a caret)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def parse_filter(text: str) -> tuple[str, Any]:
     """Parse ``lookup=value`` into a ``filter()`` keyword argument.
 
     ``__in`` and ``__range`` values are split on commas; ``__isnull`` takes
-    ``true``/``false``.  Raises ``CommandError`` for text without ``=``.
+    ``true``/``false``.  Raises ``CommandError`` for text without ``=``, a ``__range`` of
+    other than two values, and bytes that are not text (undecodable in the locale).
     """
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:  # bytes the locale could not decode (PEP 383)
+        raise CommandError(
+            f"--filter {text!r} holds bytes that are not text in the locale's encoding."
+        ) from exc
     lookup, sep, value = text.partition("=")
     lookup = lookup.strip()
     if not sep or not lookup:
         raise CommandError(f"Malformed --filter {text!r}: expected lookup=value (origin=JFK).")
-    if lookup.endswith(("__in", "__range")):
+    if lookup.endswith("__range"):
+        bounds = value.split(",")
+        if len(bounds) != 2:
+            raise CommandError(f"--filter {text!r}: __range takes two values, low,high.")
+        return lookup, bounds
+    if lookup.endswith("__in"):
         return lookup, value.split(",") if value else []
     if lookup.endswith("__isnull"):
         if value.lower() not in ("true", "false", "1", "0"):
@@ -107,7 +148,13 @@ class Command(BaseCommand):
             metavar="LOOKUP=VALUE",
             help="A filter() argument; repeat for more (AND). __in/__range split on commas.",
         )
-        parser.add_argument("--output", "-o", default="-", help="File to write, or - (stdout).")
+        parser.add_argument(
+            "--output",
+            "-o",
+            default="-",
+            help="File to write (replaced when complete), a FIFO or device (written straight), "
+            "or - (stdout, the default).",
+        )
         parser.add_argument("--view", help="Dotted path of an export view to take settings from.")
         parser.add_argument("--database", help="Database alias to read from.")
         parser.add_argument(
@@ -146,8 +193,14 @@ class Command(BaseCommand):
             view_class = import_string(options["view"])
         except ImportError as exc:
             raise CommandError(f"Cannot import the view {options['view']!r}: {exc}") from exc
-        if not (isinstance(view_class, type) and issubclass(view_class, StreamingExportMixin)):
-            raise CommandError(f"{options['view']!r} is not a StreamingExportMixin subclass.")
+        if not (
+            isinstance(view_class, type)
+            and issubclass(view_class, StreamingExportMixin)
+            and issubclass(view_class, View)
+        ):
+            raise CommandError(
+                f"{options['view']!r} is not an export view (a View with StreamingExportMixin)."
+            )
         view = view_class()
         request = HttpRequest()
         request.method = "GET"
@@ -156,7 +209,7 @@ class Command(BaseCommand):
             query[view.format_query_param] = options["format"]
         request.GET = query  # type: ignore[assignment]  # a plain request may set it
         request.user = AnonymousUser()  # exports scoped per user see an anonymous user
-        view.setup(request)  # type: ignore[attr-defined]  # a View subclass
+        view.setup(request)
         return view
 
     def get_plan(self, options: dict[str, Any]) -> ExportPlan:
@@ -199,7 +252,7 @@ class Command(BaseCommand):
             )
         except (ExportRequestError, ImproperlyConfigured) as exc:
             raise CommandError(str(exc)) from exc
-        except (FieldError, ValidationError, ValueError, TypeError) as exc:
+        except FILTER_ERRORS as exc:
             raise CommandError(f"Invalid --filter: {exc}") from exc
 
     def get_model(self, label: str) -> type[models.Model]:
@@ -211,13 +264,42 @@ class Command(BaseCommand):
                 f"Unknown model {label!r}: give app_label.ModelName ({exc})."
             ) from exc
 
+    def check_query(self, plan: ExportPlan) -> None:
+        """Have the database plan the export's query (``EXPLAIN``) before anything is written.
+
+        Compiling refuses what Django can check; planning, what only the database can (a
+        regular expression PostgreSQL cannot compile: ``tailnum__regex=(``, parameters
+        the driver cannot bind), without reading a row.  Runs in a transaction of its
+        own (a savepoint inside the caller's), so a refusal leaves the caller's intact.
+        Raises ``CommandError``.  What fails only on reading rows still fails before the
+        first byte: ``write_to_file()`` writes nothing until the first rows arrive.
+        """
+        try:
+            query = compile_query(plan.queryset, plan.columns, plan.using)
+        except FILTER_ERRORS as exc:
+            raise CommandError(f"Invalid --filter: {exc}") from exc
+        connection = connections[plan.using]
+        if query.empty or not connection.features.supports_explaining_query_execution:
+            return
+        try:
+            with transaction.atomic(using=plan.using), connection.cursor() as cursor:
+                cursor.execute(f"{connection.ops.explain_query_prefix()} {query.sql}", query.params)
+        except (OperationalError, InterfaceError) as exc:
+            raise CommandError(
+                f"The database {plan.using!r} cannot be reached: {first_line(exc)}"
+            ) from exc
+        except DatabaseError as exc:
+            raise CommandError(
+                f"The database refused the export's query: {first_line(exc)}"
+            ) from exc
+
     def get_stream(self, plan: ExportPlan, stream_class: type[ExportStream]) -> ExportStream:
         """Return the stream of ``plan``; its reader compiles the query (bad filters here)."""
         try:
             return stream_class(plan)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        except (FieldError, ValidationError, ValueError, TypeError) as exc:
+        except FILTER_ERRORS as exc:
             raise CommandError(f"Invalid --filter: {exc}") from exc
 
     # --- writing it -------------------------------------------------------------
@@ -227,20 +309,32 @@ class Command(BaseCommand):
             return self.queue_job(options)
         if options["user"]:
             raise CommandError("--user goes with --background.")
+        output = options["output"]
+        if not output:
+            raise CommandError("--output is empty: name a file, or - for standard output.")
         plan = self.get_plan(options)
+        self.check_query(plan)
         stream = self.get_stream(plan, self.stream_class)
         show = options["progress"]
         if show is None:
             show = sys.stderr.isatty()
         progress = Progress(show, sys.stderr)
-        output = options["output"]
         try:
             if output == "-":
                 self.write_stdout(stream, progress)
             else:
                 self.write_file(stream, output, progress)
+        except BrokenPipeError:
+            # The reader stopped reading (``| head``): end quietly, as Unix tools do.
+            return
+        except RowLimitExceeded as exc:
+            raise CommandError(
+                f"The export has more rows than its limit of {exc.limit} and was stopped."
+            ) from exc
         except DatabaseError as exc:
-            raise CommandError(f"The export failed after {stream.rows} rows: {exc}") from exc
+            raise CommandError(
+                f"The export failed after {stream.rows} rows: {first_line(exc)}"
+            ) from exc
         finally:
             stream.close()
             progress.close()
@@ -271,6 +365,7 @@ class Command(BaseCommand):
         except user_model.DoesNotExist:
             raise CommandError(f"No user {options['user']!r}.") from None
         plan = self.get_plan(options)
+        self.check_query(plan)  # refuse what the database refuses before queueing
         job = queue_export_job(
             user=user,
             source=describe_command(options),
@@ -284,11 +379,18 @@ class Command(BaseCommand):
         """Write the export to standard output: bytes to its binary buffer, if it has one.
 
         ``call_command(stdout=StringIO())`` gives a text stream: it gets decoded text.
+        When the reader closes the pipe, its descriptor is pointed at ``os.devnull``
+        before ``BrokenPipeError`` propagates, so flushing it at exit cannot fail again
+        (Python docs, "Note on SIGPIPE").
         """
         target: IO[bytes] | None = getattr(self.stdout, "buffer", None)  # OutputWrapper delegates
         if target is not None:
-            write_to_file(stream, target, progress=progress.update)
-            target.flush()
+            try:
+                write_to_file(stream, target, progress=progress.update)
+                target.flush()
+            except BrokenPipeError:
+                _to_devnull(target)
+                raise
             return
         charset = stream.format.charset
         if not charset:
@@ -300,20 +402,38 @@ class Command(BaseCommand):
         write_to_file(stream, text, progress=progress.update)
 
     def write_file(self, stream: ExportStream, path: str, progress: Progress) -> None:
-        """Write the export to ``path``, replacing it only once the export is complete.
+        """Write the export to ``path`` with :func:`~django_streamexport.sinks.open_output_file`.
 
-        Written beside the target (``<path>.part``) and renamed at the end, so a failed
-        export never leaves a truncated file that looks complete.
+        A regular file is replaced only once the export is complete; a FIFO or a device
+        is written straight.  Raises ``CommandError`` when ``path`` cannot be written.
         """
-        partial = f"{path}.part"
         try:
-            with open(partial, "wb") as file:
+            with open_output_file(path) as file:
                 write_to_file(stream, file, progress=progress.update)
-            os.replace(partial, path)
-        except BaseException:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        except BrokenPipeError:
             raise
+        except OSError as exc:
+            if stream.outcome == "failed":
+                raise  # the export's own error, not the file's
+            reason = exc.strerror or str(exc)
+            if stream.outcome is None:
+                raise CommandError(f"Cannot write {path!r}: {reason}.") from exc
+            raise CommandError(
+                f"Writing {path!r} failed after {stream.rows} rows: {reason}."
+            ) from exc
+
+
+def _to_devnull(file: Any) -> None:
+    """Point ``file``'s descriptor at ``os.devnull``, if it has one."""
+    try:
+        descriptor = file.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
 
 
 class _TextSink:
