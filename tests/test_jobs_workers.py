@@ -371,6 +371,27 @@ def test_a_sigkilled_worker_is_swept_as_worker_lost_and_its_partial_file_deleted
 
 
 @ON_DB
+def test_a_sigkilled_worker_s_s3_upload_is_aborted_by_the_sweep(
+    client, media_root, logs, s3, s3_storage
+):
+    wide_records(40_000, 500)
+    client.force_login(staff())
+    job_id = queue(client, "csv")
+    env = {**s3_storage, "STREAMEXPORT_CHUNK_SIZE": "5"}
+    with db_worker(logs / "worker.log", media_root, **env) as worker:
+        job = running(job_id, worker, bytes=PART_SIZE + 1)
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait(timeout=30)
+    no_worker_sessions()
+    # What the dead worker left: an unfinished multipart upload with a part in it.
+    assert s3.keys() == [] and s3.uploads() == [job.file_name]
+    wait_until(lambda: sweep_stale_jobs(timeout=1), 30, lambda: describe(job_id, worker))
+    job.refresh_from_db()
+    assert (job.status, job.error_code, job.file_name) == ("failed", "worker_lost", "")
+    assert s3.keys() == [] and s3.uploads() == []
+
+
+@ON_DB
 def test_a_cancel_mid_export_stops_the_worker_and_deletes_the_s3_upload(
     client, media_root, logs, s3, s3_storage
 ):
