@@ -371,6 +371,27 @@ def test_a_sigkilled_worker_is_swept_as_worker_lost_and_its_partial_file_deleted
 
 
 @ON_DB
+def test_a_worker_forced_to_stop_fails_its_job_at_once(client, media_root, logs):
+    insert_records(100_000)
+    client.force_login(staff())
+    job_id = queue(client, "csv")
+    with db_worker(logs / "worker.log", media_root, STREAMEXPORT_CHUNK_SIZE="1") as worker:
+        running(job_id, worker, rows=100)
+        # The first TERM lets the task finish; the second raises SystemExit in the task.
+        worker.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "shutting down gracefully" in worker.log(), 30, worker.tail)
+        assert ExportJob.objects.get(pk=job_id).status == "running"
+        worker.process.send_signal(signal.SIGTERM)
+        worker.process.wait(timeout=60)
+    job = ExportJob.objects.get(pk=job_id)
+    assert (job.status, job.error_code) == ("failed", "worker_lost"), describe(job_id, worker)
+    assert job.file_name == "" and 0 < job.rows < 100_000
+    assert local_files(media_root) == []
+    no_worker_sessions()
+    assert sweep_stale_jobs(timeout=1) == []
+
+
+@ON_DB
 def test_a_sigkilled_worker_s_s3_upload_is_aborted_by_the_sweep(
     client, media_root, logs, s3, s3_storage
 ):

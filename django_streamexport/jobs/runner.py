@@ -231,9 +231,11 @@ def run_job(job_id: Any) -> dict[str, Any]:
     <download name>``.  Every outcome is recorded on the job: ``complete`` (with
     ``expires_at``), ``cancelled``, or ``failed`` with a code: the streamed exports'
     codes (:mod:`django_streamexport.failures`), ``permission_denied``, ``bad_request``,
-    ``storage_full``, ``storage_error``.  A failed or cancelled job's partial file is
-    deleted (on S3, its multipart upload aborted).  Never raises for the export's own
-    failures (the task succeeds: the job records them).
+    ``storage_full``, ``storage_error``, ``worker_lost`` (the worker was made to stop
+    mid-export: ``SystemExit`` or ``KeyboardInterrupt``, recorded and re-raised).  A
+    failed or cancelled job's partial file is deleted (on S3, its multipart upload
+    aborted).  Never raises for the export's own failures (the task succeeds: the job
+    records them).
     """
     now = timezone.now()
     claimed = ExportJob.objects.filter(pk=job_id, status=Status.QUEUED).update(
@@ -297,10 +299,29 @@ def run_job(job_id: Any) -> dict[str, Any]:
             return _finish(job, Status.FAILED, failure.code, failure.message, exc=exc)
         logger.error("Export job %s: writing %r failed.", job.pk, name, exc_info=True)
         return _finish(job, Status.FAILED, *_storage_failure(exc), exc=exc)
+    except BaseException:
+        # The worker is being stopped mid-export (SystemExit from a worker's second
+        # SIGTERM, KeyboardInterrupt): fail the job now, not at the sweep, then stop.
+        _abandon(storage, name, file)
+        _stop_recorded(job)
+        raise
     finally:
         heartbeat.stop()
     job.rows, job.bytes = stream.rows, stream.bytes
     return _finish(job, Status.COMPLETE, "", "", storage=storage)
+
+
+def _stop_recorded(job: ExportJob) -> None:
+    try:
+        # The interruption may have come mid-statement: new connections (outside a
+        # transaction of the caller's; a worker reconnects for its next task).
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close()
+        _finish(job, Status.FAILED, WORKER_LOST, JOB_MESSAGES[WORKER_LOST])
+    except Exception:
+        logger.warning("Export job %s: recording its worker's stop failed.", job.pk,
+                       exc_info=True)  # fmt: skip
 
 
 def _abandon(storage: Storage, name: str, file: Any) -> None:
