@@ -30,7 +30,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 
-from tests.servers import HOST, PYTHONPATH, ROOT, pg_connect, stop_process
+from tests.conftest import other_session
+from tests.servers import HOST, PYTHONPATH, ROOT, stop_process
 
 #: The ``application_name`` of the workers' database sessions (tests/worker_settings.py).
 WORKER_APPLICATION_NAME = "streamexport-test-worker"
@@ -334,14 +335,25 @@ def restart_weed(server: S3Server) -> None:
 
 
 def worker_sessions(dbname: str) -> list[dict]:
-    """Return the workers' sessions on ``dbname``: ``pid``, ``state``, ``query``, ``xact``."""
-    with pg_connect() as admin:
-        rows = admin.execute(
+    """Return the workers' sessions on ``dbname``: ``pid``, ``state``, ``query``, ``xact``.
+
+    Read on a session of its own (Django's, so with either driver).
+    """
+    with other_session() as cursor:
+        cursor.execute(
             "SELECT pid, state, query, xact_start IS NOT NULL FROM pg_stat_activity"
             " WHERE datname = %s AND application_name = %s",
             [dbname, WORKER_APPLICATION_NAME],
-        ).fetchall()
+        )
+        rows = cursor.fetchall()
     return [dict(zip(("pid", "state", "query", "xact"), row, strict=True)) for row in rows]
+
+
+def terminate(pid: int) -> None:
+    """End the PostgreSQL backend ``pid`` (``pg_terminate_backend``), as an operator would."""
+    with other_session() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        assert cursor.fetchone()[0], f"no backend {pid}"
 
 
 def export_sessions(dbname: str) -> list[dict]:

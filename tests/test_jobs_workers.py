@@ -44,10 +44,11 @@ from tests.job_servers import (
     rq_worker,
     seaweedfs,
     stop_weed,
+    terminate,
     wait_until,
     worker_sessions,
 )
-from tests.servers import insert_records, pg_connect
+from tests.servers import insert_records
 from tests.spreadsheets import read_calamine
 from tests.testapp.models import Record
 
@@ -63,6 +64,12 @@ ON_DB = override_settings(STREAMEXPORT_JOBS_TASK_BACKEND="db", STREAMEXPORT_JOBS
 #: S3 multipart part size (django-storages' AWS_S3_FILE_BUFFER_SIZE): 5 MiB, S3's minimum
 #: for every part but the last.
 PART_SIZE = 5 * 1024 * 1024
+#: Records of the exports caught mid-way, read one row per fetch (STREAMEXPORT_CHUNK_SIZE=1
+#: in the worker): tens of seconds of export, stopped after its first hundred rows.
+SLOW_ROWS = 30_000
+#: Records of 500 characters (about 15 MB of CSV, three parts) of the S3 exports caught
+#: mid-way, five rows per fetch, after their first part.
+S3_SLOW_ROWS = 25_000
 #: botocore's attempts per S3 request in the workers (the default, 5 with backoff, makes a
 #: stopped server take a minute to notice).
 S3_ATTEMPTS = "2"
@@ -314,12 +321,12 @@ def test_an_rq_worker_runs_a_queued_job(client, media_root, logs, rq_queue):
 def test_a_job_uploads_to_s3_in_parts_and_the_download_is_a_signed_url(
     client, media_root, logs, s3, s3_storage
 ):
-    wide_records(60_000, 200)  # about 19 MB of CSV: four parts
+    wide_records(20_000, 600)  # about 13 MB of CSV: three parts
     client.force_login(staff())
     job_id = queue(client, "csv")
     with db_worker(logs / "worker.log", media_root, **s3_storage) as worker:
         job = finished(job_id, worker)
-    assert (job.status, job.rows) == ("complete", 60_000), describe(job_id, worker)
+    assert (job.status, job.rows) == ("complete", 20_000), describe(job_id, worker)
     assert s3.keys() == [job.file_name] and s3.uploads() == []
     head = s3.client().head_object(Bucket=s3.bucket, Key=job.file_name)
     parts = int(head["ETag"].strip('"').rpartition("-")[2])  # a multipart ETag ends "-<parts>"
@@ -349,7 +356,7 @@ def test_a_job_uploads_to_s3_in_parts_and_the_download_is_a_signed_url(
 def test_a_sigkilled_worker_is_swept_as_worker_lost_and_its_partial_file_deleted(
     client, media_root, logs
 ):
-    insert_records(100_000)
+    insert_records(SLOW_ROWS)
     client.force_login(staff())
     job_id = queue(client, "csv")
     # One row per fetch: the export takes long enough to be killed mid-way.
@@ -372,7 +379,7 @@ def test_a_sigkilled_worker_is_swept_as_worker_lost_and_its_partial_file_deleted
 
 @ON_DB
 def test_a_worker_forced_to_stop_fails_its_job_at_once(client, media_root, logs):
-    insert_records(100_000)
+    insert_records(SLOW_ROWS)
     client.force_login(staff())
     job_id = queue(client, "csv")
     with db_worker(logs / "worker.log", media_root, STREAMEXPORT_CHUNK_SIZE="1") as worker:
@@ -385,7 +392,7 @@ def test_a_worker_forced_to_stop_fails_its_job_at_once(client, media_root, logs)
         worker.process.wait(timeout=60)
     job = ExportJob.objects.get(pk=job_id)
     assert (job.status, job.error_code) == ("failed", "worker_lost"), describe(job_id, worker)
-    assert job.file_name == "" and 0 < job.rows < 100_000
+    assert job.file_name == "" and 0 < job.rows < SLOW_ROWS
     assert local_files(media_root) == []
     no_worker_sessions()
     assert sweep_stale_jobs(timeout=1) == []
@@ -395,7 +402,7 @@ def test_a_worker_forced_to_stop_fails_its_job_at_once(client, media_root, logs)
 def test_a_sigkilled_worker_s_s3_upload_is_aborted_by_the_sweep(
     client, media_root, logs, s3, s3_storage
 ):
-    wide_records(40_000, 500)
+    wide_records(S3_SLOW_ROWS, 500)
     client.force_login(staff())
     job_id = queue(client, "csv")
     env = {**s3_storage, "STREAMEXPORT_CHUNK_SIZE": "5"}
@@ -416,7 +423,7 @@ def test_a_sigkilled_worker_s_s3_upload_is_aborted_by_the_sweep(
 def test_a_cancel_mid_export_stops_the_worker_and_deletes_the_s3_upload(
     client, media_root, logs, s3, s3_storage
 ):
-    wide_records(40_000, 500)
+    wide_records(S3_SLOW_ROWS, 500)
     client.force_login(staff())
     job_id = queue(client, "csv")
     env = {**s3_storage, "STREAMEXPORT_CHUNK_SIZE": "5"}
@@ -434,7 +441,7 @@ def test_a_cancel_mid_export_stops_the_worker_and_deletes_the_s3_upload(
         no_export_sessions(worker)
     job = ExportJob.objects.get(pk=job_id)
     assert (job.status, job.file_name, job.error_code) == ("cancelled", "", "")
-    assert job.rows < 40_000
+    assert job.rows < S3_SLOW_ROWS
     assert s3.keys() == [] and s3.uploads() == []
     assert client.post(f"/exports/jobs/{job_id}/cancel/").status_code == 409
 
@@ -443,7 +450,7 @@ def test_a_cancel_mid_export_stops_the_worker_and_deletes_the_s3_upload(
 def test_s3_stopped_mid_export_fails_the_job_with_storage_error(
     client, media_root, logs, s3, s3_storage
 ):
-    wide_records(40_000, 500)
+    wide_records(S3_SLOW_ROWS, 500)
     client.force_login(staff())
     job_id = queue(client, "csv")
     env = {**s3_storage, "STREAMEXPORT_CHUNK_SIZE": "5"}
@@ -466,7 +473,7 @@ def test_s3_stopped_mid_export_fails_the_job_with_storage_error(
 def test_the_export_session_terminated_fails_the_job_and_the_worker_goes_on(
     client, media_root, logs
 ):
-    insert_records(100_000)
+    insert_records(SLOW_ROWS)
     client.force_login(staff())
     job_id = queue(client, "csv")
     with db_worker(logs / "worker.log", media_root, STREAMEXPORT_CHUNK_SIZE="1") as worker:
@@ -475,8 +482,7 @@ def test_the_export_session_terminated_fails_the_job_and_the_worker_goes_on(
             lambda: export_sessions(db_name()), 30, lambda: str(worker_sessions(db_name()))
         )
         assert len(sessions) == 1, sessions
-        with pg_connect() as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", [sessions[0]["pid"]])
+        terminate(sessions[0]["pid"])
         job = finished(job_id, worker)
         assert (job.status, job.error_code, job.file_name) == (
             "failed", "database_unavailable", ""
@@ -484,7 +490,9 @@ def test_the_export_session_terminated_fails_the_job_and_the_worker_goes_on(
         assert local_files(media_root) == []
         no_export_sessions(worker)
         # The same worker runs the next job on a new connection.
-        Record.objects.filter(id__gt=Record.objects.order_by("id")[99].id).delete()
+        hundredth = Record.objects.all()[99].pk
+        with connections["default"].cursor() as cursor:
+            cursor.execute("DELETE FROM testapp_record WHERE id > %s", [hundredth])
         next_job = finished(queue(client, "csv"), worker)
     assert (next_job.status, next_job.rows) == ("complete", 100), describe(next_job.pk, worker)
 
@@ -494,7 +502,7 @@ def test_the_export_session_terminated_fails_the_job_and_the_worker_goes_on(
 
 @ON_DB
 def test_two_workers_run_twenty_jobs_of_every_format(client, media_root, logs):
-    make_records("default", 2000)
+    make_records("default", 1000)
     client.force_login(staff())
     formats = ["csv", "ndjson", "xlsx", "json"] * 5
     with contextlib.ExitStack() as stack:
@@ -506,7 +514,7 @@ def test_two_workers_run_twenty_jobs_of_every_format(client, media_root, logs):
         ]
         job_ids = [queue(client, fmt) for fmt in formats]
         jobs = [finished(job_id, *workers) for job_id in job_ids]
-    assert [(job.status, job.rows) for job in jobs] == [("complete", 2000)] * 20
+    assert [(job.status, job.rows) for job in jobs] == [("complete", 1000)] * 20
     downloads = {fmt: streamed(client, fmt) for fmt in set(formats)}
     for job, fmt in zip(jobs, formats, strict=True):
         assert job.format == fmt
