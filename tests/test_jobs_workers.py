@@ -5,10 +5,10 @@ the database task backend (django-tasks-db, ``TASKS["db"]``) or on RQ (``TASKS["
 Redis), and run by real ``db_worker`` / ``rqworker`` processes (tests/job_servers.py) on
 the test database; files go to a folder of the test's own or to S3 (SeaweedFS, through
 django-storages).  Every file is read back and compared with the database and with the
-streamed download of the same export.  The faults (a SIGKILLed worker, a cancel, the S3
-server stopped, the export's PostgreSQL session terminated) each end in a failed or
-cancelled job, no file left in the storage and no session of the export left in
-PostgreSQL.
+streamed download of the same export.  The faults (a SIGKILLed worker, a worker made to
+stop, a cancel, the S3 server stopped, the export's PostgreSQL session terminated) each end
+in a failed or cancelled job, no file (nor unfinished S3 upload, but where S3 itself is
+down) left in the storage and no session of the export left in PostgreSQL.
 
 Tests are transactional: the workers only see committed rows.  The timings of one large
 job are measured by benchmarks/jobs.py, not here.
@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import django_rq
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
@@ -301,8 +302,6 @@ def test_an_rq_worker_runs_a_queued_job(client, media_root, logs, rq_queue):
     client.force_login(staff())
     with override_settings(STREAMEXPORT_JOBS_TASK_BACKEND="rq", STREAMEXPORT_JOBS_QUEUE=rq_queue):
         job_id = queue(client, "ndjson")
-    import django_rq
-
     rq_jobs = django_rq.get_queue(rq_queue).get_job_ids()
     assert rq_jobs == [ExportJob.objects.get(pk=job_id).task_id]  # enqueued on commit
     with rq_worker(logs / "rq.log", media_root) as worker:
@@ -330,7 +329,7 @@ def test_a_job_uploads_to_s3_in_parts_and_the_download_is_a_signed_url(
     assert s3.keys() == [job.file_name] and s3.uploads() == []
     head = s3.client().head_object(Bucket=s3.bucket, Key=job.file_name)
     parts = int(head["ETag"].strip('"').rpartition("-")[2])  # a multipart ETag ends "-<parts>"
-    assert parts == -(-job.bytes // PART_SIZE) and parts > 1
+    assert 1 < parts <= -(-job.bytes // PART_SIZE)  # parts of at least 5 MiB but the last
     assert head["ContentLength"] == job.bytes
 
     response = client.get(f"/exports/jobs/{job_id}/download/")
@@ -466,7 +465,7 @@ def test_s3_stopped_mid_export_fails_the_job_with_storage_error(
     assert job.file_name == ""
     assert job.error_message == "The file could not be written to the storage."
     assert s3.keys() == []  # never completed: no object
-    assert "writing" in worker.log() and "failed" in worker.log()
+    assert f"Export job {job_id}: writing 'exports/{job_id}/records.csv' failed." in worker.log()
 
 
 @ON_DB
