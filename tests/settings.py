@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     # and, on Django 5.2, the django-tasks backport of django.tasks.
     *([] if find_spec("django.tasks") else ["django_tasks"]),
     "django_tasks_db",
+    "django_rq",  # django-tasks-rq's backend needs it (check "django_rq app not installed")
     "django_streamexport.jobs",
     "tests.testapp",
     "flights",  # the example project (example_project/ is on pytest's pythonpath)
@@ -80,6 +81,16 @@ STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+# RQ's queue on Redis (127.0.0.1:6379, database 5): named per test process, so runs side by
+# side do not take each other's jobs; its workers get the name in the environment.
+RQ_QUEUE = os.environ.get("STREAMEXPORT_RQ_QUEUE") or f"streamexport-exports-{os.getpid()}"
+RQ_QUEUES = {
+    RQ_QUEUE: {
+        "HOST": os.environ.get("STREAMEXPORT_REDIS_HOST", "127.0.0.1"),
+        "PORT": int(os.environ.get("STREAMEXPORT_REDIS_PORT", "6379")),
+        "DB": 5,
+    }
+}
 # Background exports: the immediate backend for unit tests (tests/test_jobs.py); the
 # tests with real workers (tests/test_jobs_workers.py) enqueue on "db" and "rq".
 TASKS = {
@@ -89,6 +100,7 @@ TASKS = {
         else "django.tasks.backends.immediate.ImmediateBackend"
     },
     "db": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["exports"]},
+    "rq": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": [RQ_QUEUE]},
 }
 MEDIA_ROOT = os.environ.get("STREAMEXPORT_MEDIA_ROOT") or tempfile.mkdtemp(prefix="se-media-")
 STORAGES = {

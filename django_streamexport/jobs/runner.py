@@ -231,8 +231,10 @@ def run_job(job_id: Any) -> dict[str, Any]:
     <download name>``.  Every outcome is recorded on the job: ``complete`` (with
     ``expires_at``), ``cancelled``, or ``failed`` with a code: the streamed exports'
     codes (:mod:`django_streamexport.failures`), ``permission_denied``, ``bad_request``,
-    ``storage_full``, ``storage_error``.  A failed or cancelled job's partial file is
-    deleted.  Never raises for the export's own failures (the task succeeds: the job
+    ``storage_full``, ``storage_error``, ``worker_lost`` (the worker was made to stop
+    mid-export: ``SystemExit`` or ``KeyboardInterrupt``, recorded and re-raised).  A
+    failed or cancelled job's partial file is deleted (on S3, its multipart upload
+    aborted).  Never raises for the export's own failures (the task succeeds: the job
     records them).
     """
     now = timezone.now()
@@ -297,19 +299,79 @@ def run_job(job_id: Any) -> dict[str, Any]:
             return _finish(job, Status.FAILED, failure.code, failure.message, exc=exc)
         logger.error("Export job %s: writing %r failed.", job.pk, name, exc_info=True)
         return _finish(job, Status.FAILED, *_storage_failure(exc), exc=exc)
+    except BaseException:
+        # The worker is being stopped mid-export (SystemExit from a worker's second
+        # SIGTERM, KeyboardInterrupt): fail the job now, not at the sweep, then stop.
+        _abandon(storage, name, file)
+        _stop_recorded(job)
+        raise
     finally:
         heartbeat.stop()
     job.rows, job.bytes = stream.rows, stream.bytes
     return _finish(job, Status.COMPLETE, "", "", storage=storage)
 
 
+def _stop_recorded(job: ExportJob) -> None:
+    try:
+        # The interruption may have come mid-statement: new connections (outside a
+        # transaction of the caller's; a worker reconnects for its next task).
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close()
+        _finish(job, Status.FAILED, WORKER_LOST, JOB_MESSAGES[WORKER_LOST])
+    except Exception:
+        logger.warning("Export job %s: recording its worker's stop failed.", job.pk,
+                       exc_info=True)  # fmt: skip
+
+
 def _abandon(storage: Storage, name: str, file: Any) -> None:
+    """Drop the partial file ``name``: closed and deleted; on S3 its upload aborted.
+
+    Closing an S3 file would complete its multipart upload (the last buffer uploaded, a
+    partial object created only to be deleted); aborting it stores nothing.
+    """
     if file is not None:
-        try:
-            file.close()  # S3: completes the upload (then deleted); local: closes the fd
-        except Exception:
-            logger.warning("Closing the partial export file %r failed.", name, exc_info=True)
+        if _abort_uploads(storage, name):
+            _discard(file)
+        else:
+            try:
+                file.close()
+            except Exception:
+                logger.warning("Closing the partial export file %r failed.", name, exc_info=True)
     _delete_quietly(storage, name)
+
+
+def _abort_uploads(storage: Storage, name: str) -> bool:
+    """Abort the unfinished multipart uploads of ``name``; return whether ``storage`` is S3.
+
+    django-storages' ``S3Storage`` writes a file as an S3 multipart upload, completed when
+    the file is closed; the parts of an upload neither completed nor aborted stay stored
+    (and billed) and are listed nowhere but ``ListMultipartUploads``.  Any other storage
+    (one without ``bucket.multipart_uploads``, boto3's collection) has none: ``False``.
+    When S3 cannot be reached the upload stays (a bucket lifecycle rule,
+    ``AbortIncompleteMultipartUpload``, removes it later).
+    """
+    uploads = getattr(getattr(storage, "bucket", None), "multipart_uploads", None)
+    if uploads is None:
+        return False
+    location = getattr(storage, "location", "") or ""
+    key = posixpath.join(location, name).lstrip("/")  # S3Storage's name-to-key rule
+    try:
+        for upload in uploads.filter(Prefix=key):
+            if upload.object_key == key:
+                upload.abort()
+    except Exception:
+        logger.warning("Could not abort the upload of the partial export file %r.", name,
+                       exc_info=True)  # fmt: skip
+    return True
+
+
+def _discard(file: Any) -> None:
+    # Only the S3 file's local buffer (File.file): its close() would complete the upload.
+    try:
+        file.file.close()
+    except Exception:
+        logger.warning("Closing a partial export file's buffer failed.", exc_info=True)
 
 
 def _finish(
@@ -377,7 +439,7 @@ def sweep_stale_jobs(timeout: float | None = None) -> list[ExportJob]:
     """Fail running jobs whose heartbeat is older than ``timeout`` seconds; return them.
 
     Default ``STREAMEXPORT_JOBS_HEARTBEAT_TIMEOUT``.  Their partial files are deleted
-    and their code is ``worker_lost``.
+    (on S3, their unfinished multipart uploads aborted) and their code is ``worker_lost``.
     """
     timeout = conf.JOBS_HEARTBEAT_TIMEOUT if timeout is None else timeout
     cutoff = timezone.now() - timedelta(seconds=timeout)
@@ -394,7 +456,9 @@ def sweep_stale_jobs(timeout: float | None = None) -> list[ExportJob]:
         )
         if updated:
             if job.file_name:
-                _delete_quietly(storages[job.storage or conf.JOBS_STORAGE], job.file_name)
+                storage = storages[job.storage or conf.JOBS_STORAGE]
+                _abort_uploads(storage, job.file_name)  # the dead worker's, on S3
+                _delete_quietly(storage, job.file_name)
             job.refresh_from_db()
             _announce(job)
             swept.append(job)
