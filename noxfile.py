@@ -133,3 +133,71 @@ def types(session: nox.Session) -> None:
     )
     # django-stubs loads tests.settings, which installs the example project's app.
     session.run("mypy", "django_streamexport", env={"PYTHONPATH": ".:example_project"})
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (docs/_build/html) from scratch, warnings as errors."""
+    session.install("-e", ".[docs,drf,filter,parquet]")
+    # -E: read every page again, so README sections and generated references are current.
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-E",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
+
+
+@nox.session(python="3.11")
+def build(session: nox.Session) -> None:
+    """Build the sdist and the wheel, check them with twine, smoke-test the wheel.
+
+    The wheel is installed (with the psycopg extra) into a fresh virtual environment and
+    scripts/smoke_wheel.py runs there, from a temporary directory: the package data
+    (templates, static files, locale, deploy templates) must be installed, and a minimal
+    project must pass ``manage.py check`` with warnings as errors and stream an export.
+    """
+    import shutil  # (imported here: this session is kept at the end of the file)
+    from pathlib import Path
+
+    # The build backend in this venv (--no-isolation): no fresh environment per build.
+    session.install("build", "twine", "setuptools>=77")
+    source = Path(__file__).resolve().parent
+    tmp = Path(session.create_tmp()).resolve()
+    copy, dist, venv = tmp / "src", tmp / "dist", tmp / "smoke-venv"
+    for directory in (copy, dist, venv):
+        shutil.rmtree(directory, ignore_errors=True)
+    # Build from a copy without build leftovers: setuptools reuses an existing
+    # *.egg-info/SOURCES.txt, which would keep files the configuration no longer includes.
+    ignored = (".git", ".nox", ".venv*", "*.egg-info", "build", "dist", "_build", "__pycache__")
+    shutil.copytree(source, copy, symlinks=True, ignore=shutil.ignore_patterns(*ignored))
+    # Builds the sdist, then the wheel from the sdist: both must hold the package data.
+    session.run("python", "-m", "build", "--no-isolation", "--outdir", str(dist), str(copy))
+    artifacts = sorted(str(path) for path in dist.iterdir())
+    session.run("twine", "check", "--strict", *artifacts)
+    (wheel,) = (path for path in artifacts if path.endswith(".whl"))
+    session.run("python", "-m", "venv", str(venv))
+    python = str(venv / "bin" / "python")
+    session.run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        f"django-streamexport[psycopg] @ file://{wheel}",
+        external=True,
+    )
+    with session.chdir(tmp):
+        session.run(
+            python,
+            str(source / "scripts" / "smoke_wheel.py"),
+            "--source",
+            str(source / "django_streamexport"),
+            external=True,
+        )

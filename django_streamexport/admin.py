@@ -531,7 +531,7 @@ class ExportAdminMixin:
         return self.export_background and apps.is_installed("django_streamexport.jobs")
 
     def queue_background_export(self, request: HttpRequest) -> HttpResponseBase:
-        """Queue the export the ``POST``ed form asks for as a job; redirect to the job.
+        """Queue the export the form's ``POST`` data asks for as a job; redirect to the job.
 
         The form carries what the download would: ``_changelist_filters``, ``format``
         and ``fields``.  They are validated as a download's (the page again with the

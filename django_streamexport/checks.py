@@ -1,9 +1,12 @@
 """System checks for settings and deployments that would break streaming.
 
-Ids are stable; each is documented in the README's "System checks" section.
+Ids are stable; each is documented in docs/reference/checks.rst (the settings checks'
+messages and hints are generated from :func:`check_settings` when the documentation is
+built) and in the README's "System checks" section.
 :func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E017, E101);
 :func:`check_databases` and :func:`check_green_psycopg2` warn about deployments on which
-exports would not stream (W001-W003).  W101 is an admin check, reported by each
+exports would not stream (W001-W003), :func:`check_gevent_persistent_connections` about
+connections a gevent worker would pile up (W004).  W101 is an admin check, reported by each
 ``ExportAdminMixin`` admin.
 """
 
@@ -354,8 +357,42 @@ def check_green_psycopg2(app_configs: Any = None, **kwargs: Any) -> list[Warning
     ]
 
 
+@register(Tags.database, Tags.compatibility)
+def check_gevent_persistent_connections(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Warn when gevent patched ``threading`` and a database keeps connections (W004).
+
+    Django keeps one connection per thread, so per greenlet once gevent has patched
+    ``threading`` (Django docs, ``ref/databases.txt``, "Persistent connections"), and a
+    gevent worker runs each client connection in a greenlet of its own.  A connection kept
+    past its request (``CONN_MAX_AGE`` ``None`` or > 0) is never reused by another client
+    and stays open until garbage collection closes it: sessions pile up towards
+    PostgreSQL's ``max_connections``.  Exports close theirs when they end
+    (:func:`~django_streamexport.responses.close_greenlet_connection`); other views do not.
+    """
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is None or not gevent_monkey.is_module_patched("threading"):
+        return []
+    warnings = []
+    for alias in settings.DATABASES:
+        max_age = connections[alias].settings_dict.get("CONN_MAX_AGE", 0)
+        if max_age == 0:
+            continue
+        warnings.append(
+            Warning(
+                f"DATABASES[{alias!r}] sets CONN_MAX_AGE = {max_age!r} in a gevent worker: "
+                "Django keeps a connection per greenlet, which no other client reuses, so "
+                "kept connections stay open until garbage-collected and pile up towards the "
+                "database's max_connections.",
+                hint="Set CONN_MAX_AGE = 0 for gevent workers (exports close their connection "
+                "when they end; other views do not). See deploy/README.md.",
+                id="django_streamexport.W004",
+            )
+        )
+    return warnings
+
+
 def log_serving_warnings() -> list[Warning]:
-    """Log the deployment warnings (W001-W003) when the app loads in a gevent server worker.
+    """Log the deployment warnings (W001-W004) when the app loads in a gevent server worker.
 
     Django runs system checks in ``manage.py`` commands, never under gunicorn, so a worker
     started without psycogreen would otherwise say nothing until exports stall.  When gevent
@@ -367,7 +404,11 @@ def log_serving_warnings() -> list[Warning]:
     gevent_monkey = sys.modules.get("gevent.monkey")
     if gevent_monkey is None or not gevent_monkey.is_module_patched("socket"):
         return []
-    warnings = [*check_databases(), *check_green_psycopg2()]
+    warnings = [
+        *check_databases(),
+        *check_green_psycopg2(),
+        *check_gevent_persistent_connections(),
+    ]
     for warning in warnings:
         logger.warning("%s: %s HINT: %s", warning.id, warning.msg, warning.hint)
     return warnings

@@ -2,8 +2,9 @@
 
 Every setting is read from ``django.conf.settings`` at call time, so
 ``override_settings`` works in tests and nothing is cached at import time.
-Each property documents its type and default; the README's settings reference
-mirrors them, and :func:`django_streamexport.checks.check_settings` validates
+Each property documents its type and default; the documentation's settings reference
+(docs/reference/settings.rst) is generated from them when it is built, and
+:func:`django_streamexport.checks.check_settings` validates
 every one at start-up (ids ``django_streamexport.E001`` to ``E020`` and ``E101``).
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
+#: The default of ``STREAMEXPORT_FORMATS``: every built-in format, CSV first.
 DEFAULT_FORMATS = (
     "django_streamexport.formats.csv.CSVFormat",
     "django_streamexport.formats.ndjson.NDJSONFormat",
@@ -50,7 +52,9 @@ class Settings:
     def DATABASE(self) -> str | None:
         """Database alias exports read from. Default ``None``: ask the routers (``db_for_read``).
 
-        An alias in ``DATABASES`` (check E005); a view's ``using`` wins.
+        A replica, or a direct connection when the default one goes through
+        PgBouncer in transaction pooling mode.  An alias in ``DATABASES`` (check
+        E005); a view's ``using`` wins.
         """
         return getattr(settings, "STREAMEXPORT_DATABASE", None)
 
@@ -58,11 +62,11 @@ class Settings:
     def FORMATS(self) -> Sequence[str]:
         """Dotted paths of the format classes offered where a view or admin names none.
 
-        The first is the default format.  Default: CSV
-        (``django_streamexport.formats.csv.CSVFormat``), then NDJSON
-        (``django_streamexport.formats.ndjson.NDJSONFormat``).  A non-empty list or
-        tuple of importable ``ExportFormat`` subclasses with distinct ``format``
-        names (check E004).
+        The first is the default format.  Default
+        :data:`~django_streamexport.conf.DEFAULT_FORMATS`: CSV, NDJSON, XLSX, the JSON
+        array and Parquet (Parquet only where pyarrow is installed, check I001).  A
+        non-empty list or tuple of importable ``ExportFormat`` subclasses with distinct
+        ``format`` names (check E004).
         """
         return getattr(settings, "STREAMEXPORT_FORMATS", DEFAULT_FORMATS)
 
@@ -70,7 +74,7 @@ class Settings:
     def CSV_DELIMITER(self) -> str:
         """One-character CSV field separator. Default ``","`` (``";"`` for some Excel locales).
 
-        Neither a quote nor a line break (check E003).
+        Neither a quote nor a line break (check E003); ``"\t"`` for tab-separated values.
         """
         return getattr(settings, "STREAMEXPORT_CSV_DELIMITER", ",")
 
@@ -90,8 +94,9 @@ class Settings:
 
         Default ``False``.  ``True`` falls back to the standard path (same file,
         slower) when COPY cannot give the same output; ``"require"`` raises
-        ``ImproperlyConfigured`` instead.  A view's ``copy_mode`` wins.  See
-        :mod:`django_streamexport.postgresql.copy`.
+        ``ImproperlyConfigured`` instead.  A view's ``copy_mode`` wins.  COPY is one
+        statement, so ``STREAMEXPORT_STATEMENT_TIMEOUT`` bounds the whole COPY export, not
+        each fetch.  See :mod:`django_streamexport.postgresql.copy`.
         """
         return getattr(settings, "STREAMEXPORT_COPY_MODE", False)
 
@@ -142,7 +147,8 @@ class Settings:
         transaction, so it bounds each statement: each ``FETCH`` of a cursor
         export (the first one includes sorting), each page of a keyset export,
         and the whole of a COPY export (one statement).  ``None`` or ``0``
-        leaves the server's value.  A view's ``statement_timeout`` wins.
+        leaves the server's value; at most 2147483.647 (PostgreSQL's limit,
+        check E012).  A view's ``statement_timeout`` wins.
         """
         return getattr(settings, "STREAMEXPORT_STATEMENT_TIMEOUT", 300)
 
@@ -170,7 +176,10 @@ class Settings:
     def MAX_CONCURRENT_EXPORTS(self) -> int | None:
         """Exports streaming at once per process; more get a 429.
 
-        Default ``None``: no cap (``0`` too).
+        Default ``None``: no cap (``0`` too).  Each export holds a database
+        connection until its last byte: set it below the per-worker connection
+        budget (gunicorn's ``worker_connections``) so ordinary pages keep
+        connections.
         """
         return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS", None)
 
@@ -214,4 +223,5 @@ class Settings:
         return getattr(settings, "STREAMEXPORT_PARQUET_ROW_GROUP_ROWS", 65536)
 
 
+#: The settings reader: ``conf.CHUNK_SIZE`` is ``STREAMEXPORT_CHUNK_SIZE`` or its default.
 conf = Settings()

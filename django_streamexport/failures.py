@@ -1,7 +1,8 @@
 """What a client is told when an export fails after its first byte.
 
 Once the status line has gone out the status cannot change, so a failure is
-reported twice: in-band, by the format's :meth:`ExportFormat.error` bytes
+reported twice: in-band, by the format's
+:meth:`~django_streamexport.formats.base.ExportFormat.error` bytes
 (NDJSON writes an error record; CSV has no place for one and writes nothing),
 and by the transport: the exception is re-raised and the server aborts the
 chunked transfer, with no terminating chunk.  PEP 3333 (``start_response``

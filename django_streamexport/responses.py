@@ -8,7 +8,10 @@ database check (503), the headers and the body (:func:`~django_streamexport.sink
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Hashable
+from functools import partial
+from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -130,6 +133,32 @@ def ensure_database(stream: ExportStream) -> None:
         ) from exc
 
 
+def connections_per_greenlet() -> bool:
+    """Say whether Django's connections are per greenlet here (gevent has patched ``threading``).
+
+    Django keeps one connection per thread (``ConnectionHandler``, a thread-local); once
+    gevent has patched ``threading`` every greenlet is a thread to it, so every request
+    handled by a gevent worker gets its own connection.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+def close_greenlet_connection(connection: Any) -> None:
+    """Close ``connection`` if it is this greenlet's and no transaction is open on it.
+
+    A closer of exports served by gevent (:func:`admitted_export_response`).  A persistent
+    connection (``CONN_MAX_AGE`` > 0) would stay open with the greenlet's thread-local
+    after the request, never reused by another greenlet, until garbage collection closes
+    it: many exports would pile idle sessions up against ``max_connections``.  Closing it
+    when the export ends returns it (or, with Django's pool, gives it back to the pool).
+    Not from another greenlet (a closer may run at garbage collection): that connection is
+    not this one's to close.
+    """
+    if connections[connection.alias] is connection and not connection.in_atomic_block:
+        connection.close()
+
+
 def admitted_export_response(
     stream: ExportStream,
     slot: Slot,
@@ -145,9 +174,13 @@ def admitted_export_response(
     (default :func:`ensure_database`) runs before the response starts; when it
     raises an :class:`~django_streamexport.exceptions.ExportRequestError` (503)
     the stream is closed, releasing the slot, and the error propagates.  Views,
-    admin exports and the DRF mixin all start this way.
+    admin exports and the DRF mixin all start this way.  Under gevent
+    (:func:`connections_per_greenlet`) the export's database connection is closed when
+    the stream ends (:func:`close_greenlet_connection`), whatever ``CONN_MAX_AGE`` says.
     """
     stream.add_closer(slot.release)
+    if connections_per_greenlet():
+        stream.add_closer(partial(close_greenlet_connection, connections[stream.using]))
     try:
         check_database(stream)
     except ExportRequestError:

@@ -31,7 +31,9 @@ from django.dispatch import Signal
 
 logger = logging.getLogger("django_streamexport")
 
+#: Sent when an export's response starts (see the module's docstring for the arguments).
 export_started = Signal()
+#: Sent once when an export ends, however it ends (see the module's docstring).
 export_finished = Signal()
 
 

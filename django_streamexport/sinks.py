@@ -69,7 +69,9 @@ def _next_chunk(iterator: Iterator[bytes]) -> object:
 
 
 class AsyncExportStream:
-    """Iterate over an :class:`ExportStream` asynchronously, one chunk per thread hop.
+    """Iterate over an export stream asynchronously, one chunk per thread hop.
+
+    The stream is a :class:`~django_streamexport.streaming.ExportStream`.
 
     Chunks are the sync stream's (about ``buffer_size`` bytes each), so the
     cost of a thread hop is paid once per chunk, not per row.  Iterable once.

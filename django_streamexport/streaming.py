@@ -67,7 +67,10 @@ class ExportStream:
     using = property(lambda self: self.plan.using)
 
     def get_reader(self) -> Reader:
-        """Return the reader of the rows: :func:`choose_reader`'s; override to use your own."""
+        """Return the reader of the rows; override to use your own.
+
+        Default: :func:`~django_streamexport.readers.choose_reader`'s choice.
+        """
         return choose_reader(self.plan)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -99,7 +102,8 @@ class ExportStream:
     def iter_body(self) -> Iterator[bytes]:
         """Yield the body (no header, no footer) in ~``buffer_size`` chunks; keep counters.
 
-        Sends exactly ``max_rows`` rows, then raises :class:`RowLimitExceeded` if there are more.
+        Sends exactly ``max_rows`` rows, then raises
+        :class:`~django_streamexport.exceptions.RowLimitExceeded` if there are more.
         """
         reader, fmt, plan = self.reader, self.format, self.plan
         limit, buffer = plan.max_rows, plan.buffer_size

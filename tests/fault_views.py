@@ -68,3 +68,26 @@ class FirstFetchFailsExport(StreamingExportView):
 
     def get_queryset(self):
         return Record.objects.extra(where=["1 / (testapp_record.id - testapp_record.id) = 1"])
+
+
+class WideSlowReadExport(StreamingExportView):
+    """Wide rows (about 5 KB each) fetched 10,000 at a time, prefetching, with a 1 s idle
+    bound: the prefetched ``FETCH`` (about 50 MB) cannot fit in the socket buffers, so while
+    the client pauses PostgreSQL blocks writing it (``active``, ``ClientWrite``), where its own
+    ``idle_in_transaction_session_timeout`` never applies."""
+
+    model = Record
+    export_fields = ["id", "body"]
+    chunk_size = 10_000
+    idle_in_transaction_timeout = 1
+    prefetch = True
+
+
+class WideSlowCopyExport(StreamingExportView):
+    """The same wide rows as CSV through ``COPY``, one statement that blocks writing to a
+    paused client just as the prefetched ``FETCH`` does."""
+
+    model = Record
+    export_fields = ["id", "body"]
+    idle_in_transaction_timeout = 1
+    copy_mode = "require"

@@ -2,7 +2,8 @@
 
 The suite's settings, reading the test database the test process created
 (``STREAMEXPORT_SERVER_DB_NAME``), on ``STREAMEXPORT_SERVER_DB_PORT`` (a closed
-port makes the database unreachable), with the export log on stderr.
+port makes the database unreachable), with ``CONN_MAX_AGE`` from
+``STREAMEXPORT_SERVER_CONN_MAX_AGE`` (default 0), with the export log on stderr.
 """
 
 import copy
@@ -16,7 +17,8 @@ DATABASES["default"]["NAME"] = os.environ["STREAMEXPORT_SERVER_DB_NAME"]
 DATABASES["default"]["PORT"] = os.environ.get(
     "STREAMEXPORT_SERVER_DB_PORT", DATABASES["default"]["PORT"]
 )
-DATABASES["default"]["CONN_MAX_AGE"] = 0
+# 0 (a connection per request) unless a test asks for persistent connections.
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("STREAMEXPORT_SERVER_CONN_MAX_AGE", 0))
 
 ROOT_URLCONF = "tests.server_urls"
 

@@ -12,4 +12,6 @@ urlpatterns = [
     path("faults/statement-timeout/", fault_views.StatementTimeoutExport.as_view()),
     path("faults/row-limit/", fault_views.RowLimitExport.as_view()),
     path("faults/load/", fault_views.LoadExport.as_view()),
+    path("faults/wide-slow-read/", fault_views.WideSlowReadExport.as_view()),
+    path("faults/wide-slow-copy/", fault_views.WideSlowCopyExport.as_view()),
 ]

@@ -12,6 +12,7 @@ from django.test import override_settings
 from django_streamexport import checks as streamexport_checks
 from django_streamexport.checks import (
     check_databases,
+    check_gevent_persistent_connections,
     check_green_psycopg2,
     check_settings,
     log_serving_warnings,
@@ -238,12 +239,12 @@ def test_w002_mysql(monkeypatch):
         assert ids(check_databases()) == ["django_streamexport.W002"]
 
 
-def fake_gevent_patch(monkeypatch):
-    """Make the checks believe gevent has monkey-patched this process."""
+def fake_gevent_patch(monkeypatch, modules=("socket",)):
+    """Make the checks believe gevent has monkey-patched ``modules`` in this process."""
     import sys
     import types
 
-    fake_monkey = types.SimpleNamespace(is_module_patched=lambda name: name == "socket")
+    fake_monkey = types.SimpleNamespace(is_module_patched=lambda name: name in modules)
     monkeypatch.setitem(sys.modules, "gevent.monkey", fake_monkey)
 
 
@@ -293,6 +294,23 @@ def test_w003_not_without_gevent(monkeypatch):
     assert check_green_psycopg2() == []
 
 
+@pytest.mark.parametrize(("max_age", "warned"), [(60, True), (None, True), (0, False)])
+def test_w004_persistent_connections_under_gevent(monkeypatch, max_age, warned):
+    from django.db import connections
+
+    monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", max_age)
+    assert check_gevent_persistent_connections() == []  # not gevent-patched
+    fake_gevent_patch(monkeypatch, modules=("socket", "threading"))
+    messages = check_gevent_persistent_connections()
+    assert ids(messages) == (["django_streamexport.W004"] if warned else [])
+    if warned:
+        assert messages[0].msg.startswith(
+            f"DATABASES['default'] sets CONN_MAX_AGE = {max_age!r} in a gevent worker"
+        )
+    fake_gevent_patch(monkeypatch, modules=("socket",))  # threading left alone: per thread
+    assert check_gevent_persistent_connections() == []
+
+
 def test_serving_warnings_are_logged_in_a_gevent_worker(monkeypatch, caplog):
     """The real-gunicorn version of this is tests/test_deploy.py::test_start_up_warnings."""
     from django.db import connections
@@ -316,3 +334,4 @@ def test_checks_are_registered():
     assert check_settings in registered
     assert check_databases in registered
     assert check_green_psycopg2 in registered
+    assert check_gevent_persistent_connections in registered

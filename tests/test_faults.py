@@ -204,3 +204,95 @@ def test_a_dropped_persistent_connection_is_replaced_before_the_200(client, db_n
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         assert cursor.fetchone()[0] != pid
+
+
+# --- a paused client while PostgreSQL is still writing (prefetching, COPY) -------------------
+
+WIDE_ROWS = 25_000
+
+
+def insert_wide_records(count: int) -> None:
+    """Insert ``count`` records with a 5,000-character body (stored compressed, sent whole)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO testapp_record (title, body, status, key)"
+            " SELECT 'wide ' || g, repeat('x', 5000), 'd', gen_random_uuid()"
+            " FROM generate_series(1, %s) AS g",
+            [count],
+        )
+
+
+def transactions_of_others(db_name: str) -> list[tuple]:
+    """Return (pid, state, wait_event, query) of other sessions on ``db_name`` in a transaction."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, state, wait_event, query FROM pg_stat_activity WHERE datname = %s"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            " AND xact_start IS NOT NULL",
+            [db_name],
+        )
+        return cursor.fetchall()
+
+
+def pause_until_the_transaction_ends(db_name: str, timeout: float = 20) -> None:
+    """Read nothing until no other session on ``db_name`` is in a transaction (bounded)."""
+    deadline = time.monotonic() + timeout
+    assert transactions_of_others(db_name), "the export is not reading rows"
+    while sessions := transactions_of_others(db_name):
+        assert time.monotonic() < deadline, f"the transaction outlived the pause: {sessions}"
+        time.sleep(0.1)
+
+
+def paused_download(path: str, db_name: str) -> Download:
+    """GET ``path``, read 64 KiB, read nothing more until the export's transaction has ended
+    (bounded), then read the rest."""
+    conn = SmallWindowConnection(PORT, rcvbuf=4096)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = bytearray(response.read(65536))
+        pause_until_the_transaction_ends(db_name)
+        complete = read_rest(response, body)
+    finally:
+        conn.close()
+    return Download(response.status, response.headers, bytes(body), complete)
+
+
+def test_paused_client_of_a_prefetching_export(server, db_name):
+    """The idle bound holds while PostgreSQL is blocked writing a prefetched ``FETCH``.
+
+    With 5 KB rows and 10,000 rows per fetch the ``FETCH`` sent ahead does not fit in the
+    socket buffers: while the client reads nothing the backend is ``active`` (``ClientWrite``),
+    which PostgreSQL's ``idle_in_transaction_session_timeout`` never ends.  The export ends
+    its session itself; the client gets the ``idle_timeout`` error record when it reads on.
+    """
+    insert_wide_records(WIDE_ROWS)
+    download = paused_download("/faults/wide-slow-read/?format=ndjson", db_name)
+    lines = ndjson_lines(download.body)
+    assert lines[-1] == {
+        "_type": "error",
+        "error": {
+            "code": "idle_timeout",
+            "message": "The export was stopped because the download was read too slowly.",
+        },
+    }
+    rows = lines[:-1]
+    assert 0 < len(rows) < WIDE_ROWS
+    assert [r["id"] for r in rows] == list(
+        Record.objects.order_by("id").values_list("id", flat=True)[: len(rows)]
+    )
+    Record.objects.all().delete()
+    insert_records(100)
+    assert_failed_and_recovered(server, download, "idle_timeout", db_name)
+
+
+def test_paused_client_of_a_copy_export(server, db_name):
+    """The idle bound holds for ``COPY``, one statement blocked writing to a paused client."""
+    insert_wide_records(WIDE_ROWS)
+    download = paused_download("/faults/wide-slow-copy/?format=csv", db_name)
+    rows = parse_csv(download.body)
+    assert rows[0] == ["ID", "Body"]
+    assert 0 < len(rows) - 1 < WIDE_ROWS
+    Record.objects.all().delete()
+    insert_records(100)
+    assert_failed_and_recovered(server, download, "idle_timeout", db_name)

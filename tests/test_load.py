@@ -2,7 +2,7 @@
 
 Every admitted export is complete and correct, every refused one is a 429 with
 ``Retry-After`` and no body of data; the worker's memory stays flat across
-rounds, and no database session is left behind.
+rounds, and no database session is left behind, also with persistent connections.
 """
 
 from __future__ import annotations
@@ -14,12 +14,21 @@ import pytest
 from django.db import connections
 
 from tests.conftest import parse_csv
-from tests.servers import get, gunicorn, insert_records, wait_for_no_sessions
+from tests.servers import (
+    SmallWindowConnection,
+    get,
+    gunicorn,
+    insert_records,
+    other_sessions,
+    wait_for,
+    wait_for_no_sessions,
+)
 from tests.testapp.models import Record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
 PORT = 18602
+CONN_MAX_AGE_PORT = 18604
 LIMIT = 10
 CLIENTS = 50
 ROUNDS = 3
@@ -98,3 +107,58 @@ def test_fifty_concurrent_exports_one_worker(django_db_setup, tmp_path):
     assert rss[-1] - rss[0] < 8 * 1024, rss
     assert "Traceback" not in log
     print(f"load: {STATS}, worker RSS KiB per round {rss}")
+
+
+def head(port: int, path: str) -> int:
+    conn = SmallWindowConnection(port)
+    try:
+        conn.request("HEAD", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_persistent_connections_do_not_pile_up_under_gevent(django_db_setup, tmp_path):
+    """With ``CONN_MAX_AGE > 0`` each greenlet would keep its own connection, never reused
+    once its client has gone: the export's connection is closed when the export ends, so
+    after many concurrent and sequential exports the sessions are back to the baseline."""
+    insert_records(300)
+    expected_ids = list(Record.objects.order_by("id").values_list("id", flat=True))
+    db_name = connections["default"].settings_dict["NAME"]
+    concurrent, sequential = 30, 40
+    with gunicorn(CONN_MAX_AGE_PORT, tmp_path, STREAMEXPORT_SERVER_CONN_MAX_AGE="600") as server:
+        baseline = len(other_sessions(db_name))
+        barrier = threading.Barrier(concurrent)
+        results: list = [None] * concurrent
+
+        def client(i: int) -> None:
+            barrier.wait(timeout=30)
+            try:
+                results[i] = get(CONN_MAX_AGE_PORT, "/faults/load/?format=csv")
+            except Exception as exc:  # reported below
+                results[i] = exc
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrent)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        for i in range(sequential):
+            results.append(get(CONN_MAX_AGE_PORT, "/records/export/?format=csv"))
+            if i % 10 == 0:
+                assert head(CONN_MAX_AGE_PORT, "/records/export/?format=csv") == 200
+        for download in results:
+            assert not isinstance(download, Exception), download
+            assert download.status == 200 and download.complete, download
+            assert [int(row[0]) for row in parse_csv(download.body)[1:]] == expected_ids
+        wait_for(
+            lambda: len(other_sessions(db_name)) <= baseline,
+            10,
+            lambda: f"{len(other_sessions(db_name))} sessions left, {baseline} before",
+        )
+        log = server.log()
+    assert "Traceback" not in log
+    # And the worker said so at start-up (check W004).
+    assert "django_streamexport.W004: DATABASES['default'] sets CONN_MAX_AGE = 600" in log

@@ -1,14 +1,24 @@
-"""apply_guards(): SET LOCAL timeouts that live exactly as long as the export's transaction."""
+"""apply_guards(): SET LOCAL timeouts that live exactly as long as the export's transaction;
+IdleWatch: the idle bound held in Python where a statement runs while the consumer is away."""
 
 from __future__ import annotations
 
+import threading
+import time
 from decimal import Decimal
 
 import pytest
 from django.db import OperationalError, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from django_streamexport.postgresql.guards import apply_guards, milliseconds
+from django_streamexport import failures
+from django_streamexport.postgresql.guards import (
+    IdleWatch,
+    apply_guards,
+    idle_timeout_error,
+    milliseconds,
+    session_idle_timeout,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 
@@ -134,3 +144,64 @@ def test_a_no_op_on_sqlite():
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             assert cursor.fetchone() == (1,)
+
+
+def test_session_idle_timeout_is_the_sessions_setting():
+    connection = connections["default"]
+    with transaction.atomic(using="default"):
+        assert session_idle_timeout(connection) is None  # PostgreSQL's default: off
+        apply_guards(connection, statement_timeout=None, idle_in_transaction_timeout=7.25)
+        assert session_idle_timeout(connection) == 7.25
+    assert session_idle_timeout(connections["sqlite"]) is None
+
+
+# --- IdleWatch -------------------------------------------------------------------------------
+
+
+def idle_watchers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "streamexport-idle"]
+
+
+def wait_for_no_watcher(timeout: float = 10) -> None:
+    for thread in idle_watchers():
+        thread.join(timeout)
+    assert not idle_watchers()
+
+
+@pytest.mark.django_db(databases=[])
+def test_idle_watch_ends_the_session_of_a_consumer_away_too_long():
+    ended = threading.Event()
+    with IdleWatch(0.05, ended.set, idle_timeout_error) as watch:
+        watch.away()
+        assert ended.wait(10), "the watch never ended the session"
+        with pytest.raises(Exception) as info:
+            watch.back()
+    assert watch.expired >= 0.05
+    assert failures.describe_failure(info.value).code == "idle_timeout"
+    assert "not asked for rows for" in str(info.value)
+    with pytest.raises(Exception, match="idle-in-transaction"):
+        watch.back()  # the session stays ended
+    wait_for_no_watcher()
+
+
+@pytest.mark.django_db(databases=[])
+def test_idle_watch_never_ends_the_session_while_the_consumer_is_present():
+    calls = []
+    with IdleWatch(0.01, lambda: calls.append(1), idle_timeout_error) as watch:
+        for _ in range(5):
+            watch.away()
+            watch.back()
+        time.sleep(0.2)  # present: many periods pass
+        watch.back()
+    assert calls == [] and watch.expired is None
+    wait_for_no_watcher()
+
+
+@pytest.mark.django_db(databases=[])
+@pytest.mark.parametrize("seconds", [None, 0])
+def test_idle_watch_without_a_bound_starts_no_watcher(seconds):
+    with IdleWatch(seconds, lambda: pytest.fail("ended"), idle_timeout_error) as watch:
+        assert not idle_watchers()
+        watch.away()
+        time.sleep(0.05)
+        watch.back()

@@ -381,3 +381,32 @@ def test_head_releases_its_slot_and_runs_no_export_query(
     assert _export_queries(get_queries.captured_queries) != []
     assert [name for name, _ in received] == ["started", "finished"]
     assert export_slots.active == 0
+
+
+def fake_gevent_threading(monkeypatch):
+    """Make the library believe gevent has patched ``threading`` (connections per greenlet)."""
+    import sys
+    import types
+
+    monkeypatch.setitem(
+        sys.modules, "gevent.monkey", types.SimpleNamespace(is_module_patched=lambda name: True)
+    )
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_under_gevent_the_export_closes_its_connection_when_it_ends(client, monkeypatch, method):
+    """A greenlet's connection is not reused by the next client: not kept past the export.
+
+    Django's test client keeps the connection between requests, as ``CONN_MAX_AGE`` does;
+    ``tests/test_load.py`` counts the sessions of a real gevent worker."""
+    make_records("default", 30)
+    connection = connections["default"]
+    response = getattr(client, method.lower())("/records/export/", {"format": "csv"})
+    b"".join(response.streaming_content)  # the test client closes the response at the end
+    assert connection.connection is not None  # not gevent: kept, as CONN_MAX_AGE says
+    fake_gevent_threading(monkeypatch)
+    response = getattr(client, method.lower())("/records/export/", {"format": "csv"})
+    assert connection.connection is not None  # open for the export
+    data = b"".join(response.streaming_content)
+    assert connection.connection is None
+    assert len(parse_csv(data)) == (31 if method == "GET" else 0)

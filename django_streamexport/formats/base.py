@@ -195,7 +195,8 @@ class ExportFormat:
         """Return the batch converter for ``column`` (a column of values -> a list), or ``None``.
 
         Default: :meth:`get_converter`'s converter in its batch form from
-        :attr:`batch_converters`, else wrapped by :func:`batch_converter`.
+        :attr:`batch_converters`, else wrapped by
+        :func:`~django_streamexport.formats.base.batch_converter`.
         Override :meth:`get_converter` to change what is written, and this
         only to make a converter of your own cheaper on large exports.
         """

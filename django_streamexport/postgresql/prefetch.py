@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django_streamexport.postgresql.driver import psycopg_internals
+from django_streamexport.postgresql.guards import IdleWatch, idle_timeout_error
 
 __all__ = ["prefetch_available", "prefetching_batches"]
 
@@ -65,12 +66,18 @@ def prefetching_batches(
     ``driver`` is :func:`~django_streamexport.postgresql.driver.psycopg_internals`'s
     namespace, as it was when the reader was chosen (default: looked up now).
 
-    ``idle_timeout`` is the session's ``idle_in_transaction_session_timeout`` in seconds.
-    A slow client keeps the transaction idle with the next batch already computed;
-    PostgreSQL then ends the session, and libpq, having read the batch, meets the closed
-    socket before it parses the reason, so the error says only that the connection was
-    lost.  When no ``FETCH`` was sent for at least ``idle_timeout`` seconds before it, it
-    is reported as that timeout (``idle_timeout`` to the client, as on the other path).
+    ``idle_timeout`` is the session's ``idle_in_transaction_session_timeout`` in seconds
+    (``None``: no bound), and it bounds how long the consumer may keep a batch.  While it
+    does, the next ``FETCH`` runs; when its result outgrows the socket buffers (wide rows,
+    a large ``chunk_size``) PostgreSQL waits ``active``, writing it to a socket nobody
+    reads, and its own timeout never applies.  So an
+    :class:`~django_streamexport.postgresql.guards.IdleWatch` ends the session when the
+    consumer has been away for ``idle_timeout`` seconds, and the generator raises the
+    25P03 error when it is resumed.  When the result fits, the session goes idle and
+    PostgreSQL may end it first; libpq, having read the batch, then meets the closed socket
+    before it parses the reason, so the error says only that the connection was lost: when
+    no ``FETCH`` was sent for at least ``idle_timeout`` seconds before it, it is reported
+    as that timeout.  Either way the client is told ``idle_timeout``, as on the other path.
     """
     driver = driver or psycopg_internals()
     assert driver is not None  # prefetch_available() was asked
@@ -127,15 +134,20 @@ def prefetching_batches(
             transformer.set_pgresult(result)
             return transformer.load_rows(0, result.ntuples, tuple)
 
+    watch = IdleWatch(idle_timeout, pgconn.finish, idle_timeout_error)
     try:
-        request(sizes())
-        while rows := receive():
-            request(sizes())  # computed by PostgreSQL while the export renders these
-            yield rows
+        with watch:
+            request(sizes())
+            while rows := receive():
+                request(sizes())  # computed by PostgreSQL while the export renders these
+                watch.away()
+                yield rows
+                with driver_errors():
+                    watch.back()
     finally:
-        if in_flight:
+        if in_flight and not connection.closed:
             # Closed early or failed between request and receive: take the result so the
-            # connection is idle for the rollback.
+            # connection is idle for the rollback (unless the watch has closed it).
             try:
                 receive()
             except Exception as exc:

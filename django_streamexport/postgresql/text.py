@@ -30,10 +30,10 @@ Spellings, each equal to the Python path's (``tests/test_postgresql_copy.py`` co
 * choices display labels through ``CASE``.
 
 What SQL cannot spell raises :class:`TextUnavailable` with the reason: a format other than
-:class:`CSVFormat` or one that changes its converters, a column whose values Django
-converts after reading (``from_db_value()``), JSON and other columns whose text form
-PostgreSQL spells differently (``jsonb`` puts spaces after ``:`` and ``,``), and another
-database than PostgreSQL.
+:class:`~django_streamexport.formats.csv.CSVFormat` or one that changes its converters, a
+column whose values Django converts after reading (``from_db_value()``), JSON and other
+columns whose text form PostgreSQL spells differently (``jsonb`` puts spaces after ``:``
+and ``,``), and another database than PostgreSQL.
 """
 
 from __future__ import annotations

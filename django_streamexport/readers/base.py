@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from django_streamexport.postgresql.guards import apply_guards
+from django_streamexport.postgresql.guards import apply_guards, session_idle_timeout
 
 if TYPE_CHECKING:
     from django_streamexport.plan import ExportPlan
@@ -51,6 +51,17 @@ class Reader:
             statement_timeout=self.plan.statement_timeout,
             idle_in_transaction_timeout=self.plan.idle_in_transaction_timeout,
         )
+
+    def idle_bound(self, connection: Any) -> float | None:
+        """Return the seconds the consumer may keep the transaction waiting (``None``: no bound).
+
+        The plan's ``idle_in_transaction_timeout``; without one, the session's
+        ``idle_in_transaction_session_timeout`` (one round trip), which the export keeps.
+        For readers that hold the bound themselves
+        (:class:`~django_streamexport.postgresql.guards.IdleWatch`) because a statement runs
+        while the consumer is away; call inside the export's transaction, after the guards.
+        """
+        return self.plan.idle_in_transaction_timeout or session_idle_timeout(connection)
 
     def read(self) -> Iterator[Any]:
         """Yield the export's rows in batches (or, with ``renders``, body bytes and counts)."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections, transaction
 
 from django_streamexport.postgresql.copy import block_reader, crlf_rows
+from django_streamexport.postgresql.guards import IdleWatch, idle_timeout_error
 from django_streamexport.postgresql.text import prepare_session
 from django_streamexport.readers.base import Reader
 
@@ -46,11 +47,15 @@ class CopyReader(Reader):
         with transaction.atomic(using=plan.using):
             self.apply_guards(connection)
             prepare_session(connection)
+            bound = self.idle_bound(connection)
             with connection.cursor() as cursor:
                 raw = cursor.cursor  # the psycopg 3 cursor under Django's wrapper
-                with raw.copy(self.statement, self.params) as copy:
+                watch = IdleWatch(bound, raw.connection.pgconn.finish, idle_timeout_error)
+                with raw.copy(self.statement, self.params) as copy, watch:
                     read = block_reader(raw.connection, copy)
                     limit = 1
                     while blocks := read(limit):
                         limit = plan.buffer_size
+                        watch.away()
                         yield crlf_rows(blocks), len(blocks)
+                        watch.back()

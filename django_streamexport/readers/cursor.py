@@ -99,7 +99,10 @@ class PrefetchingCursorReader(CursorReader):
 
     PostgreSQL with psycopg 3 only (:mod:`django_streamexport.postgresql.prefetch`).  The
     export's connection is busy between batches: code that iterates a stream itself
-    must not query that connection until the iteration ends (servers never do).
+    must not query that connection until the iteration ends (servers never do).  A
+    ``FETCH`` runs while the consumer has a batch, so the reader holds the idle bound
+    itself (:meth:`~django_streamexport.readers.base.Reader.idle_bound`; see
+    :func:`~django_streamexport.postgresql.prefetch.prefetching_batches`).
     """
 
     name = "prefetching cursor"
@@ -121,6 +124,6 @@ class PrefetchingCursorReader(CursorReader):
             sql,
             params,
             sizes,
-            idle_timeout=self.plan.idle_in_transaction_timeout,
+            idle_timeout=self.idle_bound(cursor.db),
             driver=self.driver,
         )
