@@ -16,7 +16,8 @@ measures the same export of them (tests/testapp's ``RecordExport``, every field)
 
 For each job: its own time (``started_at`` to ``finished_at``), the time from queueing to
 complete, the worker's peak RSS (``VmHWM`` of the worker process and its children, from
-/proc, which includes Django's start-up), and for S3 the number of parts (the multipart
+/proc, which includes Django's start-up) and its growth over the idle worker (``VmRSS``
+after start-up, before the job is queued), and for S3 the number of parts (the multipart
 ETag's ``-N``).  Nothing is asserted: tests/test_jobs_workers.py has the tests.
 """
 
@@ -47,6 +48,20 @@ def peak_rss_kib(pids: list[int]) -> int:
             continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Return the sum of ``VmRSS`` (resident set now, KiB) of ``pids`` still alive."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
                 total += int(line.split()[1])
     return total
 
@@ -127,11 +142,14 @@ def run(args: argparse.Namespace, media: Path) -> list[dict]:
         with override_settings(
             STREAMEXPORT_JOBS_TASK_BACKEND="db", STREAMEXPORT_JOBS_QUEUE="exports", **overrides
         ):
-            queued = time.perf_counter()
-            answer = client.get("/records/export/background/", {"format": args.format})
-            assert answer.status_code == 202, answer.content
-            job_id = answer.json()["id"]
             with db_worker(media / f"{way}.log", media / "media", **storage_env) as worker:
+                # The idle worker (Django loaded, polling an empty queue), before the job.
+                time.sleep(3)
+                idle = rss_kib([worker.pid, *worker.descendants()])
+                queued = time.perf_counter()
+                answer = client.get("/records/export/background/", {"format": args.format})
+                assert answer.status_code == 202, answer.content
+                job_id = answer.json()["id"]
 
                 def ended():
                     job = ExportJob.objects.get(pk=job_id)
@@ -147,9 +165,14 @@ def run(args: argparse.Namespace, media: Path) -> list[dict]:
             "queued_to_complete": waited,
             "bytes": job.bytes,
             "worker_peak_rss_mib": rss / 1024,
+            "worker_idle_rss_mib": idle / 1024,
+            "worker_rss_growth_mib": (rss - idle) / 1024,
             "job": job,
         }
-        print(f"jobs: {way}: {result['seconds']:.1f} s, peak RSS {rss / 1024:.0f} MiB")
+        print(
+            f"jobs: {way}: {result['seconds']:.1f} s, peak RSS {rss / 1024:.0f} MiB "
+            f"({(rss - idle) / 1024:+.1f} MiB over the idle worker)"
+        )
         return result
 
     results.append(one_job("job, local storage", {}))
@@ -185,14 +208,16 @@ def run(args: argparse.Namespace, media: Path) -> list[dict]:
 def table(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"\n{args.rows:,} records, {args.format} (tests/testapp RecordExport, 16 columns)\n",
-        "| way | seconds | queued to complete | MB | worker peak RSS | S3 parts |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| way | seconds | queued to complete | MB | worker peak RSS | over idle | S3 parts |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         queued = f"{r['queued_to_complete']:.1f} s" if "queued_to_complete" in r else ""
         rss = f"{r['worker_peak_rss_mib']:.0f} MiB" if "worker_peak_rss_mib" in r else ""
+        growth = f"{r['worker_rss_growth_mib']:+.1f} MiB" if "worker_rss_growth_mib" in r else ""
         lines.append(
             f"| {r['way']} | {r['seconds']:.1f} | {queued} | {r['bytes'] / 1e6:.0f} | {rss} "
+            f"| {growth} "
             f"| {r.get('s3_parts', '')} |"
         )
     return "\n".join(lines)
