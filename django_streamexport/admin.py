@@ -50,7 +50,7 @@ from django.core.exceptions import (
 from django.db import models
 from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed, QueryDict
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 
@@ -97,6 +97,8 @@ CHANGELIST_FILTERS_VAR = "_changelist_filters"
 #: Query parameters of the export page's download.
 FORMAT_VAR = "format"
 FIELDS_VAR = "fields"
+#: The export page's "Run in the background" (a GET shows the confirmation; a POST queues).
+BACKGROUND_VAR = "_background"
 
 PERMISSION_MODES = ("view", "export")
 
@@ -216,6 +218,9 @@ class ExportAdminMixin:
     export_keyset_key: str = "pk"
     #: The class of the export's stream.
     export_stream_class: type[ExportStream] = ExportStream
+    #: Offer "Run in the background" on the export page when ``django_streamexport.jobs``
+    #: is installed (the job's file lands in ``STREAMEXPORT_JOBS_STORAGE``).
+    export_background: bool = True
 
     # These come from ModelAdmin.
     model: type[models.Model]
@@ -503,9 +508,14 @@ class ExportAdminMixin:
         """
         if not self.has_export_permission(request):
             raise PermissionDenied
+        background = self.has_background_export(request)
+        if request.method == "POST" and background and BACKGROUND_VAR in request.POST:
+            return self.queue_background_export(request)
         if request.method not in ("GET", "HEAD"):
-            # The page is a form that GETs the download; nothing else may trigger it.
-            return HttpResponseNotAllowed(["GET", "HEAD"])
+            # The page is a form that GETs the download; only queueing a job is a POST.
+            return HttpResponseNotAllowed(
+                ["GET", "HEAD", "POST"] if background else ["GET", "HEAD"]
+            )
         from django.contrib.admin.options import IncorrectLookupParameters
 
         allowed = [self._field_name(field) for field in self.get_export_fields(request)]
@@ -517,6 +527,14 @@ class ExportAdminMixin:
         if FORMAT_VAR in request.GET:
             try:
                 queryset = self.get_export_queryset(request)
+                if background and BACKGROUND_VAR in request.GET:
+                    # Validate as the download would, then ask to confirm (a POST queues).
+                    plan = self.get_export_plan(
+                        request, queryset, request.GET[FORMAT_VAR], field_names
+                    )
+                    return self.render_export_page(
+                        request, allowed, chosen, None, confirm_background=plan
+                    )
                 return self.export_queryset_response(
                     request, queryset, request.GET[FORMAT_VAR], field_names
                 )
@@ -528,10 +546,100 @@ class ExportAdminMixin:
                 error = _("The changelist's filters are not valid.")
         return self.render_export_page(request, allowed, chosen, error)
 
+    def has_background_export(self, request: HttpRequest) -> bool:
+        """Say whether the export page offers "Run in the background".
+
+        Default: ``export_background`` and ``django_streamexport.jobs`` installed.
+        """
+        from django.apps import apps
+
+        return self.export_background and apps.is_installed("django_streamexport.jobs")
+
+    def queue_background_export(self, request: HttpRequest) -> HttpResponseBase:
+        """Queue the export the form's ``POST`` data asks for as a job; redirect to the job.
+
+        The form carries what the download would: ``_changelist_filters``, ``format``
+        and ``fields``.  They are validated as a download's (the page again with the
+        error, 400), and the job records them, never the rows' keys: the rows are the
+        ones the changelist shows when the job runs.  A message links the job's page
+        (the admin of ``ExportJob``).
+        """
+        from django.contrib import messages
+        from django.contrib.admin.options import IncorrectLookupParameters
+        from django.shortcuts import redirect
+        from django.utils.html import format_html
+
+        from django_streamexport.estimates import estimate_rows
+        from django_streamexport.jobs.runner import queue_export_job
+        from django_streamexport.jobs.sources import describe_admin
+
+        form_request = copy.copy(request)
+        form_request.GET = request.POST
+        data = request.POST
+        chosen = [name for name in data.getlist(FIELDS_VAR) if name]
+        field_names = chosen if FIELDS_VAR in data else None
+        allowed = [self._field_name(field) for field in self.get_export_fields(request)]
+        try:
+            queryset = self.get_export_queryset(form_request)
+            plan = self.get_export_plan(form_request, queryset, data.get(FORMAT_VAR), field_names)
+        except ExportRequestError as exc:
+            return self.render_export_page(form_request, allowed, chosen, str(exc))
+        except IncorrectLookupParameters:
+            error = _("The changelist's filters are not valid.")
+            return self.render_export_page(form_request, allowed, chosen, error)
+        job_page = self._job_page_url(request)
+        job = queue_export_job(
+            user=request.user,
+            source=describe_admin(self, data.get(CHANGELIST_FILTERS_VAR, "")),
+            format=plan.format.format,
+            fields=field_names,
+            filename=plan.filename,
+            rows_estimate=estimate_rows(plan),
+            request=request,
+            page_url=job_page,
+        )
+        url = job_page(job.pk) if job_page else ""
+        messages.success(
+            request,
+            format_html(
+                _('The export of {} was queued; <a href="{}">follow it here</a>.'),
+                plan.filename,
+                url,
+            )
+            if url
+            else _("The export of %(name)s was queued.") % {"name": plan.filename},
+        )
+        return redirect(url or request.get_full_path())
+
+    def _job_page_url(self, request: HttpRequest) -> Callable[[Any], str] | None:
+        """Return ``job id -> the job's admin page`` (absolute), if ``ExportJob`` is registered."""
+        for site_name in (self.admin_site.name, "admin"):
+            try:
+                reverse(f"{site_name}:streamexport_jobs_exportjob_changelist")
+            except NoReverseMatch:
+                continue
+
+            def page(job_id: Any, site_name: str = site_name) -> str:
+                url = reverse(f"{site_name}:streamexport_jobs_exportjob_change", args=[job_id])
+                return request.build_absolute_uri(url)
+
+            return page
+        return None
+
     def render_export_page(
-        self, request: HttpRequest, allowed: list[str], chosen: list[str], error: str | None
+        self,
+        request: HttpRequest,
+        allowed: list[str],
+        chosen: list[str],
+        error: str | None,
+        *,
+        confirm_background: ExportPlan | None = None,
     ) -> TemplateResponse:
-        """Render the export page: format choice and an ordered list of columns."""
+        """Render the export page: format choice and an ordered list of columns.
+
+        With ``confirm_background`` (the plan of the chosen export), the page asks to
+        confirm running it in the background: a ``POST`` form with the CSRF token.
+        """
         queryset = self.model._default_manager.none()
         columns = {
             column.name: column
@@ -572,6 +680,11 @@ class ExportAdminMixin:
             "format_var": FORMAT_VAR,
             "fields_var": FIELDS_VAR,
             "changelist_filters_var": CHANGELIST_FILTERS_VAR,
+            "background_var": BACKGROUND_VAR,
+            "background": self.has_background_export(request),
+            "confirm_background": confirm_background,
+            "chosen_fields": picked if chosen else [],
+            "fields_sent": FIELDS_VAR in request.GET,
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(

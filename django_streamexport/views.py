@@ -25,7 +25,13 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
@@ -97,6 +103,10 @@ class StreamingExportMixin:
     database_formatting: bool | None = None
     #: Send the next ``FETCH`` while a batch is rendered (PostgreSQL, psycopg 3); ``None``: on.
     prefetch: bool | None = None
+    #: Run the export as a background job (``django_streamexport.jobs``) instead of
+    #: streaming it: ``False``, ``True``, or ``"auto"`` (above ``STREAMEXPORT_BACKGROUND_ROWS``
+    #: rows by the planner's estimate).  A queued job answers ``202 Accepted``.
+    background: bool | str = False
 
     request: HttpRequest
 
@@ -309,7 +319,14 @@ class StreamingExportMixin:
         until the response is closed.
         """
         try:
-            stream = self.get_export_stream()
+            background = self.get_background() if include_body else False
+            if background:
+                plan = self.get_export_plan()
+                if self.should_run_in_background(plan, background):
+                    return self.queue_export_job(plan)
+                stream = self.get_stream_class()(plan)
+            else:
+                stream = self.get_export_stream()
             return admitted_export_response(
                 stream,
                 self.admit_export(),
@@ -320,6 +337,92 @@ class StreamingExportMixin:
             )
         except ExportRequestError as exc:
             return self.export_request_error(exc)
+
+    # --- background exports (django_streamexport.jobs) ---------------------------------
+
+    def get_background(self) -> bool | str:
+        """Return ``False``, ``True`` or ``"auto"``. Default: ``background``."""
+        return self.background
+
+    def should_run_in_background(self, plan: ExportPlan, background: bool | str) -> bool:
+        """Say whether this export runs as a job (``background`` is ``True`` or ``"auto"``).
+
+        ``"auto"``: when the user is signed in and the planner's estimate
+        (:func:`~django_streamexport.estimates.estimate_rows`, PostgreSQL) is above
+        ``STREAMEXPORT_BACKGROUND_ROWS``; anonymous users and databases without an
+        estimate stream.  ``True``: always (an anonymous user gets a 403: a job's file
+        belongs to a user).
+        """
+        if background == "auto":
+            from django_streamexport.estimates import estimate_rows
+            from django_streamexport.jobs.conf import jobs_conf
+
+            if not getattr(self.request.user, "is_authenticated", False):
+                return False
+            estimate = estimate_rows(plan)
+            self._rows_estimate = estimate
+            return estimate is not None and estimate > jobs_conf.BACKGROUND_ROWS
+        return bool(background)
+
+    def has_export_permission(self) -> bool:
+        """Return whether the request's user may run this export (checked again as a job runs).
+
+        Default: the tests of the access mixins the view uses, which ``dispatch()``
+        applied to the request that queued the job: ``LoginRequiredMixin``,
+        ``PermissionRequiredMixin.has_permission()`` and ``UserPassesTestMixin``'s
+        test.  Override for checks made elsewhere (a decorator, ``get_queryset()``
+        raising ``PermissionDenied`` is already covered: it runs again).
+        """
+        from django.contrib.auth.mixins import (
+            LoginRequiredMixin,
+            PermissionRequiredMixin,
+            UserPassesTestMixin,
+        )
+
+        user = getattr(self.request, "user", None)
+        if isinstance(self, LoginRequiredMixin) and not getattr(user, "is_authenticated", False):
+            return False
+        if isinstance(self, PermissionRequiredMixin) and not self.has_permission():
+            return False
+        return not (isinstance(self, UserPassesTestMixin) and not self.get_test_func()())
+
+    def queue_export_job(self, plan: ExportPlan) -> HttpResponse:
+        """Queue ``plan``'s export as a job; return ``202 Accepted`` with its status.
+
+        The body is the job's status resource (JSON); ``Location`` is its URL
+        (``django_streamexport.jobs.urls``, which the project includes).  Raises
+        ``ImproperlyConfigured`` without the ``django_streamexport.jobs`` app or its
+        URLs, ``PermissionDenied`` (403) for an anonymous user.
+        """
+        from django.apps import apps
+        from django.core.exceptions import PermissionDenied
+
+        if not apps.is_installed("django_streamexport.jobs"):
+            raise ImproperlyConfigured(
+                f"{type(self).__name__}.background needs 'django_streamexport.jobs' in "
+                "INSTALLED_APPS."
+            )
+        from django_streamexport.estimates import estimate_rows
+        from django_streamexport.jobs.runner import queue_export_job
+        from django_streamexport.jobs.sources import describe_view
+        from django_streamexport.jobs.views import job_resource
+
+        user = getattr(self.request, "user", None)
+        if not getattr(user, "is_authenticated", False):
+            raise PermissionDenied("Sign in to run this export in the background.")
+        estimate = getattr(self, "_rows_estimate", None)
+        job = queue_export_job(
+            user=user,
+            source=describe_view(self),
+            format=plan.format.format,
+            filename=plan.filename,
+            rows_estimate=estimate if estimate is not None else estimate_rows(plan),
+            request=self.request,
+        )
+        response = JsonResponse(job_resource(self.request, job), status=202)
+        response["Location"] = job.page_url
+        response["Cache-Control"] = "no-store"
+        return response
 
     def export_request_error(self, exc: ExportRequestError) -> HttpResponse:
         """Return the plain-text 4xx/5xx response for a request that cannot be exported.

@@ -33,6 +33,7 @@ settings.configure(
         "django.contrib.sessions",
         "django.contrib.messages",
         "django_streamexport",
+        "django_streamexport.jobs",
     ],
     DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
 )

@@ -7,6 +7,8 @@ and every test that needs it errors (CI fails rather than skips).
 """
 
 import os
+import tempfile
+from importlib.util import find_spec
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -39,6 +41,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_streamexport",
+    # Background exports, with django-tasks-db's tables (its app label: django_tasks_database)
+    # and, on Django 5.2, the django-tasks backport of django.tasks.
+    *([] if find_spec("django.tasks") else ["django_tasks"]),
+    "django_tasks_db",
+    "django_rq",  # django-tasks-rq's backend needs it (check "django_rq app not installed")
+    "django_streamexport.jobs",
     "tests.testapp",
     "flights",  # the example project (example_project/ is on pytest's pythonpath)
 ]
@@ -72,3 +80,30 @@ TEMPLATES = [
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# RQ's queue on Redis (127.0.0.1:6379, database 5): named per test process, so runs side by
+# side do not take each other's jobs; its workers get the name in the environment.
+RQ_QUEUE = os.environ.get("STREAMEXPORT_RQ_QUEUE") or f"streamexport-exports-{os.getpid()}"
+RQ_QUEUES = {
+    RQ_QUEUE: {
+        "HOST": os.environ.get("STREAMEXPORT_REDIS_HOST", "127.0.0.1"),
+        "PORT": int(os.environ.get("STREAMEXPORT_REDIS_PORT", "6379")),
+        "DB": 5,
+    }
+}
+# Background exports: the immediate backend for unit tests (tests/test_jobs.py); the
+# tests with real workers (tests/test_jobs_workers.py) enqueue on "db" and "rq".
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks.backends.immediate.ImmediateBackend"
+        if not find_spec("django.tasks")
+        else "django.tasks.backends.immediate.ImmediateBackend"
+    },
+    "db": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["exports"]},
+    "rq": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": [RQ_QUEUE]},
+}
+MEDIA_ROOT = os.environ.get("STREAMEXPORT_MEDIA_ROOT") or tempfile.mkdtemp(prefix="se-media-")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

@@ -139,8 +139,8 @@ def source_check_ids() -> set[str]:
     ids = set()
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
-        ids.update(re.findall(r"django_streamexport\.([EWI]\d{3})\b", text))
-        ids.update(re.findall(r"""["']([EWI]\d{3})["']""", text))
+        ids.update(re.findall(r"django_streamexport\.([EWIJ]\d{3})\b", text))
+        ids.update(re.findall(r"""["']([EWIJ]\d{3})["']""", text))
     return {f"django_streamexport.{check_id}" for check_id in ids}
 
 

@@ -12,6 +12,9 @@ Everything that differs between a laptop and a benchmark box comes from the envi
   (needed behind PgBouncer in transaction pooling mode; see check W001).
 - ``STREAMEXPORT_CHUNK_SIZE``, ``STREAMEXPORT_BUFFER_SIZE``: the library settings of the same
   names (rows per fetch, bytes per chunk; 500 and 32768 here, see below).
+- ``EXPORTS_S3_ENDPOINT_URL`` (with ``EXPORTS_S3_BUCKET``, ``EXPORTS_S3_ACCESS_KEY``,
+  ``EXPORTS_S3_SECRET_KEY``): background exports go to that S3-compatible storage instead of
+  ``<repo>/var/media`` (django-storages).
 - ``STREAMEXPORT_EXAMPLE_SELF_TEST``: ``1`` turns on ``/exports/self-test/``, an export that
   fails on purpose after some rows, to check a proxy chain (deploy/README.md). Off by default.
 """
@@ -33,6 +36,7 @@ elif _DRIVER not in ("", "psycopg"):
         f"STREAMEXPORT_EXAMPLE_DRIVER={_DRIVER!r} is not supported; use 'psycopg' or 'psycopg2'."
     )
 
+from importlib.util import find_spec  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import dj_database_url  # noqa: E402
@@ -74,6 +78,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_streamexport",
+    # Background exports: the jobs app, run by django-tasks-db's worker
+    # (`python example_project/manage.py db_worker`); on Django 5.2 django.tasks is the
+    # django-tasks backport.
+    *([] if find_spec("django.tasks") else ["django_tasks"]),
+    "django_tasks_db",
+    "django_streamexport.jobs",
     "flights",
 ]
 
@@ -161,6 +171,29 @@ STREAMEXPORT_BUFFER_SIZE = int(os.environ.get("STREAMEXPORT_BUFFER_SIZE") or 32 
 # exists only to fail. Operators turn it on for a moment to check that a failed export reaches
 # clients as a failure through every proxy in front of the app (deploy/README.md).
 STREAMEXPORT_EXAMPLE_SELF_TEST = _env_bool("STREAMEXPORT_EXAMPLE_SELF_TEST")
+
+# Background exports (django_streamexport.jobs): tasks in the database, files in var/media
+# or, with EXPORTS_S3_ENDPOINT_URL, in an S3 bucket (downloads are signed URLs there).
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+MEDIA_ROOT = VAR_DIR / "media"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if os.environ.get("EXPORTS_S3_ENDPOINT_URL"):
+    STORAGES["exports"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "endpoint_url": os.environ["EXPORTS_S3_ENDPOINT_URL"],
+            "bucket_name": os.environ.get("EXPORTS_S3_BUCKET", "exports"),
+            "access_key": os.environ.get("EXPORTS_S3_ACCESS_KEY"),
+            "secret_key": os.environ.get("EXPORTS_S3_SECRET_KEY"),
+            "region_name": os.environ.get("EXPORTS_S3_REGION", "us-east-1"),
+            "addressing_style": "path",
+            "signature_version": "s3v4",
+        },
+    }
+    STREAMEXPORT_JOBS_STORAGE = "exports"
 
 # Both loggers write to stderr (gunicorn's error log, the journal, the container log).
 LOGGING = {

@@ -5,6 +5,8 @@ from django.urls import include, path, re_path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Background exports: each job's status (JSON), download and cancel.
+    path("exports/jobs/", include("django_streamexport.jobs.urls")),
     path("", include("flights.urls")),
     # DEMO ONLY: serve the admin's CSS and JavaScript from the app directories even with
     # DEBUG off, so gunicorn alone shows a styled admin. insecure=True skips the DEBUG check

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import django_filters
 from django.conf import settings
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
@@ -77,6 +78,15 @@ class FlightExport(StreamingExportView):
                 )
             queryset = queryset.filter(month=int(month))
         return queryset
+
+
+class BackgroundFlightExport(LoginRequiredMixin, FlightExport):
+    """The flights as a background job: ``202 Accepted`` and the job's status URL.
+
+    Run a worker beside the server: ``python example_project/manage.py db_worker``.
+    """
+
+    background = True
 
 
 class WeatherExport(StreamingExportView):

@@ -1,5 +1,7 @@
 from typing import ClassVar
 
+from django.contrib.auth.mixins import LoginRequiredMixin
+
 from django_streamexport.columns import Column
 from django_streamexport.streaming import ExportStream
 from django_streamexport.views import StreamingExportView
@@ -49,6 +51,12 @@ class RecordExport(StreamingExportView):
     model = Record
     export_fields = ALL_FIELDS
     filename = "records"
+
+
+class BackgroundRecordExport(LoginRequiredMixin, RecordExport):
+    """``RecordExport`` as a background job (``django_streamexport.jobs``)."""
+
+    background = True
 
 
 class RecordingStream(ExportStream):

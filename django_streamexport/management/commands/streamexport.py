@@ -162,6 +162,13 @@ class Command(BaseCommand):
             choices=["cursor", "keyset"],
             help="Read rows by one server-side cursor or by keyset pages (default: the view's).",
         )
+        parser.add_argument(
+            "--background",
+            action="store_true",
+            help="Queue the export as a background job (django_streamexport.jobs) owned by "
+            "--user, and print the job's id.",
+        )
+        parser.add_argument("--user", help="With --background: the username of the job's owner.")
         progress = parser.add_mutually_exclusive_group()
         progress.add_argument(
             "--progress", action="store_true", default=None, help="Always show progress."
@@ -298,6 +305,10 @@ class Command(BaseCommand):
     # --- writing it -------------------------------------------------------------
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["background"]:
+            return self.queue_job(options)
+        if options["user"]:
+            raise CommandError("--user goes with --background.")
         output = options["output"]
         if not output:
             raise CommandError("--output is empty: name a file, or - for standard output.")
@@ -329,6 +340,40 @@ class Command(BaseCommand):
             progress.close()
         if output != "-" and options["verbosity"] > 0:
             self.stderr.write(f"Wrote {stream.rows} rows, {stream.bytes} bytes to {output}.")
+
+    def queue_job(self, options: dict[str, Any]) -> None:
+        """Queue the export as a job of ``--user`` and print its id (one line on stdout).
+
+        The job records these options and rebuilds the plan with them when it runs; its
+        file goes to ``STREAMEXPORT_JOBS_STORAGE``.  ``--output`` does not apply.
+        """
+        if not apps.is_installed("django_streamexport.jobs"):
+            raise CommandError("--background needs 'django_streamexport.jobs' in INSTALLED_APPS.")
+        if options["output"] != "-":
+            raise CommandError("--background writes to the jobs' storage, not to --output.")
+        if not options["user"]:
+            raise CommandError("--background needs --user USERNAME: the job's owner.")
+        from django.contrib.auth import get_user_model
+
+        from django_streamexport.estimates import estimate_rows
+        from django_streamexport.jobs.runner import queue_export_job
+        from django_streamexport.jobs.sources import describe_command
+
+        user_model = get_user_model()
+        try:
+            user = user_model._default_manager.get_by_natural_key(options["user"])
+        except user_model.DoesNotExist:
+            raise CommandError(f"No user {options['user']!r}.") from None
+        plan = self.get_plan(options)
+        self.check_query(plan)  # refuse what the database refuses before queueing
+        job = queue_export_job(
+            user=user,
+            source=describe_command(options),
+            format=plan.format.format,
+            filename=plan.filename,
+            rows_estimate=estimate_rows(plan),
+        )
+        self.stdout.write(str(job.pk))
 
     def write_stdout(self, stream: ExportStream, progress: Progress) -> None:
         """Write the export to standard output: bytes to its binary buffer, if it has one.
