@@ -632,11 +632,18 @@ def test_other_actions_keep_djangos_handling(admin_client):
 
 @pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "options", "trace"])
 def test_the_export_page_answers_only_get_and_head(admin_client, method):
+    """Only GET and HEAD download; a POST only queues a background export (_background)."""
     make_records("default", 3)
     response = admin_client.generic(method.upper(), f"{EXPORT}?format=csv&fields=id")
     assert response.status_code == 405
-    assert response["Allow"] == "GET, HEAD"
+    # POST is allowed for "Run in the background" (the jobs app is installed here).
+    assert response["Allow"] == "GET, HEAD, POST"
     assert not response.streaming
+    with override_settings(
+        INSTALLED_APPS=[app for app in settings.INSTALLED_APPS if app != "django_streamexport.jobs"]
+    ):
+        response = admin_client.generic(method.upper(), f"{EXPORT}?format=csv&fields=id")
+        assert (response.status_code, response["Allow"]) == (405, "GET, HEAD")
     head = admin_client.head(f"{EXPORT}?format=csv&fields=id")
     assert head.status_code == 200
 
