@@ -50,7 +50,9 @@ from django.db import models
 from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.encoding import force_str
 from django.utils.http import urlencode
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
 from django_streamexport.columns import (
@@ -58,6 +60,7 @@ from django_streamexport.columns import (
     ExportField,
     ResolvedColumn,
     _walk_lookup,
+    default_label,
     resolve_columns,
 )
 from django_streamexport.conf import conf
@@ -213,27 +216,50 @@ class ExportAdminMixin:
 
         Default: ``export_fields``; else the entries of ``list_display`` that
         are model fields or ``__`` lookups through forward relations
-        (``"carrier__name"``), skipping ``__str__``, callables and
-        ``ModelAdmin`` methods.  Raises ``ImproperlyConfigured`` when that
-        leaves nothing.
+        (``"carrier__name"``), each written as the changelist shows it where one
+        query can (:meth:`list_display_export_field`), skipping ``__str__``,
+        callables and ``ModelAdmin`` methods (computed in Python).  Raises
+        ``ImproperlyConfigured`` when that leaves nothing.
         """
         if self.export_fields is not None:
             return self.export_fields
         fields: list[ExportField] = []
+        seen: set[str] = set()
         for name in self.get_list_display(request):  # type: ignore[attr-defined]
-            if not isinstance(name, str) or name in fields:
+            if not isinstance(name, str) or name in seen:
                 continue
             try:
-                _walk_lookup(self.model, name)
+                path, _field = _walk_lookup(self.model, name)
             except (FieldDoesNotExist, ValueError):
                 continue
-            fields.append(name)
+            seen.add(name)
+            fields.append(self.list_display_export_field(name, path))
         if not fields:
             raise ImproperlyConfigured(
                 f"{type(self).__name__} has no model fields in list_display to export. Define "
                 f"{type(self).__name__}.export_fields or override get_export_fields()."
             )
         return fields
+
+    def list_display_export_field(self, name: str, path: Sequence[Any]) -> ExportField:
+        """Return the export field of the ``list_display`` entry ``name`` (fields ``path``).
+
+        What the changelist shows, where the export query can give it: a field with
+        choices exports its labels (``Column(name, choices_display=True)``: "Published",
+        not ``"p"``).  A foreign key or one-to-one field exports the related object's
+        key, labelled with it (``"Author (ID)"``): the changelist shows the object's
+        ``__str__()``, which is computed in Python; list the related field to export
+        (``"author__name"``) in ``export_fields`` instead.  Other fields are exported as
+        they are (``name``).
+        """
+        model_field = path[-1]
+        if getattr(model_field, "flatchoices", None):
+            return Column(name, choices_display=True)
+        target = getattr(model_field, "target_field", None)
+        if model_field.is_relation and target is not None:
+            key = capfirst(force_str(target.verbose_name))
+            return Column(name, label=f"{default_label(path)} ({key})")
+        return name
 
     def get_export_labels(self, request: HttpRequest) -> dict[str, str]:
         """Return header labels by field name. Default: ``export_labels`` or none."""

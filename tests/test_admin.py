@@ -22,6 +22,7 @@ from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext, override_settings
 
 from django_streamexport.admin import ExportModelAdmin, export_as_csv, export_as_ndjson
+from django_streamexport.columns import Column
 from django_streamexport.limits import export_slots
 from tests import settings as test_settings
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
@@ -636,3 +637,76 @@ def test_the_export_page_answers_only_get_and_head(admin_client, method):
     assert not response.streaming
     head = admin_client.head(f"{EXPORT}?format=csv&fields=id")
     assert head.status_code == 200
+
+
+# --- default columns: what the changelist shows (tests/testapp/urls.py) -------------------
+
+#: ListDisplayRecordAdmin: no export_fields, so its columns come from list_display.
+LIST_DISPLAY_ADMIN = "/list-display-admin/testapp/record/"
+
+
+@pytest.mark.urls("tests.testapp.urls")
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_default_columns_export_choice_labels_and_the_related_key(admin_client, fmt):
+    """list_display's "status" shows "Published", so the export writes it, not "p"."""
+    records = make_records("default")
+    response = admin_client.get(LIST_DISPLAY_ADMIN + "export/", {"format": fmt})
+    header, rows = export_rows(response, fmt)
+    if fmt == "csv":
+        # "__str__" is skipped; the foreign key says that it is the related key.
+        assert header == ["Record title", "Status", "Author (ID)", "Count", "Created"]
+        assert [row[1] for row in rows] == [r.get_status_display() for r in records]
+        assert [row[2] for row in rows] == [str(r.author_id or "") for r in records]
+    else:
+        assert [list(row) for row in rows] == [
+            ["title", "status", "author", "count", "created"]
+        ] * len(rows)
+        assert [row["status"] for row in rows] == [r.get_status_display() for r in records]
+        assert [row["author"] for row in rows] == [r.author_id for r in records]
+    assert {"Draft", "Published"} == {r.get_status_display() for r in records}
+
+
+@pytest.mark.urls("tests.testapp.urls")
+def test_default_columns_on_the_export_page_and_in_the_actions(admin_client):
+    records = make_records("default", 4)
+    page = admin_client.get(LIST_DISPLAY_ADMIN + "export/")
+    assert page.status_code == 200
+    assert [c["label"] for c in page.context["columns"]] == [
+        "Record title",
+        "Status",
+        "Author (ID)",
+        "Count",
+        "Created",
+    ]
+    response = admin_client.post(
+        LIST_DISPLAY_ADMIN,
+        {"action": "export_as_csv", "index": "0", "_selected_action": [records[1].pk]},
+    )
+    header, rows = export_rows(response, "csv")
+    assert header[1] == "Status"
+    assert rows[0][1] == records[1].get_status_display() == "Published"
+
+
+def test_default_columns_use_the_changelist_display_only_where_one_query_can(rf):
+    class DefaultAdmin(ExportModelAdmin):
+        list_display = ("title", "status", "author", "author__country", "author__country__name")
+
+    fields = DefaultAdmin(Record, admin.site).get_export_fields(rf.get("/"))
+    assert fields == [
+        "title",
+        Column("status", choices_display=True),
+        Column("author", label="Author (ID)"),
+        Column("author__country", label="Author country (ID)"),
+        "author__country__name",
+    ]
+
+
+def test_str_in_export_fields_is_refused_with_what_to_do_instead(rf):
+    class StrAdmin(ExportModelAdmin):
+        export_fields = ("__str__", "title")
+
+    model_admin = StrAdmin(Record, admin.site)
+    with pytest.raises(ImproperlyConfigured, match=r"__str__\(\) is computed in Python") as info:
+        model_admin.get_export_columns(rf.get("/"), Record.objects.all())
+    assert "Export the fields it is built from" in str(info.value)
+    assert "no field named ''" not in str(info.value)
