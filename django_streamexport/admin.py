@@ -30,7 +30,7 @@ every guard apply) and :func:`~django_streamexport.responses.admitted_export_res
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -70,8 +70,10 @@ from django_streamexport.exceptions import (
     UnknownField,
 )
 from django_streamexport.formats import (
+    check_format_options,
     default_format_classes,
     format_classes_by_name,
+    make_format,
     select_format_class,
 )
 from django_streamexport.formats.base import ExportFormat
@@ -190,6 +192,8 @@ class ExportAdminMixin:
     export_labels: dict[str, str] | None = None
     #: Format classes offered on the export page; ``None`` means ``STREAMEXPORT_FORMATS``.
     export_format_classes: Sequence[type[ExportFormat]] | None = None
+    #: Options of each format, by format name: ``{"csv": {"delimiter": ";", "bom": True}}``.
+    export_format_options: Mapping[str, Mapping[str, Any]] | None = None
     #: The actions added for users with the export permission.
     export_actions: Sequence[Callable[..., Any]] = (export_as_csv, export_as_ndjson, export_as_xlsx)
     #: The export page's template.
@@ -270,6 +274,15 @@ class ExportAdminMixin:
         if self.export_format_classes is not None:
             return self.export_format_classes
         return default_format_classes()
+
+    def get_export_format_options(self, request: HttpRequest) -> Mapping[str, Mapping[str, Any]]:
+        """Return the options of each format, by format name. Default: ``export_format_options``.
+
+        Each format class is built with the options under its ``format`` name (none without
+        an entry); a name not offered, or an option its class does not take, raises
+        ``ImproperlyConfigured`` on any export.
+        """
+        return self.export_format_options or {}
 
     def get_export_filename(self, request: HttpRequest) -> str:
         """Return the download name without extension. Default: ``verbose_name_plural``."""
@@ -420,10 +433,15 @@ class ExportAdminMixin:
         """
         columns = self.get_export_columns(request, queryset, field_names)
         format_class = self.get_export_format_class(request, format_name)
+        source = f"{type(self).__name__}.export_format_options"
+        options = self.get_export_format_options(request)
+        check_format_options(self.get_export_format_classes(request), options, source=source)
         return build_plan(
             queryset,
             columns=columns,
-            export_format=format_class,
+            export_format=make_format(
+                format_class, columns, options.get(format_class.format), source=source
+            ),
             **self.get_export_plan_kwargs(request),
         )
 

@@ -28,7 +28,7 @@ from django.db import connections, models
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
 from django_streamexport.conf import conf
-from django_streamexport.formats import default_format_classes, select_format_class
+from django_streamexport.formats import default_format_classes, make_format, select_format_class
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.http import safe_filename
 from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
@@ -188,7 +188,9 @@ def build_plan(
     ``columns`` already resolved by the caller.  How to write it: ``export_format``
     (an instance, or a callable taking the columns), else the class named ``format``
     among ``format_classes`` (default ``STREAMEXPORT_FORMATS``; ``None`` names the
-    first) built with ``format_options``.  ``None`` for any other option means its
+    first) built with ``format_options``, the options of that class
+    (``{"delimiter": ";"}`` for CSV; one the class does not take raises
+    ``ImproperlyConfigured`` naming the format).  ``None`` for any other option means its
     setting: ``using`` (``STREAMEXPORT_DATABASE``, then the queryset's database),
     ``mode`` (``"cursor"``), ``keyset_key`` (``"pk"``), ``copy_mode``
     (``STREAMEXPORT_COPY_MODE``), ``database_formatting``
@@ -225,7 +227,7 @@ def build_plan(
         if not classes:
             raise ImproperlyConfigured("No export formats are offered.")
         format_class = select_format_class(classes, format)
-        instance = format_class(columns, **dict(format_options or {}))
+        instance = make_format(format_class, columns, format_options, source="format_options")
     elif isinstance(export_format, ExportFormat):
         instance = export_format
     else:

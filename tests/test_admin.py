@@ -710,3 +710,24 @@ def test_str_in_export_fields_is_refused_with_what_to_do_instead(rf):
         model_admin.get_export_columns(rf.get("/"), Record.objects.all())
     assert "Export the fields it is built from" in str(info.value)
     assert "no field named ''" not in str(info.value)
+
+
+# --- format options, by format name ---------------------------------------------------------
+
+
+def test_export_format_options_apply_to_their_format_only(rf):
+    class OptionsAdmin(RecordAdmin):
+        export_format_options = {"csv": {"delimiter": ";", "bom": True}}
+
+    records = make_records("default", 3)
+    model_admin = OptionsAdmin(Record, admin.site)
+    request = rf.get("/")
+    request.user = User.objects.create_superuser("options", "o@example.com", "pw")
+    queryset = Record.objects.order_by("id")
+    csv_data = body(model_admin.export_queryset_response(request, queryset, "csv", ["id", "title"]))
+    assert csv_data.startswith(b"\xef\xbb\xbfID;Record title\r\n")
+    ndjson = body(model_admin.export_queryset_response(request, queryset, "ndjson", ["id"]))
+    assert parse_ndjson(ndjson) == [{"id": r.id} for r in records]
+    OptionsAdmin.export_format_options = {"xlsx": {"delimiter": ";"}}
+    with pytest.raises(ImproperlyConfigured, match=r"\['xlsx'\] gives XLSXFormat"):
+        model_admin.export_queryset_response(request, queryset, "csv", ["id"])

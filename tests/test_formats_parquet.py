@@ -85,7 +85,7 @@ def export(alias: str, query: str = "?format=parquet", format_kwargs=None, **att
     """Return the response of ``RecordExport`` (every field) reading ``alias``."""
     attrs["using"] = alias
     if format_kwargs is not None:
-        attrs["get_format_kwargs"] = lambda self: dict(format_kwargs)
+        attrs["format_options"] = {"parquet": format_kwargs}
     view = type("AliasRecordExport", (RecordExport,), attrs)
     return view.as_view()(RequestFactory().get("/records/export/" + query))
 

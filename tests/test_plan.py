@@ -251,9 +251,18 @@ def test_format_options_are_passed_to_the_format_class():
     assert built.format.start() == "\ufeffID;Record title;Author name\r\n".encode()
 
 
-def test_unknown_format_options_fail_as_the_class_does():
-    with pytest.raises(TypeError, match="nonsense"):
-        plan(format="csv", format_options={"nonsense": 1})
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("csv", {"nonsense": 1}, r"CSVFormat \(format 'csv'; its options: bom, delimiter, "),
+        ("ndjson", {"delimiter": ";", "bom": True}, r"NDJSONFormat \(format 'ndjson'; its "),
+        ("json", {"end_record": True}, r"JSONFormat \(format 'json'; its options: none\)"),
+    ],
+)
+def test_format_options_a_format_does_not_take_are_refused_naming_it(name, options, message):
+    with pytest.raises(ImproperlyConfigured, match=message) as info:
+        plan(format=name, format_options=options)
+    assert "options it does not take: " + ", ".join(map(repr, options)) in str(info.value)
 
 
 def test_export_format_instance_is_used_as_is():

@@ -18,10 +18,11 @@ from django.db.models import CharField, F, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Concat
 from django.test import override_settings
+from django.utils import translation
 
 from django_streamexport.columns import Column, resolve_columns
 from django_streamexport.exceptions import RowLimitExceeded
-from django_streamexport.formats.csv import CSVFormat
+from django_streamexport.formats.csv import CSVFormat, ExcelCSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
 from tests.conftest import both_databases, make_records, parse_csv, plan_stream, server_side_cursors
 from tests.testapp.models import Record
@@ -341,3 +342,16 @@ def test_copy_reads_row_by_row_where_psycopg_lacks_the_fast_reader(pg_alias, mon
     assert b"".join(copy) == b"".join(standard)
     assert copy.rows == standard.rows == 300
     assert server_side_cursors(pg_alias) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("language", "delimiter"), [("en", b","), ("de", b";")])
+def test_fast_path_writes_csv_for_excel(pg_alias, mode, language, delimiter):
+    """``csv-excel``: the BOM and the active language's delimiter, COPY's bytes too."""
+    make_records(pg_alias)
+    with translation.override(language):
+        standard, fast = streams(pg_alias, fmt=ExcelCSVFormat, mode=mode)
+    data = b"".join(fast)
+    assert fast_path_used(fast)
+    assert data == b"".join(standard)
+    assert data.startswith(b"\xef\xbb\xbfID" + delimiter + b"Record title")
