@@ -355,3 +355,14 @@ def test_fast_path_writes_csv_for_excel(pg_alias, mode, language, delimiter):
     assert fast_path_used(fast)
     assert data == b"".join(standard)
     assert data.startswith(b"\xef\xbb\xbfID" + delimiter + b"Record title")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_of_a_query_without_parameters(pg_alias, mode):
+    """No parameter at all (no choices column, no filter): the SQL has no "%" to unescape."""
+    make_records(pg_alias)
+    standard, fast = streams(pg_alias, ["id", "took", "created"], mode=mode)
+    params = fast.reader.params if mode == "copy" else fast.reader.text_select[1]
+    assert list(params) == []
+    assert b"".join(fast) == b"".join(standard)
+    assert fast_path_used(fast)

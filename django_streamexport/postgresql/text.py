@@ -103,15 +103,16 @@ def _float_sql(c: str) -> str:
 
 def _duration_sql(c: str) -> str:
     # django.utils.duration.duration_iso_string(): sign, then the absolute value's
-    # days, hours, minutes, seconds and (only when non-zero) microseconds.
+    # days, hours, minutes, seconds and (only when non-zero) microseconds.  mod(), not
+    # "%%": the driver unescapes "%%" only in a statement with parameters.
     us = f"(extract(epoch FROM {c}) * 1000000)::bigint"
     a = f"abs({us})"
     return (
         f"((CASE WHEN {us} < 0 THEN '-' ELSE '' END) || 'P' || ({a} / 86400000000)::text || 'DT'"
-        f" || lpad((({a} / 3600000000) %% 24)::text, 2, '0') || 'H'"
-        f" || lpad((({a} / 60000000) %% 60)::text, 2, '0') || 'M'"
-        f" || lpad((({a} / 1000000) %% 60)::text, 2, '0')"
-        f" || (CASE WHEN {a} %% 1000000 <> 0 THEN '.' || lpad(({a} %% 1000000)::text, 6, '0')"
+        f" || lpad(mod({a} / 3600000000, 24)::text, 2, '0') || 'H'"
+        f" || lpad(mod({a} / 60000000, 60)::text, 2, '0') || 'M'"
+        f" || lpad(mod({a} / 1000000, 60)::text, 2, '0')"
+        f" || (CASE WHEN mod({a}, 1000000) <> 0 THEN '.' || lpad(mod({a}, 1000000)::text, 6, '0')"
         f" ELSE '' END) || 'S')"
     )
 
