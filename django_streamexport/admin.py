@@ -207,6 +207,9 @@ class ExportAdminMixin:
     export_keyset_key: str = "pk"
     #: The class of the export's stream.
     export_stream_class: type[ExportStream] = ExportStream
+    #: The zone datetimes are written in (``"current"``: the one the changelist shows them
+    #: in); ``None`` means ``STREAMEXPORT_TIME_ZONE``.
+    export_time_zone: Any = None
 
     # These come from ModelAdmin.
     model: type[models.Model]
@@ -291,8 +294,9 @@ class ExportAdminMixin:
     def get_export_plan_kwargs(self, request: HttpRequest) -> dict[str, Any]:
         """Return :func:`~django_streamexport.plan.build_plan`'s options for ``request``.
 
-        Default: the requesting ``user`` (for the signals), the filename, ``export_mode``
-        and ``export_keyset_key``; every other option is its ``STREAMEXPORT_*`` setting
+        Default: the requesting ``user`` (for the signals), the filename, ``export_mode``,
+        ``export_keyset_key`` and ``export_time_zone``; every other option is its
+        ``STREAMEXPORT_*`` setting
         (COPY mode, database formatting, sizes, limits, timeouts).  Override to pass
         any option::
 
@@ -304,6 +308,7 @@ class ExportAdminMixin:
             "filename": self.get_export_filename(request),
             "mode": self.export_mode,
             "keyset_key": self.export_keyset_key,
+            "time_zone": self.export_time_zone,
         }
 
     # --- who may export ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ through their ``get_export_plan_kwargs()`` hooks).
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from django_streamexport.formats import default_format_classes, make_format, sel
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.http import safe_filename
 from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
+from django_streamexport.timezones import resolve_time_zone
 
 __all__ = ["COPY_MODES", "MODES", "ExportPlan", "build_plan", "unique_key_field"]
 
@@ -51,7 +53,9 @@ class ExportPlan:
     own; ``max_rows`` ``None`` for no limit.  ``filename`` is the cleaned download name
     with the format's extension (RFC 6266 ``Content-Disposition``).  ``user`` is the
     user the export is made for (``None`` from the command line), passed to the
-    signals.
+    signals.  ``time_zone`` is the zone datetimes are written in (``None``: as the database
+    returns them, UTC under ``USE_TZ``), already given to the format
+    (:meth:`~django_streamexport.formats.base.ExportFormat.set_time_zone`).
     """
 
     queryset: models.QuerySet
@@ -70,6 +74,7 @@ class ExportPlan:
     idle_in_transaction_timeout: float | None = None
     user: Any = None
     filename: str = "export"
+    time_zone: datetime.tzinfo | None = None
     export_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -179,6 +184,7 @@ def build_plan(
     idle_in_transaction_timeout: float | None = None,
     user: Any = None,
     filename: str | None = None,
+    time_zone: str | datetime.tzinfo | None = None,
     export_id: str | None = None,
 ) -> ExportPlan:
     """Return the validated :class:`ExportPlan` of exporting ``queryset``.
@@ -199,7 +205,9 @@ def build_plan(
     ``max_rows`` (``STREAMEXPORT_MAX_ROWS``; 0 means no limit), ``statement_timeout``
     and ``idle_in_transaction_timeout`` (seconds; ``STREAMEXPORT_STATEMENT_TIMEOUT``,
     ``STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT``; 0 keeps the server's), ``filename``
-    (the model's ``verbose_name_plural``; cleaned, the extension added).
+    (the model's ``verbose_name_plural``; cleaned, the extension added), ``time_zone``
+    (``STREAMEXPORT_TIME_ZONE``: ``"current"``, a zone name or a ``tzinfo``; ``None``
+    writes datetimes as the database returns them; :mod:`django_streamexport.timezones`).
 
     Raises :class:`~django_streamexport.exceptions.UnknownFormat` (a 400 for a
     request) when ``format`` names no offered format, and ``ImproperlyConfigured``,
@@ -234,6 +242,9 @@ def build_plan(
         instance = export_format(columns)
     if not instance.title:
         instance.title = str(queryset.model._meta.verbose_name_plural)
+    zone = resolve_time_zone(_setting(time_zone, conf.TIME_ZONE))
+    if zone is not None:
+        instance.set_time_zone(zone)
 
     alias = using or conf.DATABASE or queryset.db
     if alias not in connections:
@@ -284,6 +295,7 @@ def build_plan(
             _setting(idle_in_transaction_timeout, conf.IDLE_IN_TRANSACTION_TIMEOUT),
         ),
         user=user,
+        time_zone=zone,
         filename=safe_filename(
             str(queryset.model._meta.verbose_name_plural) if filename is None else filename,
             instance.extension,

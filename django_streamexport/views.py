@@ -114,6 +114,9 @@ class StreamingExportMixin:
     database_formatting: bool | None = None
     #: Send the next ``FETCH`` while a batch is rendered (PostgreSQL, psycopg 3); ``None``: on.
     prefetch: bool | None = None
+    #: The zone datetimes are written in: ``"current"`` (Django's current time zone), a name
+    #: (``"Europe/Berlin"``) or a ``tzinfo``; ``None`` means ``STREAMEXPORT_TIME_ZONE``.
+    time_zone: Any = None
 
     request: HttpRequest
 
@@ -255,6 +258,14 @@ class StreamingExportMixin:
         """Return seconds per database statement (``None``: the setting; 0: the server's)."""
         return self.statement_timeout
 
+    def get_time_zone(self) -> Any:
+        """Return the zone datetimes are written in. Default: ``time_zone`` (``None``: the setting).
+
+        ``"current"`` is Django's current time zone when the plan is built, in the request
+        (``timezone.activate()`` by a middleware); see :mod:`django_streamexport.timezones`.
+        """
+        return self.time_zone
+
     def get_idle_in_transaction_timeout(self) -> float | None:
         """Return seconds the export transaction may wait on the client (``None``: the setting)."""
         return self.idle_in_transaction_timeout
@@ -306,9 +317,9 @@ class StreamingExportMixin:
         """Return :func:`~django_streamexport.plan.build_plan`'s options for this request.
 
         Default: every option from its hook or attribute (database, mode and key, COPY
-        mode, database formatting, prefetching, sizes, limits, timeouts, filename) and
-        the requesting ``user`` (for the signals).  Override to pass any other option
-        without a new hook::
+        mode, database formatting, prefetching, sizes, limits, timeouts, filename, time
+        zone) and the requesting ``user`` (for the signals).  Override to pass any other
+        option without a new hook::
 
             def get_export_plan_kwargs(self):
                 return {**super().get_export_plan_kwargs(), "max_rows": 50_000}
@@ -327,6 +338,7 @@ class StreamingExportMixin:
             "idle_in_transaction_timeout": self.get_idle_in_transaction_timeout(),
             "user": getattr(self.request, "user", None),
             "filename": self.get_filename(),
+            "time_zone": self.get_time_zone(),
         }
 
     def get_export_plan(self) -> ExportPlan:

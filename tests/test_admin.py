@@ -731,3 +731,34 @@ def test_export_format_options_apply_to_their_format_only(rf):
     OptionsAdmin.export_format_options = {"xlsx": {"delimiter": ";"}}
     with pytest.raises(ImproperlyConfigured, match=r"\['xlsx'\] gives XLSXFormat"):
         model_admin.export_queryset_response(request, queryset, "csv", ["id"])
+
+
+# --- the time zone ----------------------------------------------------------------------------
+
+
+def test_export_time_zone_current_is_the_zone_the_changelist_shows(admin_client):
+    """With a middleware's timezone.activate(), "current" is the request's zone."""
+    import datetime
+
+    from django.utils import timezone
+
+    class LocalRecordAdmin(RecordAdmin):
+        export_time_zone = "current"
+
+    Record.objects.create(
+        created=datetime.datetime(2013, 7, 1, 5, 30, tzinfo=datetime.timezone.utc)
+    )
+    request = RequestFactory().get("/")
+    request.user = User.objects.create_superuser("local", "l@example.com", "pw")
+    model_admin = LocalRecordAdmin(Record, admin.site)
+    with timezone.override("Europe/Berlin"):
+        response = model_admin.export_queryset_response(
+            request, Record.objects.all(), "csv", ["created"]
+        )
+    assert parse_csv(body(response)) == [["Created"], ["2013-07-01T07:30:00+02:00"]]
+    # The default (STREAMEXPORT_TIME_ZONE = None): UTC, as the database returns it.
+    with timezone.override("Europe/Berlin"):
+        response = RecordAdmin(Record, admin.site).export_queryset_response(
+            request, Record.objects.all(), "csv", ["created"]
+        )
+    assert parse_csv(body(response))[1] == ["2013-07-01T05:30:00+00:00"]

@@ -273,3 +273,21 @@ def test_format_options_a_format_does_not_take_are_named(api):
 
     with pytest.raises(ImproperlyConfigured, match=r"MisspelledOptionsRecordList\.export_form"):
         api.get("/api/misspelled-options/", {"format": "ndjson"})
+
+
+class BerlinRecordList(RecordList):
+    export_fields = ("id", "created")
+    export_time_zone = "Europe/Berlin"
+
+
+urlpatterns += [path("api/berlin/", BerlinRecordList.as_view())]
+
+
+def test_export_time_zone(api):
+    import datetime
+
+    Record.objects.create(
+        created=datetime.datetime(2013, 1, 1, 5, 30, tzinfo=datetime.timezone.utc)
+    )
+    lines = parse_ndjson(body(api.get("/api/berlin/", {"format": "ndjson"})))
+    assert [line["created"] for line in lines] == ["2013-01-01T06:30:00+01:00"]

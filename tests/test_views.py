@@ -335,3 +335,32 @@ def test_csv_excel_is_offered_where_the_setting_lists_it(client):
         response = client.get("/records/export/?format=csv-excel")
         assert response.status_code == 200
         assert body(response).startswith(b"\xef\xbb\xbfID;")
+
+
+# --- the time zone ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attrs", "setting", "cell"),
+    [
+        ({}, None, "2013-07-01T05:30:00+00:00"),
+        ({}, "Europe/Berlin", "2013-07-01T07:30:00+02:00"),
+        ({"time_zone": "Asia/Kolkata"}, "Europe/Berlin", "2013-07-01T11:00:00+05:30"),
+        ({"get_time_zone": lambda self: "America/New_York"}, None, "2013-07-01T01:30:00-04:00"),
+        ({"time_zone": "current"}, None, "2013-07-01T14:30:00+09:00"),  # activated below
+    ],
+)
+def test_the_view_writes_datetimes_in_its_time_zone(attrs, setting, cell):
+    import datetime
+
+    from django.utils import timezone
+
+    Record.objects.create(
+        created=datetime.datetime(2013, 7, 1, 5, 30, tzinfo=datetime.timezone.utc)
+    )
+    attrs = {"model": Record, "export_fields": ["created"], **attrs}
+    with override_settings(STREAMEXPORT_TIME_ZONE=setting), timezone.override("Asia/Tokyo"):
+        csv_response = view_for("?format=csv", **attrs)
+        ndjson_response = view_for("?format=ndjson", **attrs)
+    assert parse_csv(body(csv_response))[1] == [cell]
+    assert parse_ndjson(body(ndjson_response)) == [{"created": cell}]

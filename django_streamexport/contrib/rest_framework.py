@@ -135,7 +135,7 @@ class StreamingExportAPIMixin:
     view's renderers), ``export_filename`` (default: the model's
     ``verbose_name_plural``), ``export_chunk_size``, ``export_buffer_size``,
     ``export_using``, ``export_mode`` (``"cursor"`` or ``"keyset"``),
-    ``export_format_options`` (options by format name), and
+    ``export_format_options`` (options by format name), ``export_time_zone``, and
     :meth:`get_export_plan_kwargs` for any other option of
     :func:`~django_streamexport.plan.build_plan`.  ``HEAD`` gets the headers and never
     runs the query.  Past the concurrent export limits the answer is a 429, when the
@@ -157,6 +157,8 @@ class StreamingExportAPIMixin:
     export_using: str | None = None
     export_mode: str = "cursor"
     export_keyset_key: str = "pk"
+    #: The zone datetimes are written in; ``None`` means ``STREAMEXPORT_TIME_ZONE``.
+    export_time_zone: Any = None
     export_stream_class: type[ExportStream] = ExportStream
 
     # Provided by GenericAPIView.
@@ -202,6 +204,7 @@ class StreamingExportAPIMixin:
             "using": self.export_using,
             "mode": self.export_mode,
             "keyset_key": self.export_keyset_key,
+            "time_zone": self.export_time_zone,
             "chunk_size": self.export_chunk_size,
             "buffer_size": self.export_buffer_size,
             "filename": self.get_export_filename(),
