@@ -30,7 +30,7 @@ every guard apply) and :func:`~django_streamexport.responses.admitted_export_res
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -51,7 +51,9 @@ from django.db import models
 from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
+from django.utils.encoding import force_str
 from django.utils.http import urlencode
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 
 from django_streamexport.columns import (
@@ -59,6 +61,7 @@ from django_streamexport.columns import (
     ExportField,
     ResolvedColumn,
     _walk_lookup,
+    default_label,
     resolve_columns,
 )
 from django_streamexport.conf import conf
@@ -68,8 +71,10 @@ from django_streamexport.exceptions import (
     UnknownField,
 )
 from django_streamexport.formats import (
+    check_format_options,
     default_format_classes,
     format_classes_by_name,
+    make_format,
     select_format_class,
 )
 from django_streamexport.formats.base import ExportFormat
@@ -205,6 +210,8 @@ class ExportAdminMixin:
     export_labels: dict[str, str] | None = None
     #: Format classes offered on the export page; ``None`` means ``STREAMEXPORT_FORMATS``.
     export_format_classes: Sequence[type[ExportFormat]] | None = None
+    #: Options of each format, by format name: ``{"csv": {"delimiter": ";", "bom": True}}``.
+    export_format_options: Mapping[str, Mapping[str, Any]] | None = None
     #: The actions added for users with the export permission.
     export_actions: Sequence[Callable[..., Any]] = (export_as_csv, export_as_ndjson, export_as_xlsx)
     #: The export page's template.
@@ -221,6 +228,9 @@ class ExportAdminMixin:
     #: Offer "Run in the background" on the export page when ``django_streamexport.jobs``
     #: is installed (the job's file lands in ``STREAMEXPORT_JOBS_STORAGE``).
     export_background: bool = True
+    #: The zone datetimes are written in (``"current"``: the one the changelist shows them
+    #: in); ``None`` means ``STREAMEXPORT_TIME_ZONE``.
+    export_time_zone: Any = None
 
     # These come from ModelAdmin.
     model: type[models.Model]
@@ -234,27 +244,50 @@ class ExportAdminMixin:
 
         Default: ``export_fields``; else the entries of ``list_display`` that
         are model fields or ``__`` lookups through forward relations
-        (``"carrier__name"``), skipping ``__str__``, callables and
-        ``ModelAdmin`` methods.  Raises ``ImproperlyConfigured`` when that
-        leaves nothing.
+        (``"carrier__name"``), each written as the changelist shows it where one
+        query can (:meth:`list_display_export_field`), skipping ``__str__``,
+        callables and ``ModelAdmin`` methods (computed in Python).  Raises
+        ``ImproperlyConfigured`` when that leaves nothing.
         """
         if self.export_fields is not None:
             return self.export_fields
         fields: list[ExportField] = []
+        seen: set[str] = set()
         for name in self.get_list_display(request):  # type: ignore[attr-defined]
-            if not isinstance(name, str) or name in fields:
+            if not isinstance(name, str) or name in seen:
                 continue
             try:
-                _walk_lookup(self.model, name)
+                path, _field = _walk_lookup(self.model, name)
             except (FieldDoesNotExist, ValueError):
                 continue
-            fields.append(name)
+            seen.add(name)
+            fields.append(self.list_display_export_field(name, path))
         if not fields:
             raise ImproperlyConfigured(
                 f"{type(self).__name__} has no model fields in list_display to export. Define "
                 f"{type(self).__name__}.export_fields or override get_export_fields()."
             )
         return fields
+
+    def list_display_export_field(self, name: str, path: Sequence[Any]) -> ExportField:
+        """Return the export field of the ``list_display`` entry ``name`` (fields ``path``).
+
+        What the changelist shows, where the export query can give it: a field with
+        choices exports its labels (``Column(name, choices_display=True)``: "Published",
+        not ``"p"``).  A foreign key or one-to-one field exports the related object's
+        key, labelled with it (``"Author (ID)"``): the changelist shows the object's
+        ``__str__()``, which is computed in Python; list the related field to export
+        (``"author__name"``) in ``export_fields`` instead.  Other fields are exported as
+        they are (``name``).
+        """
+        model_field = path[-1]
+        if getattr(model_field, "flatchoices", None):
+            return Column(name, choices_display=True)
+        target = getattr(model_field, "target_field", None)
+        if model_field.is_relation and target is not None:
+            key = capfirst(force_str(target.verbose_name))
+            return Column(name, label=f"{default_label(path)} ({key})")
+        return name
 
     def get_export_labels(self, request: HttpRequest) -> dict[str, str]:
         """Return header labels by field name. Default: ``export_labels`` or none."""
@@ -266,6 +299,15 @@ class ExportAdminMixin:
             return self.export_format_classes
         return default_format_classes()
 
+    def get_export_format_options(self, request: HttpRequest) -> Mapping[str, Mapping[str, Any]]:
+        """Return the options of each format, by format name. Default: ``export_format_options``.
+
+        Each format class is built with the options under its ``format`` name (none without
+        an entry); a name not offered, or an option its class does not take, raises
+        ``ImproperlyConfigured`` on any export.
+        """
+        return self.export_format_options or {}
+
     def get_export_filename(self, request: HttpRequest) -> str:
         """Return the download name without extension. Default: ``verbose_name_plural``."""
         return str(self.opts.verbose_name_plural)
@@ -273,8 +315,9 @@ class ExportAdminMixin:
     def get_export_plan_kwargs(self, request: HttpRequest) -> dict[str, Any]:
         """Return :func:`~django_streamexport.plan.build_plan`'s options for ``request``.
 
-        Default: the requesting ``user`` (for the signals), the filename, ``export_mode``
-        and ``export_keyset_key``; every other option is its ``STREAMEXPORT_*`` setting
+        Default: the requesting ``user`` (for the signals), the filename, ``export_mode``,
+        ``export_keyset_key`` and ``export_time_zone``; every other option is its
+        ``STREAMEXPORT_*`` setting
         (COPY mode, database formatting, sizes, limits, timeouts).  Override to pass
         any option::
 
@@ -286,6 +329,7 @@ class ExportAdminMixin:
             "filename": self.get_export_filename(request),
             "mode": self.export_mode,
             "keyset_key": self.export_keyset_key,
+            "time_zone": self.export_time_zone,
         }
 
     # --- who may export ---------------------------------------------------------------------
@@ -424,10 +468,15 @@ class ExportAdminMixin:
         """
         columns = self.get_export_columns(request, queryset, field_names)
         format_class = self.get_export_format_class(request, format_name)
+        source = f"{type(self).__name__}.export_format_options"
+        options = self.get_export_format_options(request)
+        check_format_options(self.get_export_format_classes(request), options, source=source)
         return build_plan(
             queryset,
             columns=columns,
-            export_format=format_class,
+            export_format=make_format(
+                format_class, columns, options.get(format_class.format), source=source
+            ),
             **self.get_export_plan_kwargs(request),
         )
 

@@ -3,7 +3,7 @@
 Ids are stable; each is documented in docs/reference/checks.rst (the settings checks'
 messages and hints are generated from :func:`check_settings` when the documentation is
 built) and in the README's "System checks" section.
-:func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E017, E101);
+:func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E021, E101);
 :func:`check_databases` and :func:`check_green_psycopg2` warn about deployments on which
 exports would not stream (W001-W003), :func:`check_gevent_persistent_connections` about
 connections a gevent worker would pile up (W004).  W101 is an admin check, reported by each
@@ -27,6 +27,7 @@ from django.db import connections
 from django_streamexport.conf import conf
 from django_streamexport.plan import is_count, is_integer, is_timeout
 from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
+from django_streamexport.timezones import is_time_zone
 
 logger = logging.getLogger("django_streamexport")
 
@@ -41,7 +42,7 @@ def _error(name: str, problem: str, hint: str, check_id: str) -> Error:
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E020, E101).
+    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E021, E101).
 
     One id per setting, returned in the order of the ids.  E101 is checked here, once,
     rather than by each export admin.
@@ -67,6 +68,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         _xlsx_time_zone(),  # E018
         _int_range("XLSX_COMPRESS_LEVEL", "E019", 0, 9),
         _int_range("PARQUET_ROW_GROUP_ROWS", "E020", 1, 10_000_000),
+        _time_zone(),  # E021
         _admin_export_permission(),  # E101
     ]
     return [error for error in errors if error is not None]
@@ -227,6 +229,20 @@ def _xlsx_time_zone() -> Error | None:
         f"must be None or a time zone name such as 'Europe/Paris', not {value!r}.",
         "Use an IANA time zone name, or remove the setting to use TIME_ZONE.",
         "E018",
+    )
+
+
+def _time_zone() -> Error | None:
+    """E021: ``None``, ``"current"`` or a time zone name the ``zoneinfo`` database knows."""
+    value = conf.TIME_ZONE
+    if is_time_zone(value):
+        return None
+    return _error(
+        "TIME_ZONE",
+        f"must be None, \"current\" or a time zone name such as 'Europe/Berlin', not {value!r}.",
+        'Use None (UTC, as the database returns datetimes), "current" (Django\'s current '
+        "time zone) or an IANA time zone name.",
+        "E021",
     )
 
 

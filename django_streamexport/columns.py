@@ -149,6 +149,19 @@ def _walk_lookup(model: type[models.Model], name: str) -> tuple[list[models.Fiel
     return path, path[-1]
 
 
+def _not_a_lookup(name: str) -> str | None:
+    """Return why ``name`` cannot be a lookup (``"__str__"``, an empty part), or ``None``."""
+    if name.endswith("__str__"):  # "__str__", "author__str__"
+        return (
+            "__str__() is computed in Python, and an export is one database query. Export "
+            'the fields it is built from (such as "name" or "author__name"), or annotate the '
+            "queryset with the text (Concat(...)) and export the annotation."
+        )
+    if "" in name.split(LOOKUP_SEP):
+        return f"a lookup's parts are field names joined by {LOOKUP_SEP!r}, and one is empty."
+    return None
+
+
 def default_label(path: Sequence[models.Field]) -> str:
     """Return the header label for a lookup path.
 
@@ -173,8 +186,8 @@ def resolve_columns(
     :class:`ResolvedColumn` per field, in order.
 
     Raises ``ImproperlyConfigured`` naming the field for an unknown lookup, a
-    to-many lookup, a duplicate name, or ``choices_display`` on a field
-    without choices.
+    to-many lookup, ``"__str__"`` (computed in Python; the message says what to export
+    instead), a duplicate name, or ``choices_display`` on a field without choices.
     """
     labels = labels or {}
     annotations = queryset.query.annotations
@@ -199,6 +212,11 @@ def resolve_columns(
             label = capfirst(name.replace("_", " "))
             model_field = output_field
         else:
+            refusal = _not_a_lookup(name)
+            if refusal is not None:
+                raise ImproperlyConfigured(
+                    f"Cannot export {name!r} from {model._meta.label}: {refusal}"
+                )
             try:
                 path, model_field = _walk_lookup(model, name)
             except (FieldDoesNotExist, ValueError) as exc:

@@ -5,7 +5,7 @@ Every setting is read from ``django.conf.settings`` at call time, so
 Each property documents its type and default; the documentation's settings reference
 (docs/reference/settings.rst) is generated from them when it is built, and
 :func:`django_streamexport.checks.check_settings` validates
-every one at start-up (ids ``django_streamexport.E001`` to ``E020`` and ``E101``).
+every one at start-up (ids ``django_streamexport.E001`` to ``E021`` and ``E101``).
 """
 
 from __future__ import annotations
@@ -87,6 +87,20 @@ class Settings:
     def CSV_ESCAPE_FORMULAS(self) -> bool:
         """Prefix ``'`` to text cells that a spreadsheet would run as a formula. Default True."""
         return getattr(settings, "STREAMEXPORT_CSV_ESCAPE_FORMULAS", True)
+
+    @property
+    def TIME_ZONE(self) -> str | None:
+        """The time zone datetimes are written in. Default ``None``: as the database returns
+        them (UTC under ``USE_TZ = True``).
+
+        ``"current"``: Django's current time zone when the export is planned
+        (``timezone.activate()``, by a middleware for the request's user; else
+        ``TIME_ZONE``); or an IANA name (``"Europe/Berlin"``).  Text formats write ISO
+        8601 with the zone's offset; XLSX the wall time there (unless
+        ``STREAMEXPORT_XLSX_TIME_ZONE`` is set); Parquet keeps UTC timestamps.  A view's
+        ``time_zone`` wins.  Checked by E021; see :mod:`django_streamexport.timezones`.
+        """
+        return getattr(settings, "STREAMEXPORT_TIME_ZONE", None)
 
     @property
     def COPY_MODE(self) -> bool | str:
@@ -202,7 +216,9 @@ class Settings:
     def XLSX_TIME_ZONE(self) -> str | None:
         """Time zone name aware datetimes are written in, in XLSX files (Excel has none).
 
-        Default ``None``: the project's ``TIME_ZONE``.  Checked by E018.
+        Default ``None``: the export's time zone (``STREAMEXPORT_TIME_ZONE``, a view's
+        ``time_zone``), else the project's ``TIME_ZONE``.  Set, it wins over both for
+        XLSX.  Checked by E018.
         """
         return getattr(settings, "STREAMEXPORT_XLSX_TIME_ZONE", None)
 

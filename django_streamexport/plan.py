@@ -18,6 +18,7 @@ through their ``get_export_plan_kwargs()`` hooks).
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ from django.db import connections, models
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
 from django_streamexport.conf import conf
-from django_streamexport.formats import default_format_classes, select_format_class
+from django_streamexport.formats import default_format_classes, make_format, select_format_class
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.http import safe_filename
 from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
+from django_streamexport.timezones import resolve_time_zone
 
 __all__ = ["COPY_MODES", "MODES", "ExportPlan", "build_plan", "unique_key_field"]
 
@@ -51,7 +53,9 @@ class ExportPlan:
     own; ``max_rows`` ``None`` for no limit.  ``filename`` is the cleaned download name
     with the format's extension (RFC 6266 ``Content-Disposition``).  ``user`` is the
     user the export is made for (``None`` from the command line), passed to the
-    signals.
+    signals.  ``time_zone`` is the zone datetimes are written in (``None``: as the database
+    returns them, UTC under ``USE_TZ``), already given to the format
+    (:meth:`~django_streamexport.formats.base.ExportFormat.set_time_zone`).
     """
 
     queryset: models.QuerySet
@@ -70,6 +74,7 @@ class ExportPlan:
     idle_in_transaction_timeout: float | None = None
     user: Any = None
     filename: str = "export"
+    time_zone: datetime.tzinfo | None = None
     export_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -179,6 +184,7 @@ def build_plan(
     idle_in_transaction_timeout: float | None = None,
     user: Any = None,
     filename: str | None = None,
+    time_zone: str | datetime.tzinfo | None = None,
     export_id: str | None = None,
 ) -> ExportPlan:
     """Return the validated :class:`ExportPlan` of exporting ``queryset``.
@@ -188,7 +194,9 @@ def build_plan(
     ``columns`` already resolved by the caller.  How to write it: ``export_format``
     (an instance, or a callable taking the columns), else the class named ``format``
     among ``format_classes`` (default ``STREAMEXPORT_FORMATS``; ``None`` names the
-    first) built with ``format_options``.  ``None`` for any other option means its
+    first) built with ``format_options``, the options of that class
+    (``{"delimiter": ";"}`` for CSV; one the class does not take raises
+    ``ImproperlyConfigured`` naming the format).  ``None`` for any other option means its
     setting: ``using`` (``STREAMEXPORT_DATABASE``, then the queryset's database),
     ``mode`` (``"cursor"``), ``keyset_key`` (``"pk"``), ``copy_mode``
     (``STREAMEXPORT_COPY_MODE``), ``database_formatting``
@@ -197,7 +205,9 @@ def build_plan(
     ``max_rows`` (``STREAMEXPORT_MAX_ROWS``; 0 means no limit), ``statement_timeout``
     and ``idle_in_transaction_timeout`` (seconds; ``STREAMEXPORT_STATEMENT_TIMEOUT``,
     ``STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT``; 0 keeps the server's), ``filename``
-    (the model's ``verbose_name_plural``; cleaned, the extension added).
+    (the model's ``verbose_name_plural``; cleaned, the extension added), ``time_zone``
+    (``STREAMEXPORT_TIME_ZONE``: ``"current"``, a zone name or a ``tzinfo``; ``None``
+    writes datetimes as the database returns them; :mod:`django_streamexport.timezones`).
 
     Raises :class:`~django_streamexport.exceptions.UnknownFormat` (a 400 for a
     request) when ``format`` names no offered format, and ``ImproperlyConfigured``,
@@ -225,13 +235,16 @@ def build_plan(
         if not classes:
             raise ImproperlyConfigured("No export formats are offered.")
         format_class = select_format_class(classes, format)
-        instance = format_class(columns, **dict(format_options or {}))
+        instance = make_format(format_class, columns, format_options, source="format_options")
     elif isinstance(export_format, ExportFormat):
         instance = export_format
     else:
         instance = export_format(columns)
     if not instance.title:
         instance.title = str(queryset.model._meta.verbose_name_plural)
+    zone = resolve_time_zone(_setting(time_zone, conf.TIME_ZONE))
+    if zone is not None:
+        instance.set_time_zone(zone)
 
     alias = using or conf.DATABASE or queryset.db
     if alias not in connections:
@@ -282,6 +295,7 @@ def build_plan(
             _setting(idle_in_transaction_timeout, conf.IDLE_IN_TRANSACTION_TIMEOUT),
         ),
         user=user,
+        time_zone=zone,
         filename=safe_filename(
             str(queryset.model._meta.verbose_name_plural) if filename is None else filename,
             instance.extension,

@@ -20,6 +20,8 @@ Three layers, as in Django's generic views:
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +38,12 @@ from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
 from django_streamexport.exceptions import ExportRequestError
-from django_streamexport.formats import default_format_classes, select_format_class
+from django_streamexport.formats import (
+    check_format_options,
+    default_format_classes,
+    make_format,
+    select_format_class,
+)
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.limits import Slot
 from django_streamexport.plan import ExportPlan, build_plan
@@ -50,6 +57,14 @@ from django_streamexport.responses import (
 from django_streamexport.streaming import ExportStream
 
 __all__ = ["BaseStreamingExportView", "StreamingExportMixin", "StreamingExportView"]
+
+
+def _takes_no_argument(method: Any) -> bool:
+    """Say whether the bound ``method`` takes no argument (an override of an older hook)."""
+    try:
+        return not inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class StreamingExportMixin:
@@ -69,6 +84,8 @@ class StreamingExportMixin:
     export_labels: Mapping[str, str] | None = None
     #: Format classes offered; ``None`` means ``STREAMEXPORT_FORMATS``. The first is the default.
     format_classes: Sequence[type[ExportFormat]] | None = None
+    #: Options of each format, by format name: ``{"csv": {"delimiter": ";", "bom": True}}``.
+    format_options: Mapping[str, Mapping[str, Any]] | None = None
     #: The query parameter that selects a format by name.
     format_query_param = "format"
     #: The download name without extension; ``None`` uses the exported model's
@@ -107,6 +124,9 @@ class StreamingExportMixin:
     #: streaming it: ``False``, ``True``, or ``"auto"`` (above ``STREAMEXPORT_BACKGROUND_ROWS``
     #: rows by the planner's estimate).  A queued job answers ``202 Accepted``.
     background: bool | str = False
+    #: The zone datetimes are written in: ``"current"`` (Django's current time zone), a name
+    #: (``"Europe/Berlin"``) or a ``tzinfo``; ``None`` means ``STREAMEXPORT_TIME_ZONE``.
+    time_zone: Any = None
 
     request: HttpRequest
 
@@ -172,13 +192,52 @@ class StreamingExportMixin:
             raise ImproperlyConfigured(f"{type(self).__name__} offers no export formats.")
         return select_format_class(classes, self.get_format_name())
 
-    def get_format_kwargs(self) -> dict[str, Any]:
-        """Return keyword arguments for the format class (``delimiter``, ``bom``...)."""
-        return {}
+    def get_format_options(self) -> Mapping[str, Mapping[str, Any]]:
+        """Return the options of each format, by format name. Default: ``format_options``."""
+        return self.format_options or {}
+
+    def get_format_kwargs(self, format_class: type[ExportFormat]) -> dict[str, Any]:
+        """Return the keyword arguments ``format_class`` is built with for this request.
+
+        Default: the options of ``format_class.format`` in :meth:`get_format_options`
+        (none for a format without an entry).  Override to decide per request::
+
+            def get_format_kwargs(self, format_class):
+                if format_class.format == "csv":
+                    return {"delimiter": ";", "bom": True}
+                return super().get_format_kwargs(format_class)
+
+        An override written for earlier versions, ``get_format_kwargs(self)`` without
+        ``format_class``, is still called (with a ``DeprecationWarning``); its options must
+        suit every offered format, or the export raises ``ImproperlyConfigured`` naming the
+        format that does not take them.
+        """
+        return dict(self.get_format_options().get(format_class.format) or {})
 
     def get_format(self, columns: Sequence[ResolvedColumn]) -> ExportFormat:
-        """Return the format instance that renders ``columns``."""
-        return self.get_format_class()(columns, **self.get_format_kwargs())
+        """Return the format instance that renders ``columns``.
+
+        The class of :meth:`get_format_class`, built with :meth:`get_format_kwargs`.  Raises
+        ``ImproperlyConfigured`` when :meth:`get_format_options` names a format not offered
+        or gives a format an option it does not take (whichever format is requested).
+        """
+        format_class = self.get_format_class()
+        name = type(self).__name__
+        check_format_options(
+            self.get_format_classes(), self.get_format_options(), source=f"{name}.format_options"
+        )
+        if _takes_no_argument(self.get_format_kwargs):
+            warnings.warn(
+                f"{name}.get_format_kwargs() takes no format_class: its options are given to "
+                "every format. Define get_format_kwargs(self, format_class), or set "
+                "format_options = {'csv': {...}} by format name.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kwargs = self.get_format_kwargs()  # type: ignore[call-arg]
+        else:
+            kwargs = self.get_format_kwargs(format_class)
+        return make_format(format_class, columns, kwargs, source=f"{name}.get_format_kwargs()")
 
     def get_filename(self) -> str | None:
         """Return the download name without extension; ``None`` names it after the model.
@@ -208,6 +267,14 @@ class StreamingExportMixin:
     def get_statement_timeout(self) -> float | None:
         """Return seconds per database statement (``None``: the setting; 0: the server's)."""
         return self.statement_timeout
+
+    def get_time_zone(self) -> Any:
+        """Return the zone datetimes are written in. Default: ``time_zone`` (``None``: the setting).
+
+        ``"current"`` is Django's current time zone when the plan is built, in the request
+        (``timezone.activate()`` by a middleware); see :mod:`django_streamexport.timezones`.
+        """
+        return self.time_zone
 
     def get_idle_in_transaction_timeout(self) -> float | None:
         """Return seconds the export transaction may wait on the client (``None``: the setting)."""
@@ -260,9 +327,9 @@ class StreamingExportMixin:
         """Return :func:`~django_streamexport.plan.build_plan`'s options for this request.
 
         Default: every option from its hook or attribute (database, mode and key, COPY
-        mode, database formatting, prefetching, sizes, limits, timeouts, filename) and
-        the requesting ``user`` (for the signals).  Override to pass any other option
-        without a new hook::
+        mode, database formatting, prefetching, sizes, limits, timeouts, filename, time
+        zone) and the requesting ``user`` (for the signals).  Override to pass any other
+        option without a new hook::
 
             def get_export_plan_kwargs(self):
                 return {**super().get_export_plan_kwargs(), "max_rows": 50_000}
@@ -281,6 +348,7 @@ class StreamingExportMixin:
             "idle_in_transaction_timeout": self.get_idle_in_transaction_timeout(),
             "user": getattr(self.request, "user", None),
             "filename": self.get_filename(),
+            "time_zone": self.get_time_zone(),
         }
 
     def get_export_plan(self) -> ExportPlan:

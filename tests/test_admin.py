@@ -25,6 +25,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils.deprecation import RemovedAfterNextVersionWarning, RemovedInNextVersionWarning
 
 from django_streamexport.admin import ExportModelAdmin, export_as_csv, export_as_ndjson
+from django_streamexport.columns import Column
 from django_streamexport.limits import export_slots
 from tests import settings as test_settings
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
@@ -729,3 +730,128 @@ def test_export_page_breadcrumbs_are_written_as_djangos_own(admin_client):
     assert ("\u203a" in ours.text) == ("\u203a" in django_crumbs.text)
     assert ours.links == [*django_crumbs.links, f"{CHANGELIST}?status__exact=p"]
     assert " ".join(ours.text.replace("\u203a", " ").split()) == "Home Testapp Records Export"
+
+
+# --- default columns: what the changelist shows (tests/testapp/urls.py) -------------------
+
+#: ListDisplayRecordAdmin: no export_fields, so its columns come from list_display.
+LIST_DISPLAY_ADMIN = "/list-display-admin/testapp/record/"
+
+
+@pytest.mark.urls("tests.testapp.urls")
+@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
+def test_default_columns_export_choice_labels_and_the_related_key(admin_client, fmt):
+    """list_display's "status" shows "Published", so the export writes it, not "p"."""
+    records = make_records("default")
+    response = admin_client.get(LIST_DISPLAY_ADMIN + "export/", {"format": fmt})
+    header, rows = export_rows(response, fmt)
+    if fmt == "csv":
+        # "__str__" is skipped; the foreign key says that it is the related key.
+        assert header == ["Record title", "Status", "Author (ID)", "Count", "Created"]
+        assert [row[1] for row in rows] == [r.get_status_display() for r in records]
+        assert [row[2] for row in rows] == [str(r.author_id or "") for r in records]
+    else:
+        assert [list(row) for row in rows] == [
+            ["title", "status", "author", "count", "created"]
+        ] * len(rows)
+        assert [row["status"] for row in rows] == [r.get_status_display() for r in records]
+        assert [row["author"] for row in rows] == [r.author_id for r in records]
+    assert {"Draft", "Published"} == {r.get_status_display() for r in records}
+
+
+@pytest.mark.urls("tests.testapp.urls")
+def test_default_columns_on_the_export_page_and_in_the_actions(admin_client):
+    records = make_records("default", 4)
+    page = admin_client.get(LIST_DISPLAY_ADMIN + "export/")
+    assert page.status_code == 200
+    assert [c["label"] for c in page.context["columns"]] == [
+        "Record title",
+        "Status",
+        "Author (ID)",
+        "Count",
+        "Created",
+    ]
+    response = admin_client.post(
+        LIST_DISPLAY_ADMIN,
+        {"action": "export_as_csv", "index": "0", "_selected_action": [records[1].pk]},
+    )
+    header, rows = export_rows(response, "csv")
+    assert header[1] == "Status"
+    assert rows[0][1] == records[1].get_status_display() == "Published"
+
+
+def test_default_columns_use_the_changelist_display_only_where_one_query_can(rf):
+    class DefaultAdmin(ExportModelAdmin):
+        list_display = ("title", "status", "author", "author__country", "author__country__name")
+
+    fields = DefaultAdmin(Record, admin.site).get_export_fields(rf.get("/"))
+    assert fields == [
+        "title",
+        Column("status", choices_display=True),
+        Column("author", label="Author (ID)"),
+        Column("author__country", label="Author country (ID)"),
+        "author__country__name",
+    ]
+
+
+def test_str_in_export_fields_is_refused_with_what_to_do_instead(rf):
+    class StrAdmin(ExportModelAdmin):
+        export_fields = ("__str__", "title")
+
+    model_admin = StrAdmin(Record, admin.site)
+    with pytest.raises(ImproperlyConfigured, match=r"__str__\(\) is computed in Python") as info:
+        model_admin.get_export_columns(rf.get("/"), Record.objects.all())
+    assert "Export the fields it is built from" in str(info.value)
+    assert "no field named ''" not in str(info.value)
+
+
+# --- format options, by format name ---------------------------------------------------------
+
+
+def test_export_format_options_apply_to_their_format_only(rf):
+    class OptionsAdmin(RecordAdmin):
+        export_format_options = {"csv": {"delimiter": ";", "bom": True}}
+
+    records = make_records("default", 3)
+    model_admin = OptionsAdmin(Record, admin.site)
+    request = rf.get("/")
+    request.user = User.objects.create_superuser("options", "o@example.com", "pw")
+    queryset = Record.objects.order_by("id")
+    csv_data = body(model_admin.export_queryset_response(request, queryset, "csv", ["id", "title"]))
+    assert csv_data.startswith(b"\xef\xbb\xbfID;Record title\r\n")
+    ndjson = body(model_admin.export_queryset_response(request, queryset, "ndjson", ["id"]))
+    assert parse_ndjson(ndjson) == [{"id": r.id} for r in records]
+    OptionsAdmin.export_format_options = {"xlsx": {"delimiter": ";"}}
+    with pytest.raises(ImproperlyConfigured, match=r"\['xlsx'\] gives XLSXFormat"):
+        model_admin.export_queryset_response(request, queryset, "csv", ["id"])
+
+
+# --- the time zone ----------------------------------------------------------------------------
+
+
+def test_export_time_zone_current_is_the_zone_the_changelist_shows(admin_client):
+    """With a middleware's timezone.activate(), "current" is the request's zone."""
+    import datetime
+
+    from django.utils import timezone
+
+    class LocalRecordAdmin(RecordAdmin):
+        export_time_zone = "current"
+
+    Record.objects.create(
+        created=datetime.datetime(2013, 7, 1, 5, 30, tzinfo=datetime.timezone.utc)
+    )
+    request = RequestFactory().get("/")
+    request.user = User.objects.create_superuser("local", "l@example.com", "pw")
+    model_admin = LocalRecordAdmin(Record, admin.site)
+    with timezone.override("Europe/Berlin"):
+        response = model_admin.export_queryset_response(
+            request, Record.objects.all(), "csv", ["created"]
+        )
+    assert parse_csv(body(response)) == [["Created"], ["2013-07-01T07:30:00+02:00"]]
+    # The default (STREAMEXPORT_TIME_ZONE = None): UTC, as the database returns it.
+    with timezone.override("Europe/Berlin"):
+        response = RecordAdmin(Record, admin.site).export_queryset_response(
+            request, Record.objects.all(), "csv", ["created"]
+        )
+    assert parse_csv(body(response))[1] == ["2013-07-01T05:30:00+00:00"]

@@ -85,3 +85,17 @@ def test_errors(fields, message):
 def test_reverse_to_many_from_author_is_refused():
     with pytest.raises(ImproperlyConfigured, match="to-many"):
         resolve_columns(Author.objects.all(), ["records__title"])
+
+
+@pytest.mark.parametrize("name", ["__str__", "author__str__"])
+def test_str_is_refused_with_what_to_export_instead(name):
+    with pytest.raises(ImproperlyConfigured, match=r"__str__\(\) is computed in Python") as info:
+        resolve_columns(Record.objects.all(), ["id", name])
+    assert f"Cannot export {name!r} from testapp.Record" in str(info.value)
+    assert "annotate the queryset" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["title__", "author____name", "__title"])
+def test_a_lookup_with_an_empty_part_is_refused_as_such(name):
+    with pytest.raises(ImproperlyConfigured, match="one is empty"):
+        resolve_columns(Record.objects.all(), [name])

@@ -37,6 +37,7 @@ SETTINGS = [
     ("XLSX_TIME_ZONE", None, "Europe/Paris"),
     ("XLSX_COMPRESS_LEVEL", 1, 6),
     ("PARQUET_ROW_GROUP_ROWS", 65536, 1000),
+    ("TIME_ZONE", None, "current"),
 ]
 
 NAMES = [name for name, _default, _example in SETTINGS]

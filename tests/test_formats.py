@@ -237,3 +237,81 @@ def test_naive_datetimes_get_the_default_time_zone_offset(transactional_db):
         csv_cell = parse_csv(export("default", CSVFormat, ["created"]))[1][0]
         json_cell = parse_ndjson(export("default", NDJSONFormat, ["created"]))[0]["created"]
     assert csv_cell == json_cell == "2013-07-01T12:00:00-04:00"
+
+
+# --- the export's time zone: the same text in every text format ------------------------------
+
+#: A winter and a summer instant, a DST fold, microseconds, a NULL.
+ZONE_MOMENTS = [
+    datetime.datetime(2013, 1, 1, 5, 30, 15, 123000, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2013, 7, 1, 5, 30, 15, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2021, 10, 31, 0, 30, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2021, 10, 31, 1, 30, tzinfo=datetime.timezone.utc),
+    None,
+]
+#: ZONE_MOMENTS in Europe/Berlin.
+BERLIN = [
+    "2013-01-01T06:30:15.123000+01:00",
+    "2013-07-01T07:30:15+02:00",
+    "2021-10-31T02:30:00+02:00",
+    "2021-10-31T02:30:00+01:00",
+    None,
+]
+
+
+def zoned_export(alias, fmt, **plan_options):
+    Record.objects.using(alias).bulk_create(
+        [Record(title=str(i), created=m) for i, m in enumerate(ZONE_MOMENTS)]
+    )
+    queryset = Record.objects.using(alias).order_by("id")
+    columns = resolve_columns(queryset, ["created"])
+    stream = plan_stream(queryset, columns, fmt(columns), using=alias, **plan_options)
+    return b"".join(stream)
+
+
+@pytest.mark.parametrize("how", ["option", "setting"])
+def test_csv_ndjson_and_json_write_datetimes_in_the_export_time_zone(db_alias, how):
+    from django_streamexport.formats.json import JSONFormat
+
+    options = {"time_zone": "Europe/Berlin"} if how == "option" else {}
+    with override_settings(STREAMEXPORT_TIME_ZONE="Europe/Berlin" if how == "setting" else None):
+        csv_data = zoned_export(db_alias, CSVFormat, **options)
+        Record.objects.using(db_alias).all().delete()
+        ndjson_data = zoned_export(db_alias, NDJSONFormat, **options)
+        Record.objects.using(db_alias).all().delete()
+        json_data = zoned_export(db_alias, JSONFormat, **options)
+    assert [row[0] or None for row in parse_csv(csv_data)[1:]] == BERLIN
+    assert [line["created"] for line in parse_ndjson(ndjson_data)] == BERLIN
+    import json
+
+    assert [item["created"] for item in json.loads(json_data)] == BERLIN
+    # The same instants as stored.
+    assert [datetime.datetime.fromisoformat(c) if c else None for c in BERLIN] == ZONE_MOMENTS
+
+
+def test_without_a_time_zone_datetimes_stay_utc(db_alias):
+    cells = [row[0] for row in parse_csv(zoned_export(db_alias, CSVFormat))[1:]]
+    assert cells[:2] == ["2013-01-01T05:30:15.123000+00:00", "2013-07-01T05:30:15+00:00"]
+
+
+def test_ndjson_keeps_an_offset_with_seconds(db_alias):
+    """orjson would cut +00:53:28 (Berlin's local mean time) to +00:53, another instant."""
+    moment = datetime.datetime(1890, 1, 1, tzinfo=datetime.timezone.utc)
+    Record.objects.using(db_alias).create(created=moment)
+    queryset = Record.objects.using(db_alias)
+    columns = resolve_columns(queryset, ["created"])
+    stream = plan_stream(
+        queryset, columns, NDJSONFormat(columns), using=db_alias, time_zone="Europe/Berlin"
+    )
+    (line,) = parse_ndjson(b"".join(stream))
+    assert line["created"] == "1890-01-01T00:53:28+00:53:28"
+
+
+def test_naive_datetimes_are_written_in_the_export_time_zone(transactional_db):
+    with override_settings(USE_TZ=False, TIME_ZONE="America/New_York"):
+        Record.objects.create(created=datetime.datetime(2013, 7, 1, 12, 0))
+        queryset = Record.objects.all()
+        columns = resolve_columns(queryset, ["created"])
+        stream = plan_stream(queryset, columns, CSVFormat(columns), time_zone="Asia/Kolkata")
+        cell = parse_csv(b"".join(stream))[1][0]
+    assert cell == "2013-07-01T21:30:00+05:30"  # 12:00 in New York (EDT)

@@ -85,7 +85,7 @@ def export(alias: str, query: str = "?format=parquet", format_kwargs=None, **att
     """Return the response of ``RecordExport`` (every field) reading ``alias``."""
     attrs["using"] = alias
     if format_kwargs is not None:
-        attrs["get_format_kwargs"] = lambda self: dict(format_kwargs)
+        attrs["format_options"] = {"parquet": format_kwargs}
     view = type("AliasRecordExport", (RecordExport,), attrs)
     return view.as_view()(RequestFactory().get("/records/export/" + query))
 
@@ -237,6 +237,17 @@ def test_write_to_file_reads_back_in_pyarrow_and_duckdb(db_alias, tmp_path):
     assert written == path.stat().st_size
     assert_pyarrow_matches(path, records)
     assert_duckdb_matches(path, records)
+
+
+def test_the_export_time_zone_leaves_parquet_timestamps_in_utc(db_alias, tmp_path):
+    """A timestamp type carries the instant: the same file whatever the export's time zone."""
+    records = make_records(db_alias)
+    utc_path, zoned_path = tmp_path / "utc.parquet", tmp_path / "zoned.parquet"
+    export_to_file(db_alias, utc_path)
+    with override_settings(STREAMEXPORT_TIME_ZONE="Asia/Kolkata"):
+        export_to_file(db_alias, zoned_path, time_zone="Europe/Berlin")
+    assert zoned_path.read_bytes() == utc_path.read_bytes()
+    assert_pyarrow_matches(zoned_path, records)
 
 
 def test_an_empty_export_is_a_valid_file_with_the_schema(db_alias, tmp_path):

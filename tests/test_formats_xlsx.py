@@ -528,17 +528,34 @@ def test_long_text_from_the_database_is_cut_and_logged(db_alias, caplog):
 
 # --- dates, times, numbers, booleans ----------------------------------------------------
 
+XLSX_SYDNEY = {"STREAMEXPORT_XLSX_TIME_ZONE": "Australia/Sydney"}
+#: (XLSX options, settings, plan options, the zone of the wall times)
 ZONE_CASES = [
-    pytest.param({}, {}, "America/New_York", id="TIME_ZONE"),
-    pytest.param({"time_zone": "Asia/Kolkata"}, {}, "Asia/Kolkata", id="option"),
+    pytest.param({}, {}, {}, "America/New_York", id="TIME_ZONE"),
+    pytest.param({"time_zone": "Asia/Kolkata"}, {}, {}, "Asia/Kolkata", id="option"),
+    pytest.param({}, XLSX_SYDNEY, {}, "Australia/Sydney", id="setting"),
     pytest.param(
-        {}, {"STREAMEXPORT_XLSX_TIME_ZONE": "Australia/Sydney"}, "Australia/Sydney", id="setting"
+        {"time_zone": "Asia/Kolkata"}, XLSX_SYDNEY, {}, "Asia/Kolkata", id="option-over-setting"
     ),
+    # The export's time zone (STREAMEXPORT_TIME_ZONE, the plan's time_zone) when XLSX has none.
     pytest.param(
+        {}, {"STREAMEXPORT_TIME_ZONE": "Asia/Kolkata"}, {}, "Asia/Kolkata", id="export-setting"
+    ),
+    pytest.param({}, {}, {"time_zone": "Asia/Kolkata"}, "Asia/Kolkata", id="export-option"),
+    pytest.param(
+        {},
+        {"STREAMEXPORT_TIME_ZONE": "Europe/Berlin"},
         {"time_zone": "Asia/Kolkata"},
-        {"STREAMEXPORT_XLSX_TIME_ZONE": "Australia/Sydney"},
         "Asia/Kolkata",
-        id="option-over-setting",
+        id="export-option-over-export-setting",
+    ),
+    pytest.param({}, XLSX_SYDNEY, {"time_zone": "Asia/Kolkata"}, "Australia/Sydney", id="xlsx-own"),
+    pytest.param(
+        {"time_zone": "Australia/Sydney"},
+        {},
+        {"time_zone": "Asia/Kolkata"},
+        "Australia/Sydney",
+        id="xlsx-option-over-export",
     ),
 ]
 #: Aware datetimes around both zones' DST changes, a leap day, far dates; whole milliseconds.
@@ -561,14 +578,18 @@ MOMENTS = [
 
 
 @both_databases
-@pytest.mark.parametrize(("format_options", "setting", "zone"), ZONE_CASES)
-def test_datetimes_are_serials_in_the_export_time_zone(db_alias, format_options, setting, zone):
+@pytest.mark.parametrize(("format_options", "setting", "plan_options", "zone"), ZONE_CASES)
+def test_datetimes_are_serials_in_the_export_time_zone(
+    db_alias, format_options, setting, plan_options, zone
+):
     Record.objects.using(db_alias).bulk_create(
         [Record(title=str(i), created=m) for i, m in enumerate(MOMENTS)]
     )
     queryset = records(db_alias)
     with override_settings(**setting):
-        data, columns = export(queryset, fields=["id", "created"], format_options=format_options)
+        data, columns = export(
+            queryset, fields=["id", "created"], format_options=format_options, **plan_options
+        )
     rows = database_rows(queryset, columns)
     assert [row[1] for row in rows] == MOMENTS  # the database kept each instant
     (calamine,) = read_calamine(data)

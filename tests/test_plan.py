@@ -7,10 +7,14 @@ connection's settings for the length of one test.
 
 from __future__ import annotations
 
+import datetime
+import zoneinfo
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.test import override_settings
+from django.utils import timezone
 
 from django_streamexport.columns import resolve_columns
 from django_streamexport.exceptions import UnknownFormat
@@ -54,6 +58,15 @@ SETTINGS_CASES = [
     ),
     ("database_formatting", "STREAMEXPORT_DATABASE_FORMATTING", False, True, False, True),
     ("using", "STREAMEXPORT_DATABASE", "sqlite", "default", "sqlite", "default"),
+    (
+        "time_zone",
+        "STREAMEXPORT_TIME_ZONE",
+        "Asia/Kolkata",
+        "Europe/Berlin",
+        zoneinfo.ZoneInfo("Asia/Kolkata"),
+        zoneinfo.ZoneInfo("Europe/Berlin"),
+    ),
+    ("time_zone", "STREAMEXPORT_TIME_ZONE", None, "UTC", None, zoneinfo.ZoneInfo("UTC")),
 ]
 
 
@@ -85,6 +98,8 @@ def test_defaults_without_settings():
     assert built.keyset_key == "pk"
     assert built.using == "default"  # the queryset's database (the routers)
     assert built.user is None
+    assert built.time_zone is None
+    assert built.format.time_zone is None
     assert len(built.export_id) == 12
 
 
@@ -158,6 +173,10 @@ def test_settings_are_resolved_once_when_the_plan_is_built():
         ({"mode": "keyset", "keyset_key": "author__name"}, "need a key that is a field"),
         ({"mode": "keyset", "keyset_key": "nope"}, "need a key that is a field"),
         ({"format_classes": []}, "No export formats are offered"),
+        ({"time_zone": "Mars/Olympus"}, 'time_zone must be None, "current", a time zone name'),
+        ({"time_zone": ""}, "time_zone must be None"),
+        ({"time_zone": "../etc/passwd"}, "time_zone must be None"),
+        ({"time_zone": 1}, "time_zone must be None"),
     ],
     ids=lambda value: repr(value) if isinstance(value, dict) else "",
 )
@@ -175,6 +194,7 @@ def test_invalid_options_are_refused_naming_the_option(options, message):
         ("STREAMEXPORT_COPY_MODE", "yes", "copy_mode"),
         ("STREAMEXPORT_STATEMENT_TIMEOUT", -1, "statement_timeout"),
         ("STREAMEXPORT_DATABASE", "replica", "not in DATABASES"),
+        ("STREAMEXPORT_TIME_ZONE", "Europe/Nowhere", "time_zone must be None"),
     ],
 )
 def test_invalid_settings_are_refused_too(setting, value, message):
@@ -251,9 +271,18 @@ def test_format_options_are_passed_to_the_format_class():
     assert built.format.start() == "\ufeffID;Record title;Author name\r\n".encode()
 
 
-def test_unknown_format_options_fail_as_the_class_does():
-    with pytest.raises(TypeError, match="nonsense"):
-        plan(format="csv", format_options={"nonsense": 1})
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("csv", {"nonsense": 1}, r"CSVFormat \(format 'csv'; its options: bom, delimiter, "),
+        ("ndjson", {"delimiter": ";", "bom": True}, r"NDJSONFormat \(format 'ndjson'; its "),
+        ("json", {"end_record": True}, r"JSONFormat \(format 'json'; its options: none\)"),
+    ],
+)
+def test_format_options_a_format_does_not_take_are_refused_naming_it(name, options, message):
+    with pytest.raises(ImproperlyConfigured, match=message) as info:
+        plan(format=name, format_options=options)
+    assert "options it does not take: " + ", ".join(map(repr, options)) in str(info.value)
 
 
 def test_export_format_instance_is_used_as_is():
@@ -334,3 +363,37 @@ def test_a_timeout_postgresql_cannot_take_is_refused(name, value):
     """An explicit value (a view's, the command's) is refused before any response starts."""
     with pytest.raises(ImproperlyConfigured, match=name):
         plan(**{name: value})
+
+
+# --- the time zone -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["option", "setting"])
+def test_current_is_djangos_current_time_zone_when_the_plan_is_built(where):
+    options = {"time_zone": "current"} if where == "option" else {}
+    with override_settings(STREAMEXPORT_TIME_ZONE="current"):
+        assert plan(**options).time_zone == zoneinfo.ZoneInfo("America/New_York")  # TIME_ZONE
+        with timezone.override("Asia/Kolkata"):
+            built = plan(**options)
+    assert built.time_zone == zoneinfo.ZoneInfo("Asia/Kolkata")
+    assert built.format.time_zone == built.time_zone
+
+
+def test_a_tzinfo_is_taken_as_it_is():
+    fixed = datetime.timezone(datetime.timedelta(hours=-3, minutes=-30))
+    built = plan(time_zone=fixed, format="ndjson")
+    assert built.time_zone is built.format.time_zone is fixed
+
+
+def test_the_time_zone_is_given_to_a_format_the_caller_built():
+    queryset = Record.objects.all()
+    columns = resolve_columns(queryset, ["id", "created"])
+    instance = CSVFormat(columns)
+    built = build_plan(queryset, columns=columns, export_format=instance, time_zone="Asia/Tokyo")
+    assert instance.time_zone == zoneinfo.ZoneInfo("Asia/Tokyo")
+    # The converters were chosen again: created is now written in Tokyo.
+    (converted,) = instance.convert_rows(
+        [(1, datetime.datetime(2013, 1, 1, 15, tzinfo=datetime.timezone.utc))]
+    )
+    assert converted == (1, "2013-01-02T00:00:00+09:00")
+    assert built.time_zone == instance.time_zone

@@ -18,10 +18,11 @@ from django.db.models import CharField, F, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Concat
 from django.test import override_settings
+from django.utils import translation
 
 from django_streamexport.columns import Column, resolve_columns
 from django_streamexport.exceptions import RowLimitExceeded
-from django_streamexport.formats.csv import CSVFormat
+from django_streamexport.formats.csv import CSVFormat, ExcelCSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
 from tests.conftest import both_databases, make_records, parse_csv, plan_stream, server_side_cursors
 from tests.testapp.models import Record
@@ -341,3 +342,254 @@ def test_copy_reads_row_by_row_where_psycopg_lacks_the_fast_reader(pg_alias, mon
     assert b"".join(copy) == b"".join(standard)
     assert copy.rows == standard.rows == 300
     assert server_side_cursors(pg_alias) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("language", "delimiter"), [("en", b","), ("de", b";")])
+def test_fast_path_writes_csv_for_excel(pg_alias, mode, language, delimiter):
+    """``csv-excel``: the BOM and the active language's delimiter, COPY's bytes too."""
+    make_records(pg_alias)
+    with translation.override(language):
+        standard, fast = streams(pg_alias, fmt=ExcelCSVFormat, mode=mode)
+    data = b"".join(fast)
+    assert fast_path_used(fast)
+    assert data == b"".join(standard)
+    assert data.startswith(b"\xef\xbb\xbfID" + delimiter + b"Record title")
+
+
+# --- local time: the export's time zone ------------------------------------------------------
+
+UTC = datetime.timezone.utc
+#: Instants around offset changes, in the zones' local mean time, and at the ends of years.
+ZONED_INSTANTS = [
+    datetime.datetime(2013, 1, 1, 5, 30, 15, 123000, tzinfo=UTC),
+    datetime.datetime(2021, 3, 28, 0, 59, 59, 999999, tzinfo=UTC),  # Berlin: the last CET
+    datetime.datetime(2021, 3, 28, 1, 0, tzinfo=UTC),  # Berlin: the first CEST
+    datetime.datetime(2021, 10, 31, 0, 30, tzinfo=UTC),  # Berlin: 02:30 CEST...
+    datetime.datetime(2021, 10, 31, 1, 30, tzinfo=UTC),  # ...and 02:30 CET, an hour later
+    datetime.datetime(2021, 3, 14, 6, 59, 59, tzinfo=UTC),  # New York: the last EST
+    datetime.datetime(2021, 3, 14, 7, 0, 0, 1, tzinfo=UTC),  # New York: EDT
+    datetime.datetime(2021, 11, 7, 5, 30, tzinfo=UTC),  # New York: 01:30 EDT...
+    datetime.datetime(2021, 11, 7, 6, 30, tzinfo=UTC),  # ...and 01:30 EST
+    datetime.datetime(1945, 6, 1, tzinfo=UTC),  # Berlin +03:00, Kolkata +06:30 (wartime)
+    datetime.datetime(1890, 1, 1, tzinfo=UTC),  # local mean time: offsets with seconds
+    datetime.datetime(2100, 7, 1, 12, tzinfo=UTC),  # past 2037: the zones' rules
+    datetime.datetime(1, 1, 1, tzinfo=UTC),  # New York: year 0, so written in UTC
+    datetime.datetime(1, 1, 1, 23, 59, tzinfo=UTC),
+    datetime.datetime(9999, 12, 31, 12, tzinfo=UTC),  # Kolkata: still 9999
+    datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # Berlin: year 10000
+    None,
+]
+TIME_ZONES = [
+    "Europe/Berlin",
+    "America/New_York",
+    "Asia/Kolkata",
+    "America/St_Johns",  # -03:30 / -02:30
+    "UTC",
+    datetime.timezone(-datetime.timedelta(hours=9, minutes=30)),
+    UTC,
+]
+
+
+def zoned_records(alias, instants=ZONED_INSTANTS):
+    Record.objects.using(alias).bulk_create(
+        [Record(title=f"t{i}", created=at) for i, at in enumerate(instants)]
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("zone", TIME_ZONES, ids=str)
+def test_fast_path_spells_datetimes_in_the_export_time_zone_as_python_does(pg_alias, mode, zone):
+    zoned_records(pg_alias)
+    make_records(pg_alias, count=30)
+    standard, fast = streams(pg_alias, mode=mode, stream_options={"time_zone": zone})
+    expected = b"".join(standard)
+    assert b"".join(fast) == expected
+    assert fast_path_used(fast)
+    column = COPY_FIELDS.index("created")
+    cells = [row[column] for row in parse_csv(expected)[1 : len(ZONED_INSTANTS) + 1]]
+    as_python = [
+        "" if at is None else at.astimezone(standard.plan.time_zone).isoformat()
+        for at in ZONED_INSTANTS[:12]
+    ]
+    assert cells[:12] == as_python
+    # Every cell names its instant, years 1 and 9999 included.
+    instants = [datetime.datetime.fromisoformat(cell) if cell else None for cell in cells]
+    assert instants == ZONED_INSTANTS
+
+
+@pytest.mark.parametrize(
+    ("zone", "cells"),
+    [
+        (
+            "Europe/Berlin",
+            [
+                "2013-01-01T06:30:15.123000+01:00",
+                "2021-03-28T01:59:59.999999+01:00",
+                "2021-03-28T03:00:00+02:00",
+                "2021-10-31T02:30:00+02:00",
+                "2021-10-31T02:30:00+01:00",
+            ],
+        ),
+        (
+            "America/New_York",
+            [
+                "2013-01-01T00:30:15.123000-05:00",
+                "2021-03-27T20:59:59.999999-04:00",  # EDT since 14 March
+                "2021-03-27T21:00:00-04:00",
+                "2021-10-30T20:30:00-04:00",
+                "2021-10-30T21:30:00-04:00",
+            ],
+        ),
+        (
+            "Asia/Kolkata",
+            [
+                "2013-01-01T11:00:15.123000+05:30",
+                "2021-03-28T06:29:59.999999+05:30",
+                "2021-03-28T06:30:00+05:30",
+                "2021-10-31T06:00:00+05:30",
+                "2021-10-31T07:00:00+05:30",
+            ],
+        ),
+    ],
+)
+@pytest.mark.parametrize("mode", ["python", *MODES])
+def test_datetimes_in_a_time_zone_keep_iso_8601_with_the_offset(pg_alias, mode, zone, cells):
+    zoned_records(pg_alias, ZONED_INSTANTS[:5])
+    standard, fast = streams(
+        pg_alias,
+        ["id", "created"],
+        mode="text" if mode == "python" else mode,
+        stream_options={"time_zone": zone},
+    )
+    stream = standard if mode == "python" else fast
+    assert [row[1] for row in parse_csv(b"".join(stream))[1:]] == cells
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_local_mean_time_and_the_ends_of_the_years(pg_alias, mode):
+    zoned_records(pg_alias, [ZONED_INSTANTS[10], ZONED_INSTANTS[12], ZONED_INSTANTS[15]])
+    cells = {}
+    for zone in ("Europe/Berlin", "America/New_York"):
+        _, fast = streams(
+            pg_alias, ["id", "created"], mode=mode, stream_options={"time_zone": zone}
+        )
+        cells[zone] = [row[1] for row in parse_csv(b"".join(fast))[1:]]
+        assert fast_path_used(fast)
+    assert cells["Europe/Berlin"] == [
+        "1890-01-01T00:53:28+00:53:28",  # Berlin's local mean time
+        "0001-01-01T00:53:28+00:53:28",
+        "9999-12-31T23:59:59.999999+00:00",  # 10000-01-01 in Berlin: UTC
+    ]
+    assert cells["America/New_York"] == [
+        "1889-12-31T19:00:00-05:00",  # New York: EST since 1883
+        "0001-01-01T00:00:00+00:00",  # year 0 in New York: UTC
+        "9999-12-31T18:59:59.999999-05:00",
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_time_zone_leaves_the_querys_own_results_alone(pg_alias, mode):
+    """The zone changes only how datetimes are spelled: not the session's time zone, on
+    which a cast of a datetime to a date depends."""
+    from django.db.models import DateField
+    from django.db.models.functions import Cast
+
+    zoned_records(pg_alias, ZONED_INSTANTS[:5])
+    queryset = Record.objects.using(pg_alias).annotate(utc_day=Cast("created", DateField()))
+    queryset = queryset.order_by("id")
+    fields = ["id", "utc_day", "created"]
+    _, plain_fast = streams(pg_alias, fields, queryset, mode=mode)
+    zoned_python, zoned_fast = streams(
+        pg_alias, fields, queryset, mode=mode, stream_options={"time_zone": "Pacific/Kiritimati"}
+    )
+    data = b"".join(zoned_fast)
+    assert data == b"".join(zoned_python)
+    plain, zoned = parse_csv(b"".join(plain_fast)), parse_csv(data)
+    assert [row[1] for row in zoned] == [row[1] for row in plain]
+    assert zoned[3][1:] == ["2021-03-28", "2021-03-28T15:00:00+14:00"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_in_a_time_zone_under_use_tz_false(pg_alias, mode):
+    """Naive values (read in TIME_ZONE, New York) are written in the export's zone.
+
+    Not the hour New York repeats in November: a naive wall time loses which of the two
+    it was (Python reads the first, PostgreSQL spells the instant).
+    """
+    instants = [at for at in ZONED_INSTANTS[:7] if at is not None]
+    zoned_records(pg_alias, instants)
+    with override_settings(USE_TZ=False):
+        from django.db import connections
+
+        connections[pg_alias].close()
+        try:
+            standard, fast = streams(
+                pg_alias, ["id", "created"], mode=mode, stream_options={"time_zone": "Asia/Kolkata"}
+            )
+            data = b"".join(fast)
+            assert data == b"".join(standard)
+            assert fast_path_used(fast)
+        finally:
+            connections[pg_alias].close()
+    cells = [datetime.datetime.fromisoformat(row[1]) for row in parse_csv(data)[1:]]
+    assert cells == instants
+    assert all(cell.utcoffset() == datetime.timedelta(hours=5, minutes=30) for cell in cells)
+
+
+def test_a_zone_postgresql_does_not_agree_on_falls_back_to_python(pg_alias, monkeypatch):
+    """Python's zone data is newer (or PostgreSQL lacks the zone): the cells come from Python."""
+    from django_streamexport.postgresql import text
+
+    zoned_records(pg_alias, ZONED_INSTANTS[:5])
+
+    # A zone PostgreSQL cannot name: a tzinfo of Python's own.
+    class Plus1(datetime.tzinfo):
+        def utcoffset(self, dt):
+            return datetime.timedelta(hours=1)
+
+        def dst(self, dt):
+            return datetime.timedelta(0)
+
+    standard, fast = streams(pg_alias, mode="text", stream_options={"time_zone": Plus1()})
+    assert b"".join(fast) == b"".join(standard)
+    assert "cannot name the time zone" in fast.reader.reason
+    # A zone PostgreSQL does not know.
+    monkeypatch.setattr(text, "zone_sql", lambda zone: "'Europe/Nowhere'")
+    _, fast = streams(pg_alias, mode="text", stream_options={"time_zone": "Europe/Berlin"})
+    assert "does not know the time zone" in fast.reader.reason
+    # Offsets that differ from Python's (here: another zone under the same name).
+    monkeypatch.setattr(text, "zone_sql", lambda zone: "'Europe/Lisbon'")
+    standard, fast = streams(pg_alias, mode="text", stream_options={"time_zone": "Europe/Berlin"})
+    assert "offsets of the time zone 'Europe/Berlin' differ from Python's" in fast.reader.reason
+    assert b"".join(fast) == b"".join(standard)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_of_a_query_without_parameters(pg_alias, mode):
+    """No parameter at all (no choices column, no filter): the SQL has no "%" to unescape."""
+    make_records(pg_alias)
+    standard, fast = streams(pg_alias, ["id", "took", "created"], mode=mode)
+    params = fast.reader.params if mode == "copy" else fast.reader.text_select[1]
+    assert list(params) == []
+    assert b"".join(fast) == b"".join(standard)
+    assert fast_path_used(fast)
+
+
+def test_postgresql_is_asked_about_a_zone_once_per_process(pg_alias):
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from django_streamexport.postgresql import text
+
+    text._AGREED_ZONES.discard((pg_alias, "'Asia/Tokyo'"))
+    zoned_records(pg_alias, ZONED_INSTANTS[:3])
+    asked = []
+    for _ in range(2):
+        with CaptureQueriesContext(connections[pg_alias]) as queries:
+            _, fast = streams(pg_alias, mode="text", stream_options={"time_zone": "Asia/Tokyo"})
+        asked.append([q["sql"] for q in queries.captured_queries if "unnest" in q["sql"]])
+        assert fast_path_used(fast)
+        b"".join(fast)
+    assert [len(sql) for sql in asked] == [1, 0]
+    assert "timezone('Asia/Tokyo', t) - timezone('UTC', t)" in asked[0][0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import zoneinfo
 from decimal import Decimal
 
 import pytest
@@ -140,6 +141,57 @@ def test_ndjson_round_trip(values):
         created = datetime.datetime.fromisoformat(obj["created"]) if obj["created"] else None
         assert instant(created) == instant(original["created"])
         assert (datetime.date.fromisoformat(obj["day"]) if obj["day"] else None) == original["day"]
+
+
+#: Zones with DST, half-hour and 45-minute offsets, a 30-minute DST shift, negative offsets.
+ZONES = st.sampled_from(
+    [
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Kolkata",
+        "America/St_Johns",
+        "Australia/Lord_Howe",
+        "Pacific/Chatham",
+    ]
+)
+
+
+#: The columns around the datetimes (floats have a spelling difference of their own: integral
+#: values past 1e16, such as 3.833874413210458e+16, which PostgreSQL prints with 17 digits).
+ZONED_FIELDS = ["id", "title", "created", "day"]
+
+
+@HYPOTHESIS
+@given(values=st.lists(RECORD, min_size=1, max_size=5), zone=ZONES)
+def test_csv_in_a_time_zone_is_the_same_from_python_and_postgresql(values, zone):
+    """Python and PostgreSQL spell every datetime alike in the zone, naming its instant."""
+    stored = store(values)
+    queryset = Record.objects.order_by("id")
+    columns = resolve_columns(queryset, ZONED_FIELDS, {})
+    streams = [
+        plan_stream(
+            queryset,
+            columns,
+            CSVFormat(columns),
+            chunk_size=3,
+            buffer_size=256,
+            time_zone=zone,
+            database_formatting=database,
+        )
+        for database in (False, True)
+    ]
+    python, database = (b"".join(stream) for stream in streams)
+    assert streams[1].reader.text_cells
+    assert database == python
+    rows = parse_csv(python)[1:]
+    for row, record in zip(rows, stored, strict=True):
+        created = datetime.datetime.fromisoformat(row[2]) if row[2] else None
+        assert instant(created) == instant(record.created)
+        if created is not None and 1 < created.year < 9999:
+            assert (
+                created.utcoffset()
+                == record.created.astimezone(zoneinfo.ZoneInfo(zone)).utcoffset()
+            )
 
 
 def test_zz_report_property_counts():

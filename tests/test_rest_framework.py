@@ -240,3 +240,54 @@ def test_xlsx_streams_a_workbook_of_the_filtered_queryset(api):
     assert sheet[0] == ["ID", "Record title", "Count", "Author name"]
     expected = sorted((r for r in records if r.status == "p"), key=lambda r: -r.id)
     assert [(row[0], row[1]) for row in sheet[1:]] == [(float(r.id), r.title) for r in expected]
+
+
+class ExcelOptionsRecordList(RecordList):
+    export_format_options = {"csv": {"delimiter": ";", "bom": True}, "ndjson": {"end_record": True}}
+
+
+class MisspelledOptionsRecordList(RecordList):
+    export_format_options = {"csv": {"delimeter": ";"}}
+
+
+urlpatterns += [
+    path("api/excel-options/", ExcelOptionsRecordList.as_view()),
+    path("api/misspelled-options/", MisspelledOptionsRecordList.as_view()),
+]
+
+
+def test_format_options_apply_to_their_format_only(api):
+    records = make_records("default", 3)
+    csv_data = body(api.get("/api/excel-options/", {"format": "csv"}))
+    assert csv_data.startswith(b"\xef\xbb\xbfID;Record title;Count;Author name\r\n")
+    lines = parse_ndjson(body(api.get("/api/excel-options/", {"format": "ndjson"})))
+    assert [line["id"] for line in lines[:-1]] == [r.id for r in records]
+    assert lines[-1] == {"_type": "end", "rows": 3}
+    xlsx = api.get("/api/excel-options/", {"format": "xlsx"})
+    assert xlsx.status_code == 200
+    assert body(xlsx).startswith(b"PK")
+
+
+def test_format_options_a_format_does_not_take_are_named(api):
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match=r"MisspelledOptionsRecordList\.export_form"):
+        api.get("/api/misspelled-options/", {"format": "ndjson"})
+
+
+class BerlinRecordList(RecordList):
+    export_fields = ("id", "created")
+    export_time_zone = "Europe/Berlin"
+
+
+urlpatterns += [path("api/berlin/", BerlinRecordList.as_view())]
+
+
+def test_export_time_zone(api):
+    import datetime
+
+    Record.objects.create(
+        created=datetime.datetime(2013, 1, 1, 5, 30, tzinfo=datetime.timezone.utc)
+    )
+    lines = parse_ndjson(body(api.get("/api/berlin/", {"format": "ndjson"})))
+    assert [line["created"] for line in lines] == ["2013-01-01T06:30:00+01:00"]

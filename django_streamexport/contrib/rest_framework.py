@@ -35,6 +35,7 @@ from rest_framework.request import Request
 
 from django_streamexport.columns import ExportField
 from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.formats import check_format_options, make_format
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
@@ -133,7 +134,8 @@ class StreamingExportAPIMixin:
     list), ``export_labels``, ``export_renderer_classes`` (appended to the
     view's renderers), ``export_filename`` (default: the model's
     ``verbose_name_plural``), ``export_chunk_size``, ``export_buffer_size``,
-    ``export_using``, ``export_mode`` (``"cursor"`` or ``"keyset"``), and
+    ``export_using``, ``export_mode`` (``"cursor"`` or ``"keyset"``),
+    ``export_format_options`` (options by format name), ``export_time_zone``, and
     :meth:`get_export_plan_kwargs` for any other option of
     :func:`~django_streamexport.plan.build_plan`.  ``HEAD`` gets the headers and never
     runs the query.  Past the concurrent export limits the answer is a 429, when the
@@ -147,12 +149,16 @@ class StreamingExportAPIMixin:
         NDJSONExportRenderer,
         XLSXExportRenderer,
     )
+    #: Options of each format, by format name: ``{"csv": {"delimiter": ";", "bom": True}}``.
+    export_format_options: Mapping[str, Mapping[str, Any]] | None = None
     export_filename: str | None = None
     export_chunk_size: int | None = None
     export_buffer_size: int | None = None
     export_using: str | None = None
     export_mode: str = "cursor"
     export_keyset_key: str = "pk"
+    #: The zone datetimes are written in; ``None`` means ``STREAMEXPORT_TIME_ZONE``.
+    export_time_zone: Any = None
     export_stream_class: type[ExportStream] = ExportStream
 
     # Provided by GenericAPIView.
@@ -198,19 +204,36 @@ class StreamingExportAPIMixin:
             "using": self.export_using,
             "mode": self.export_mode,
             "keyset_key": self.export_keyset_key,
+            "time_zone": self.export_time_zone,
             "chunk_size": self.export_chunk_size,
             "buffer_size": self.export_buffer_size,
             "filename": self.get_export_filename(),
             "user": getattr(self.request, "user", None),
         }
 
+    def get_export_format_options(self) -> Mapping[str, Mapping[str, Any]]:
+        """Return the options of each format, by format name. Default: ``export_format_options``.
+
+        A name that no export renderer offers, or an option its format class does not take,
+        raises ``ImproperlyConfigured``.
+        """
+        return self.export_format_options or {}
+
     def get_export_plan(self, renderer: ExportRenderer) -> ExportPlan:
         """Return the plan of ``filter_queryset(get_queryset())`` in the renderer's format."""
+        format_class = renderer.export_format_class
+        options = self.get_export_format_options()
+        source = f"{type(self).__name__}.export_format_options"
+        if options:
+            offered = [cls().export_format_class for cls in self.export_renderer_classes]
+            check_format_options(offered, options, source=source)
         return build_plan(
             self.filter_queryset(self.get_queryset()),
             fields=self.get_export_fields(),
             labels=self.get_export_labels(),
-            export_format=renderer.export_format_class,
+            export_format=lambda columns: make_format(
+                format_class, columns, options.get(format_class.format), source=source
+            ),
             **self.get_export_plan_kwargs(),
         )
 

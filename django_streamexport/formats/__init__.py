@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Sequence
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from django_streamexport.columns import ResolvedColumn
 from django_streamexport.conf import DEFAULT_FORMATS, OPTIONAL_FORMATS, conf
 from django_streamexport.exceptions import UnknownFormat
 from django_streamexport.formats.base import ExportFormat
 
 __all__ = [
     "ExportFormat",
+    "check_format_options",
     "default_format_classes",
     "format_classes_by_name",
+    "format_option_names",
+    "make_format",
     "select_format_class",
 ]
 
@@ -87,3 +93,94 @@ def select_format_class(
             f"Unknown export format {str(name)[:40]!r}. Choose one of: "
             f"{', '.join(sorted(by_name))}."
         ) from None
+
+
+def format_option_names(format_class: type[ExportFormat]) -> frozenset[str] | None:
+    """Return the keyword options ``format_class(columns, ...)`` takes, or ``None`` for any.
+
+    Read from the signature of its ``__init__``; ``None`` when it takes ``**kwargs``
+    (the options cannot be known before it is called).
+    """
+    try:
+        parameters = inspect.signature(format_class.__init__).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    skipped = ("self", "columns")
+    return frozenset(n for n, p in parameters.items() if p.kind in named and n not in skipped)
+
+
+def _refused_options(format_class: type[ExportFormat], options: Iterable[str]) -> list[str]:
+    accepted = format_option_names(format_class)
+    return [] if accepted is None else [name for name in options if name not in accepted]
+
+
+def _describe(format_class: type[ExportFormat]) -> str:
+    accepted = format_option_names(format_class)
+    takes = ", ".join(sorted(accepted)) if accepted else "none"
+    return f"{format_class.__name__} (format {format_class.format!r}; its options: {takes})"
+
+
+def make_format(
+    format_class: type[ExportFormat],
+    columns: Sequence[ResolvedColumn],
+    options: Mapping[str, Any] | None = None,
+    *,
+    source: str = "format_options",
+) -> ExportFormat:
+    """Return ``format_class(columns, **options)``, refusing options the class does not take.
+
+    Options are per format: CSV's ``delimiter`` means nothing to NDJSON.  Raises
+    ``ImproperlyConfigured`` naming ``source`` (where the options came from), the format
+    and the options it takes, instead of the ``TypeError`` of the call; the class's own
+    errors (an invalid value) are raised as the class raises them.
+    """
+    options = dict(options or {})
+    refused = _refused_options(format_class, options)
+    if refused:
+        raise ImproperlyConfigured(
+            f"{source} gives {_describe(format_class)} options it does not take: "
+            f"{', '.join(map(repr, refused))}. Options are per format: give them by format "
+            "name, as in format_options = {'csv': {'delimiter': ';'}}."
+        )
+    return format_class(columns, **options)
+
+
+def check_format_options(
+    classes: Iterable[type[ExportFormat]],
+    options_by_format: Mapping[str, Mapping[str, Any]] | None,
+    *,
+    source: str = "format_options",
+) -> None:
+    """Check options keyed by format name (``{"csv": {"delimiter": ";"}}``) against ``classes``.
+
+    Every key must name an offered format and every option be one its class takes, so a
+    mistake shows on the first export in any format, not only in the one it concerns.
+    Raises ``ImproperlyConfigured`` naming ``source``.
+    """
+    if not options_by_format:
+        return
+    if not isinstance(options_by_format, Mapping):
+        raise ImproperlyConfigured(
+            f"{source} must map format names to options, such as {{'csv': {{'bom': True}}}}, "
+            f"not {options_by_format!r}."
+        )
+    by_name = format_classes_by_name(classes)
+    for name, options in options_by_format.items():
+        if name not in by_name:
+            raise ImproperlyConfigured(
+                f"{source} has options for the format {name!r}, which is not offered "
+                f"(offered: {', '.join(sorted(by_name))})."
+            )
+        if not isinstance(options, Mapping):
+            raise ImproperlyConfigured(
+                f"{source}[{name!r}] must be a dict of options, not {options!r}."
+            )
+        refused = _refused_options(by_name[name], options)
+        if refused:
+            raise ImproperlyConfigured(
+                f"{source}[{name!r}] gives {_describe(by_name[name])} options it does not "
+                f"take: {', '.join(map(repr, refused))}."
+            )

@@ -61,6 +61,34 @@ def datetime_text(value: datetime.datetime) -> str:
     return value.isoformat()
 
 
+def zoned_datetime_text(zone: datetime.tzinfo) -> Converter:
+    """Return the converter of a datetime to ISO 8601 text in ``zone``, with its offset there.
+
+    ``2013-01-01T05:30:15.123+00:00`` in Europe/Berlin is
+    ``2013-01-01T06:30:15.123000+01:00``: ``isoformat()``, so microseconds only when
+    non-zero and the offset's seconds only when non-zero (local mean time before 1893 in
+    Berlin: ``+00:53:28``).  A naive value (``USE_TZ = False``) is read in the default time
+    zone first, as :func:`datetime_text` does.  A value whose local time would fall
+    outside Python's years 1 to 9999 (within a day of either end) is written in UTC,
+    still naming the same instant.
+    """
+    default = timezone.get_default_timezone()
+    utc = datetime.timezone.utc
+
+    def convert(value: datetime.datetime) -> str:
+        if value.tzinfo is None:
+            value = timezone.make_aware(value, default)
+        try:
+            return value.astimezone(zone).isoformat()
+        except OverflowError:
+            try:
+                return value.astimezone(utc).isoformat()
+            except OverflowError:
+                return value.isoformat()
+
+    return convert
+
+
 def decimal_texts(values: Sequence[Decimal | None]) -> list[str | None]:
     """Return :func:`decimal_text` of each value of a column, ``None`` kept."""
     return [None if value is None else format(value, "f") for value in values]
@@ -149,15 +177,34 @@ class ExportFormat:
     #: What the export is called (the model's ``verbose_name_plural``): set by
     #: :func:`~django_streamexport.plan.build_plan` when empty; XLSX names its sheet after it.
     title: str = ""
+    #: The zone aware datetimes are written in; ``None``: as the database returns them (UTC
+    #: under ``USE_TZ``).  Set by :meth:`set_time_zone`, from the plan's ``time_zone``.
+    time_zone: datetime.tzinfo | None = None
 
     def __init__(self, columns: Sequence[ResolvedColumn]) -> None:
         self.columns = list(columns)
+        self._active = self._active_converters()
+
+    def _active_converters(self) -> list[tuple[int, BatchConverter]]:
         # (index, batch converter) for the columns that need one: the hot loop skips the rest.
-        self._active = [
+        return [
             (index, convert)
             for index, column in enumerate(self.columns)
             if (convert := self.get_batch_converter(column)) is not None
         ]
+
+    def set_time_zone(self, zone: datetime.tzinfo | None) -> None:
+        """Write aware datetimes in ``zone`` (``None``: as the database returns them).
+
+        Called by :func:`~django_streamexport.plan.build_plan` with the export's time zone
+        (``time_zone``, ``STREAMEXPORT_TIME_ZONE``) before the first row.  Text formats
+        (CSV, NDJSON, JSON) then write ISO 8601 with the zone's offset
+        (:func:`zoned_datetime_text`); XLSX writes the wall time in it unless its own
+        ``time_zone`` option or ``STREAMEXPORT_XLSX_TIME_ZONE`` is set; Parquet keeps
+        UTC timestamps, which carry the instant.
+        """
+        self.time_zone = zone
+        self._active = self._active_converters()
 
     @property
     def content_type(self) -> str:
@@ -177,7 +224,7 @@ class ExportFormat:
 
         The default handles choices display and the kinds whose driver values
         no format can write as they are (decimals, durations, binary data,
-        naive datetimes).
+        naive datetimes), and datetimes when the export has a :attr:`time_zone`.
         """
         if column.choices is not None:
             return choices_converter(dict(column.choices))
@@ -187,6 +234,8 @@ class ExportFormat:
             return duration_iso_string
         if column.kind == kinds.BINARY:
             return binary_text
+        if column.kind == kinds.DATETIME and self.time_zone is not None:
+            return zoned_datetime_text(self.time_zone)
         if column.kind == kinds.DATETIME and not settings.USE_TZ:
             return datetime_text
         return None

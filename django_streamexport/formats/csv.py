@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import orjson
 from django.conf import settings
+from django.utils import formats
 
 from django_streamexport import columns as kinds
 from django_streamexport.columns import ResolvedColumn
@@ -189,3 +190,52 @@ class CSVFormat(ExportFormat):
         if cls.batch_converters is not CSVFormat.batch_converters:
             return f"{cls.__name__} overrides batch_converters"
         return None
+
+
+def locale_delimiter() -> str:
+    """Return the delimiter Excel expects in the active language: ``";"`` or ``","``.
+
+    Excel splits CSV fields on the Windows list separator, which is ``;`` where the
+    decimal separator is a comma (German, French, Spanish, Italian, Dutch...), since
+    the comma is then part of numbers.  A server cannot see the client's Windows
+    settings; the active language's ``DECIMAL_SEPARATOR``
+    (:func:`django.utils.formats.get_format`, which follows ``LocaleMiddleware`` and
+    ``translation.activate()``) is the signal it has: ``","`` gives ``";"``.
+    """
+    return ";" if formats.get_format("DECIMAL_SEPARATOR") == "," else ","
+
+
+class ExcelCSVFormat(CSVFormat):
+    """CSV that Excel opens right with a double click (``?format=csv-excel``, ``.csv``).
+
+    :class:`CSVFormat` with a UTF-8 byte order mark (so Excel reads UTF-8, not the
+    ANSI code page) and the delimiter of the active language (:func:`locale_delimiter`:
+    ``;`` where decimals are written with a comma, else ``,``); CRLF line ends,
+    formula escaping and every value as in CSV.  ``STREAMEXPORT_CSV_DELIMITER`` and
+    ``STREAMEXPORT_CSV_BOM`` do not apply; the ``delimiter``, ``bom``,
+    ``escape_formulas`` and ``header`` options do.  Values keep CSV's spelling: Excel
+    in a decimal-comma locale reads ``1.5`` as text (or a date), which is why XLSX,
+    with typed cells, is the better answer for Excel users.
+
+    Not offered by default: add ``"django_streamexport.formats.csv.ExcelCSVFormat"`` to
+    ``STREAMEXPORT_FORMATS`` or a view's ``format_classes``.
+    """
+
+    format = "csv-excel"
+
+    def __init__(
+        self,
+        columns: Sequence[ResolvedColumn],
+        *,
+        delimiter: str | None = None,
+        bom: bool = True,
+        escape_formulas: bool | None = None,
+        header: bool = True,
+    ) -> None:
+        super().__init__(
+            columns,
+            delimiter=locale_delimiter() if delimiter is None else delimiter,
+            bom=bom,
+            escape_formulas=escape_formulas,
+            header=header,
+        )

@@ -38,7 +38,8 @@ Cells (ECMA-376 Part 1, §18.3.1.4 ``c``):
 * dates, datetimes and times: serial numbers in the 1900 date system with a
   ``yyyy-mm-dd``, ``yyyy-mm-dd hh:mm:ss`` or ``hh:mm:ss`` number format, so spreadsheets
   sort and filter them.  Excel has no time zones: aware datetimes are written as wall
-  time in ``time_zone`` (default ``STREAMEXPORT_XLSX_TIME_ZONE``, else ``TIME_ZONE``).
+  time in ``time_zone`` (default ``STREAMEXPORT_XLSX_TIME_ZONE``, else the export's time
+  zone, else ``TIME_ZONE``).
   Dates before 1900-03-01 (where the 1900 system counts a day that never was) are text.
 * durations, UUIDs, JSON and binary: text, spelled as in CSV; ``None``: an empty ``<c/>``.
 
@@ -259,8 +260,10 @@ class XLSXFormat(ExportFormat):
     """Write rows as an Excel workbook (``.xlsx``), streamed as a zip of parts.
 
     Options: ``time_zone`` (name of the zone aware datetimes are written in; default
-    ``STREAMEXPORT_XLSX_TIME_ZONE``, else ``TIME_ZONE``), ``compress_level`` (deflate
-    level 0-9, default ``STREAMEXPORT_XLSX_COMPRESS_LEVEL``, 1), ``sheet_title`` (the
+    ``STREAMEXPORT_XLSX_TIME_ZONE``, else the export's time zone (the plan's
+    ``time_zone``, ``STREAMEXPORT_TIME_ZONE``; :meth:`set_time_zone`), else
+    ``TIME_ZONE``), ``compress_level`` (deflate level 0-9, default
+    ``STREAMEXPORT_XLSX_COMPRESS_LEVEL``, 1), ``sheet_title`` (the
     sheet name; default the format's ``title``, the exported model's
     ``verbose_name_plural``).  ``max_sheet_rows`` (rows per sheet, header included) and
     ``max_sheet_bytes`` (uncompressed bytes per sheet part) are Excel's and zipfile's
@@ -294,8 +297,10 @@ class XLSXFormat(ExportFormat):
         max_sheet_bytes: int = MAX_SHEET_BYTES,
         background_compression: bool = True,
     ) -> None:
-        zone = time_zone or conf.XLSX_TIME_ZONE or settings.TIME_ZONE or "UTC"
-        self.time_zone = zoneinfo.ZoneInfo(zone)
+        zone = time_zone or conf.XLSX_TIME_ZONE
+        # An XLSX zone of its own wins over the export's (set_time_zone()).
+        self._own_time_zone = bool(zone)
+        self.time_zone: datetime.tzinfo = zoneinfo.ZoneInfo(zone or settings.TIME_ZONE or "UTC")
         self.compress_level = conf.XLSX_COMPRESS_LEVEL if compress_level is None else compress_level
         self.sheet_title = sheet_title
         self.max_sheet_rows = max_sheet_rows
@@ -323,6 +328,17 @@ class XLSXFormat(ExportFormat):
         self._writers = [self.get_cell_writer(column) for column in self.columns]
 
     # --- values -------------------------------------------------------------------
+
+    def set_time_zone(self, zone: datetime.tzinfo | None) -> None:
+        """Write wall times in the export's ``zone``, unless this workbook has a zone of its own.
+
+        Its own: the ``time_zone`` option or ``STREAMEXPORT_XLSX_TIME_ZONE``.  ``None``
+        keeps ``TIME_ZONE``.
+        """
+        if zone is None or self._own_time_zone:
+            return
+        self.time_zone = zone
+        self._offsets.clear()
 
     def get_converter(self, column: ResolvedColumn) -> Converter | None:
         """Return the converter to text for choices labels and kinds written as text."""

@@ -48,3 +48,12 @@ class KeysetRecordAdmin(RecordingRecordAdmin):
     """``RecordAdmin`` reading its exports in keyset pages (tests/testapp/urls.py)."""
 
     export_mode = "keyset"
+
+
+class ListDisplayRecordAdmin(ExportModelAdmin):
+    """An export admin without ``export_fields``: it exports what ``list_display`` shows.
+
+    Served on its own admin site by tests/testapp/urls.py.
+    """
+
+    list_display = ("__str__", "title", "status", "author", "count", "created")
