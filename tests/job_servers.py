@@ -30,7 +30,6 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 
-from tests.conftest import other_session
 from tests.servers import HOST, PYTHONPATH, ROOT, stop_process
 
 #: The ``application_name`` of the workers' database sessions (tests/worker_settings.py).
@@ -339,6 +338,8 @@ def worker_sessions(dbname: str) -> list[dict]:
 
     Read on a session of its own (Django's, so with either driver).
     """
+    from tests.conftest import other_session  # (imports the test models)
+
     with other_session() as cursor:
         cursor.execute(
             "SELECT pid, state, query, xact_start IS NOT NULL FROM pg_stat_activity"
@@ -351,6 +352,8 @@ def worker_sessions(dbname: str) -> list[dict]:
 
 def terminate(pid: int) -> None:
     """End the PostgreSQL backend ``pid`` (``pg_terminate_backend``), as an operator would."""
+    from tests.conftest import other_session  # (imports the test models)
+
     with other_session() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
         assert cursor.fetchone()[0], f"no backend {pid}"
