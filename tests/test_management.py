@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
 from tests.servers import PYTHONPATH
@@ -157,8 +158,25 @@ def test_progress_reports_rows_and_megabytes_per_second(capsys, tmp_path):
         verbosity=0,
     )
     err = capsys.readouterr().err
-    assert re.search(r"\b50(\.0)? rows \[", err), err
+    # "50 rows [" without a total, "50/<estimate> [" with the planner's estimate.
+    assert re.search(r"\b50(\.0)?( rows|/\S+) \[", err), err
     assert "MB/s" in err
+
+
+def test_progress_has_a_total_from_the_planner_or_an_exact_count(capsys, tmp_path):
+    """The bar shows N/TOTAL (a percentage and an ETA): the planner's estimate after
+    ANALYZE, or with --count the exact number of rows the filters select."""
+    make_records("default", count=120)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE testapp_record")
+    common = ["testapp.Record", "--fields=id", f"--output={tmp_path / 'x.csv'}", "--progress"]
+    call_command("streamexport", *common, verbosity=0)
+    # tqdm's unit_scale writes 60 as "60.0" and 120 as "120".
+    assert re.search(r"100%\|.*\| 120(\.0)?/120(\.0)? \[", capsys.readouterr().err)
+    call_command("streamexport", *common, "--filter", "status=p", "--count", verbosity=0)
+    selected = Record.objects.filter(status="p").count()
+    err = capsys.readouterr().err
+    assert re.search(rf"100%\|.*\| {selected}(\.0)?/{selected}(\.0)? \[", err), err
 
 
 #: The environment of a ``python -m django`` subprocess on the test database.

@@ -102,9 +102,14 @@ def parse_filter(text: str) -> tuple[str, Any]:
 
 
 class Progress:
-    """Report rows, MB and MB/s on stderr with ``tqdm``; a no-op without it."""
+    """Report rows, MB and MB/s on stderr with ``tqdm``; a no-op without it.
 
-    def __init__(self, enabled: bool, stream: IO[str]) -> None:
+    ``total`` (rows) gives the bar a percentage and an ETA: the planner's estimate
+    (:func:`~django_streamexport.estimates.estimate_rows`) or, with ``--count``, an exact
+    ``COUNT(*)``; ``None`` for a bar without one (SQLite, or the estimate failed).
+    """
+
+    def __init__(self, enabled: bool, stream: IO[str], total: int | None = None) -> None:
         self.bar: Any = None
         self.started = time.monotonic()
         if enabled:
@@ -112,7 +117,9 @@ class Progress:
                 from tqdm import tqdm
             except ImportError:
                 return
-            self.bar = tqdm(unit=" rows", unit_scale=True, file=stream, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, unit=" rows", unit_scale=True, file=stream, dynamic_ncols=True
+            )
 
     def update(self, export: ExportStream) -> None:
         """Show ``export``'s rows and bytes so far."""
@@ -169,6 +176,12 @@ class Command(BaseCommand):
             "--user, and print the job's id.",
         )
         parser.add_argument("--user", help="With --background: the username of the job's owner.")
+        parser.add_argument(
+            "--count",
+            action="store_true",
+            help="With the progress bar: count the rows first (an exact total; one COUNT(*) "
+            "query) instead of the database planner's estimate.",
+        )
         progress = parser.add_mutually_exclusive_group()
         progress.add_argument(
             "--progress", action="store_true", default=None, help="Always show progress."
@@ -318,7 +331,7 @@ class Command(BaseCommand):
         show = options["progress"]
         if show is None:
             show = sys.stderr.isatty()
-        progress = Progress(show, sys.stderr)
+        progress = Progress(show, sys.stderr, self.get_total(plan, options) if show else None)
         try:
             if output == "-":
                 self.write_stdout(stream, progress)
@@ -340,6 +353,16 @@ class Command(BaseCommand):
             progress.close()
         if output != "-" and options["verbosity"] > 0:
             self.stderr.write(f"Wrote {stream.rows} rows, {stream.bytes} bytes to {output}.")
+
+    def get_total(self, plan: ExportPlan, options: dict[str, Any]) -> int | None:
+        """Return the rows the progress bar expects: ``--count``'s exact count, else the
+        planner's estimate (PostgreSQL; ``None`` elsewhere), both capped at ``max_rows``."""
+        if options.get("count"):
+            total = plan.queryset.using(plan.using).count()
+            return min(total, plan.max_rows) if plan.max_rows is not None else total
+        from django_streamexport.estimates import estimate_rows
+
+        return estimate_rows(plan)
 
     def queue_job(self, options: dict[str, Any]) -> None:
         """Queue the export as a job of ``--user`` and print its id (one line on stdout).
