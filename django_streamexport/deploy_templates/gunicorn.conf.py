@@ -73,8 +73,10 @@ workers = _env_int("GUNICORN_WORKERS", _env_int("WEB_CONCURRENCY", _cpu_count())
 # when the query starts and returns it only at request_finished, after the last byte
 # (django/http/response.py: close() sends request_finished, on which django/db/__init__.py closes
 # the connection; the server calls close() after the last chunk, PEP 3333; connections are per
-# thread, so per greenlet, Django docs ref/databases.txt "Persistent connections"). In the worst
-# case every greenlet is an export, so
+# thread, so per greenlet, Django docs ref/databases.txt "Persistent connections"; keep
+# CONN_MAX_AGE = 0: a greenlet's kept connection is never reused by another client, and the
+# deployment guide says what piles up otherwise). In the worst case every greenlet is an
+# export, so
 #     workers * worker_connections  <=  connections this app may open.
 # That budget is PostgreSQL's max_connections (default 100) minus superuser_reserved_connections
 # (3), migrations, cron jobs, psql sessions and the other app servers behind the same upstream;
