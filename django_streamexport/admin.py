@@ -52,9 +52,11 @@ from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed, Q
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.encoding import force_str
+from django.utils.functional import lazy
 from django.utils.http import urlencode
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from django_streamexport.columns import (
     Column,
@@ -134,8 +136,7 @@ def export_action(
     @admin.action(
         permissions=["export"],
         # Django fills in verbose_name_plural (ModelAdmin.get_action_choices()).
-        description=description
-        or f"Export selected %(verbose_name_plural)s as {format_name.upper()}",
+        description=description or _default_action_description(format_name),
     )
     def export_selected(
         modeladmin: ExportAdminMixin, request: HttpRequest, queryset: models.QuerySet
@@ -152,12 +153,26 @@ def export_action(
     return export_selected
 
 
+def _action_description(format_name: str) -> str:
+    # The placeholder is put back for Django to fill (ModelAdmin.get_action_choices()).
+    return _("Export selected %(verbose_name_plural)s as %(format)s") % {
+        "verbose_name_plural": "%(verbose_name_plural)s",
+        "format": format_name.upper(),
+    }
+
+
+#: The default action description, translated when Django lists the actions.
+_default_action_description = lazy(_action_description, str)
+
+
 #: "Export selected <verbose_name_plural> as CSV".
 export_as_csv = export_action("csv")
 #: "Export selected <verbose_name_plural> as NDJSON".
 export_as_ndjson = export_action("ndjson")
 #: "Export selected <verbose_name_plural> as Excel": a streamed ``.xlsx`` workbook.
-export_as_xlsx = export_action("xlsx", "Export selected %(verbose_name_plural)s as Excel")
+export_as_xlsx = export_action(
+    "xlsx", gettext_lazy("Export selected %(verbose_name_plural)s as Excel")
+)
 
 
 def _action_name(action: Any) -> str:
@@ -408,9 +423,9 @@ class ExportAdminMixin:
             chosen = []
             for name in names:
                 if name not in allowed:
-                    raise UnknownField(f"Cannot export the field {name[:60]!r}.")
+                    raise UnknownField(_("Cannot export the field %(name)r.") % {"name": name[:60]})
                 if allowed[name] in chosen:
-                    raise UnknownField(f"The field {name!r} is chosen twice.")
+                    raise UnknownField(_("The field %(name)r is chosen twice.") % {"name": name})
                 chosen.append(allowed[name])
             if not chosen:
                 raise UnknownField(_("Choose at least one column."))

@@ -32,6 +32,7 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.failures import EXPORT_ERROR, MESSAGES, describe_failure
@@ -61,10 +62,10 @@ STORAGE_FULL = "storage_full"
 STORAGE_ERROR = "storage_error"
 WORKER_LOST = "worker_lost"
 JOB_MESSAGES = {
-    PERMISSION_DENIED: "You may no longer run this export.",
-    STORAGE_FULL: "The storage is full; the file could not be written.",
-    STORAGE_ERROR: "The file could not be written to the storage.",
-    WORKER_LOST: "The worker running the export stopped.",
+    PERMISSION_DENIED: gettext_lazy("You may no longer run this export."),
+    STORAGE_FULL: gettext_lazy("The storage is full; the file could not be written."),
+    STORAGE_ERROR: gettext_lazy("The file could not be written to the storage."),
+    WORKER_LOST: gettext_lazy("The worker running the export stopped."),
 }
 
 
