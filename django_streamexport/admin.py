@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import django
 from django.contrib import admin
@@ -89,6 +89,9 @@ from django_streamexport.responses import (
 )
 from django_streamexport.streaming import ExportStream
 
+if TYPE_CHECKING:
+    from django.utils.functional import _StrPromise as StrPromise
+
 __all__ = [
     "ExportAdminMixin",
     "ExportModelAdmin",
@@ -119,7 +122,7 @@ BREADCRUMBS_LIST = django.VERSION >= (6, 1)
 
 
 def export_action(
-    format_name: str, description: str | None = None
+    format_name: str, description: str | StrPromise | None = None
 ) -> Callable[..., HttpResponseBase]:
     """Return an admin action that streams the selected rows in the format ``format_name``.
 

@@ -219,8 +219,8 @@ def _close_broken_connections() -> None:
 
 def _storage_failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return STORAGE_FULL, JOB_MESSAGES[STORAGE_FULL]
-    return STORAGE_ERROR, JOB_MESSAGES[STORAGE_ERROR]
+        return STORAGE_FULL, str(JOB_MESSAGES[STORAGE_FULL])
+    return STORAGE_ERROR, str(JOB_MESSAGES[STORAGE_ERROR])
 
 
 def run_job(job_id: Any) -> dict[str, Any]:
@@ -259,12 +259,12 @@ def run_job(job_id: Any) -> dict[str, Any]:
         )
         stream = export.stream()
     except PermissionDenied:
-        return _finish(job, Status.FAILED, PERMISSION_DENIED, JOB_MESSAGES[PERMISSION_DENIED])
+        return _finish(job, Status.FAILED, PERMISSION_DENIED, str(JOB_MESSAGES[PERMISSION_DENIED]))
     except (ExportRequestError, CommandError) as exc:
         return _finish(job, Status.FAILED, BAD_REQUEST, str(exc))
     except Exception as exc:
         logger.exception("Export job %s could not start.", job.pk)
-        return _finish(job, Status.FAILED, EXPORT_ERROR, MESSAGES[EXPORT_ERROR], exc=exc)
+        return _finish(job, Status.FAILED, EXPORT_ERROR, str(MESSAGES[EXPORT_ERROR]), exc=exc)
 
     storage = storages[job.storage or conf.JOBS_STORAGE]
     name = _storage_name(job, stream.plan.filename)
@@ -319,7 +319,7 @@ def _stop_recorded(job: ExportJob) -> None:
         for connection in connections.all(initialized_only=True):
             if not connection.in_atomic_block:
                 connection.close()
-        _finish(job, Status.FAILED, WORKER_LOST, JOB_MESSAGES[WORKER_LOST])
+        _finish(job, Status.FAILED, WORKER_LOST, str(JOB_MESSAGES[WORKER_LOST]))
     except Exception:
         logger.warning("Export job %s: recording its worker's stop failed.", job.pk,
                        exc_info=True)  # fmt: skip
@@ -452,7 +452,7 @@ def sweep_stale_jobs(timeout: float | None = None) -> list[ExportJob]:
             status=Status.FAILED,
             finished_at=timezone.now(),
             error_code=WORKER_LOST,
-            error_message=JOB_MESSAGES[WORKER_LOST],
+            error_message=str(JOB_MESSAGES[WORKER_LOST]),
             file_name="",
         )
         if updated:
