@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import django
 from django.contrib import admin
@@ -52,9 +52,11 @@ from django.http import HttpRequest, HttpResponseBase, HttpResponseNotAllowed, Q
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.encoding import force_str
+from django.utils.functional import lazy
 from django.utils.http import urlencode
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from django_streamexport.columns import (
     Column,
@@ -87,6 +89,9 @@ from django_streamexport.responses import (
 )
 from django_streamexport.streaming import ExportStream
 
+if TYPE_CHECKING:
+    from django.utils.functional import _StrPromise as StrPromise
+
 __all__ = [
     "ExportAdminMixin",
     "ExportModelAdmin",
@@ -117,7 +122,7 @@ BREADCRUMBS_LIST = django.VERSION >= (6, 1)
 
 
 def export_action(
-    format_name: str, description: str | None = None
+    format_name: str, description: str | StrPromise | None = None
 ) -> Callable[..., HttpResponseBase]:
     """Return an admin action that streams the selected rows in the format ``format_name``.
 
@@ -134,8 +139,7 @@ def export_action(
     @admin.action(
         permissions=["export"],
         # Django fills in verbose_name_plural (ModelAdmin.get_action_choices()).
-        description=description
-        or f"Export selected %(verbose_name_plural)s as {format_name.upper()}",
+        description=description or _default_action_description(format_name),
     )
     def export_selected(
         modeladmin: ExportAdminMixin, request: HttpRequest, queryset: models.QuerySet
@@ -152,12 +156,26 @@ def export_action(
     return export_selected
 
 
+def _action_description(format_name: str) -> str:
+    # The placeholder is put back for Django to fill (ModelAdmin.get_action_choices()).
+    return _("Export selected %(verbose_name_plural)s as %(format)s") % {
+        "verbose_name_plural": "%(verbose_name_plural)s",
+        "format": format_name.upper(),
+    }
+
+
+#: The default action description, translated when Django lists the actions.
+_default_action_description = lazy(_action_description, str)
+
+
 #: "Export selected <verbose_name_plural> as CSV".
 export_as_csv = export_action("csv")
 #: "Export selected <verbose_name_plural> as NDJSON".
 export_as_ndjson = export_action("ndjson")
 #: "Export selected <verbose_name_plural> as Excel": a streamed ``.xlsx`` workbook.
-export_as_xlsx = export_action("xlsx", "Export selected %(verbose_name_plural)s as Excel")
+export_as_xlsx = export_action(
+    "xlsx", gettext_lazy("Export selected %(verbose_name_plural)s as Excel")
+)
 
 
 def _action_name(action: Any) -> str:
@@ -408,9 +426,9 @@ class ExportAdminMixin:
             chosen = []
             for name in names:
                 if name not in allowed:
-                    raise UnknownField(f"Cannot export the field {name[:60]!r}.")
+                    raise UnknownField(_("Cannot export the field %(name)r.") % {"name": name[:60]})
                 if allowed[name] in chosen:
-                    raise UnknownField(f"The field {name!r} is chosen twice.")
+                    raise UnknownField(_("The field %(name)r is chosen twice.") % {"name": name})
                 chosen.append(allowed[name])
             if not chosen:
                 raise UnknownField(_("Choose at least one column."))

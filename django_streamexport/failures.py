@@ -23,6 +23,7 @@ from typing import Any
 
 from django.db import Error as DatabaseError
 from django.db import InterfaceError, OperationalError
+from django.utils.translation import gettext_lazy as _
 
 from django_streamexport.exceptions import RowLimitExceeded
 
@@ -42,12 +43,12 @@ DATABASE_ERROR = "database_error"
 EXPORT_ERROR = "export_error"
 
 MESSAGES = {
-    ROW_LIMIT: "The export has more rows than its limit of {limit} and was stopped.",
-    STATEMENT_TIMEOUT: "A database query of the export ran too long and was cancelled.",
-    IDLE_TIMEOUT: "The export was stopped because the download was read too slowly.",
-    DATABASE_UNAVAILABLE: "The connection to the database was lost.",
-    DATABASE_ERROR: "The database reported an error.",
-    EXPORT_ERROR: "The export failed.",
+    ROW_LIMIT: _("The export has more rows than its limit of {limit} and was stopped."),
+    STATEMENT_TIMEOUT: _("A database query of the export ran too long and was cancelled."),
+    IDLE_TIMEOUT: _("The export was stopped because the download was read too slowly."),
+    DATABASE_UNAVAILABLE: _("The connection to the database was lost."),
+    DATABASE_ERROR: _("The database reported an error."),
+    EXPORT_ERROR: _("The export failed."),
 }
 
 
@@ -79,7 +80,7 @@ def sqlstate(exc: BaseException) -> str | None:
 def describe_failure(exc: BaseException) -> Failure:
     """Return the client-facing :class:`Failure` for an exception raised mid-export."""
     if isinstance(exc, RowLimitExceeded):
-        return Failure(ROW_LIMIT, MESSAGES[ROW_LIMIT].format(limit=exc.limit))
+        return Failure(ROW_LIMIT, str(MESSAGES[ROW_LIMIT]).format(limit=exc.limit))
     state = sqlstate(exc)
     if state == "57014":
         code = STATEMENT_TIMEOUT
@@ -98,7 +99,7 @@ def describe_failure(exc: BaseException) -> Failure:
         code = DATABASE_ERROR
     else:
         code = EXPORT_ERROR
-    return Failure(code, MESSAGES[code])
+    return Failure(code, str(MESSAGES[code]))
 
 
 def log_failure(stream: Any, failure: Failure, exc: BaseException, seconds: float) -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable
 
+from django.utils.translation import gettext as _
+
 from django_streamexport.exceptions import TooManyExports
 
 
@@ -71,15 +73,21 @@ class ExportSlots:
         with self._lock:
             if limit and self.active >= limit:
                 raise TooManyExports(
-                    f"Too many exports are running ({limit} at most); try again in "
-                    f"{retry_after} seconds.",
+                    _(
+                        "Too many exports are running (%(limit)d at most); try again in "
+                        "%(seconds)d seconds."
+                    )
+                    % {"limit": limit, "seconds": retry_after},
                     retry_after=retry_after,
                 )
             if user_key is not None and per_user_limit:
                 if self.by_user.get(user_key, 0) >= per_user_limit:
                     raise TooManyExports(
-                        f"You already have {per_user_limit} exports running; wait for one to "
-                        f"finish and try again.",
+                        _(
+                            "You already have %(count)d exports running; wait for one to "
+                            "finish and try again."
+                        )
+                        % {"count": per_user_limit},
                         retry_after=retry_after,
                     )
             self.active += 1

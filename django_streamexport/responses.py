@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.utils.translation import gettext as _
 
 from django_streamexport.conf import conf
 from django_streamexport.exceptions import DatabaseUnavailable, ExportRefused, ExportRequestError
@@ -128,7 +129,7 @@ def ensure_database(stream: ExportStream) -> None:
             "Export %s refused: database %r unreachable: %s", stream.export_id, stream.using, exc
         )
         raise DatabaseUnavailable(
-            "The export database cannot be reached right now; try again later.",
+            _("The export database cannot be reached right now; try again later."),
             retry_after=conf.RETRY_AFTER,
         ) from exc
 

@@ -34,6 +34,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.utils.translation import gettext as _
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
@@ -477,7 +478,7 @@ class StreamingExportMixin:
 
         user = getattr(self.request, "user", None)
         if not getattr(user, "is_authenticated", False):
-            raise PermissionDenied("Sign in to run this export in the background.")
+            raise PermissionDenied(_("Sign in to run this export in the background."))
         estimate = getattr(self, "_rows_estimate", None)
         job = queue_export_job(
             user=user,

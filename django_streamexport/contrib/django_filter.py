@@ -32,6 +32,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.http import HttpResponse, JsonResponse
+from django.utils.translation import gettext as _
 from django_filters.constants import ALL_FIELDS
 from django_filters.filterset import BaseFilterSet, filterset_factory
 
@@ -52,7 +53,7 @@ class InvalidFilters(ExportRequestError):
         lines = [
             f"{field}: {message}" for field, messages in errors.items() for message in messages
         ]
-        super().__init__("Invalid filters.\n" + "\n".join(lines))
+        super().__init__(_("Invalid filters.") + "\n" + "\n".join(lines))
 
 
 class FilterSetExportMixin(StreamingExportMixin):

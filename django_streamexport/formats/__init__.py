@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
 
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.conf import DEFAULT_FORMATS, OPTIONAL_FORMATS, conf
@@ -90,8 +91,8 @@ def select_format_class(
         return by_name[name]  # type: ignore[index]
     except KeyError:
         raise UnknownFormat(
-            f"Unknown export format {str(name)[:40]!r}. Choose one of: "
-            f"{', '.join(sorted(by_name))}."
+            _("Unknown export format %(name)r. Choose one of: %(formats)s.")
+            % {"name": str(name)[:40], "formats": ", ".join(sorted(by_name))}
         ) from None
 
 

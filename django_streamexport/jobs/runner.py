@@ -32,6 +32,7 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from django_streamexport.exceptions import ExportRequestError
 from django_streamexport.failures import EXPORT_ERROR, MESSAGES, describe_failure
@@ -61,10 +62,10 @@ STORAGE_FULL = "storage_full"
 STORAGE_ERROR = "storage_error"
 WORKER_LOST = "worker_lost"
 JOB_MESSAGES = {
-    PERMISSION_DENIED: "You may no longer run this export.",
-    STORAGE_FULL: "The storage is full; the file could not be written.",
-    STORAGE_ERROR: "The file could not be written to the storage.",
-    WORKER_LOST: "The worker running the export stopped.",
+    PERMISSION_DENIED: gettext_lazy("You may no longer run this export."),
+    STORAGE_FULL: gettext_lazy("The storage is full; the file could not be written."),
+    STORAGE_ERROR: gettext_lazy("The file could not be written to the storage."),
+    WORKER_LOST: gettext_lazy("The worker running the export stopped."),
 }
 
 
@@ -218,8 +219,8 @@ def _close_broken_connections() -> None:
 
 def _storage_failure(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return STORAGE_FULL, JOB_MESSAGES[STORAGE_FULL]
-    return STORAGE_ERROR, JOB_MESSAGES[STORAGE_ERROR]
+        return STORAGE_FULL, str(JOB_MESSAGES[STORAGE_FULL])
+    return STORAGE_ERROR, str(JOB_MESSAGES[STORAGE_ERROR])
 
 
 def run_job(job_id: Any) -> dict[str, Any]:
@@ -258,12 +259,12 @@ def run_job(job_id: Any) -> dict[str, Any]:
         )
         stream = export.stream()
     except PermissionDenied:
-        return _finish(job, Status.FAILED, PERMISSION_DENIED, JOB_MESSAGES[PERMISSION_DENIED])
+        return _finish(job, Status.FAILED, PERMISSION_DENIED, str(JOB_MESSAGES[PERMISSION_DENIED]))
     except (ExportRequestError, CommandError) as exc:
         return _finish(job, Status.FAILED, BAD_REQUEST, str(exc))
     except Exception as exc:
         logger.exception("Export job %s could not start.", job.pk)
-        return _finish(job, Status.FAILED, EXPORT_ERROR, MESSAGES[EXPORT_ERROR], exc=exc)
+        return _finish(job, Status.FAILED, EXPORT_ERROR, str(MESSAGES[EXPORT_ERROR]), exc=exc)
 
     storage = storages[job.storage or conf.JOBS_STORAGE]
     name = _storage_name(job, stream.plan.filename)
@@ -318,7 +319,7 @@ def _stop_recorded(job: ExportJob) -> None:
         for connection in connections.all(initialized_only=True):
             if not connection.in_atomic_block:
                 connection.close()
-        _finish(job, Status.FAILED, WORKER_LOST, JOB_MESSAGES[WORKER_LOST])
+        _finish(job, Status.FAILED, WORKER_LOST, str(JOB_MESSAGES[WORKER_LOST]))
     except Exception:
         logger.warning("Export job %s: recording its worker's stop failed.", job.pk,
                        exc_info=True)  # fmt: skip
@@ -451,7 +452,7 @@ def sweep_stale_jobs(timeout: float | None = None) -> list[ExportJob]:
             status=Status.FAILED,
             finished_at=timezone.now(),
             error_code=WORKER_LOST,
-            error_message=JOB_MESSAGES[WORKER_LOST],
+            error_message=str(JOB_MESSAGES[WORKER_LOST]),
             file_name="",
         )
         if updated:

@@ -23,6 +23,7 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from django_streamexport.http import attachment_header
@@ -86,7 +87,7 @@ def download(request: HttpRequest, job_id: Any) -> HttpResponseBase:
     """
     job = _job(request, job_id)
     if not job.is_downloadable:
-        raise Http404("This export has no file to download.")
+        raise Http404(_("This export has no file to download."))
     return download_response(job)
 
 
@@ -114,7 +115,7 @@ def download_response(job: ExportJob) -> HttpResponseBase:
         try:
             handle = open(path, "rb")
         except FileNotFoundError:
-            raise Http404("The export's file is gone.") from None
+            raise Http404(_("The export's file is gone.")) from None
         response = FileResponse(handle, content_type=_content_type(job))
     response["Content-Disposition"] = disposition
     response["Cache-Control"] = "no-store"
