@@ -64,6 +64,7 @@ from django_streamexport.conf import conf
 from django_streamexport.exceptions import (
     ExportRefused,
     ExportRequestError,
+    FiltersRefused,
     UnknownField,
 )
 from django_streamexport.formats import (
@@ -131,6 +132,9 @@ def export_action(
             raise PermissionDenied
         try:
             return modeladmin.export_queryset_response(request, queryset, format_name)
+        except FiltersRefused as exc:
+            # The changelist's filters are the query string of the action's URL.
+            return export_error_response(exc.naming(request.GET))
         except ExportRequestError as exc:
             return export_error_response(exc)
 
@@ -473,8 +477,10 @@ class ExportAdminMixin:
         The download is ``GET ?_changelist_filters=<changelist query>&format=<name>
         &fields=<name>&fields=<name>...``: ``fields`` in column order, each one of
         :meth:`get_export_fields`.  Answers 403 without the export permission,
-        400 (the page again, with the error) for an unknown format or field,
-        and 400 for filters the changelist refuses.
+        400 (the page again, with the error) for an unknown format or field, for
+        filters the changelist refuses, and for filters the query compiler, the driver
+        or the database refuses (naming the changelist's parameter when it can be told;
+        :class:`~django_streamexport.exceptions.FiltersRefused`).
         """
         if not self.has_export_permission(request):
             raise PermissionDenied
@@ -490,18 +496,37 @@ class ExportAdminMixin:
         field_names = chosen if FIELDS_VAR in request.GET else None
         error = None
         if FORMAT_VAR in request.GET:
+            filters = QueryDict(request.GET.get(CHANGELIST_FILTERS_VAR, ""))
             try:
                 queryset = self.get_export_queryset(request)
-                return self.export_queryset_response(
-                    request, queryset, request.GET[FORMAT_VAR], field_names
-                )
-            except ExportRefused as exc:
-                return export_error_response(exc)
-            except ExportRequestError as exc:
-                error = str(exc)
             except IncorrectLookupParameters:
                 error = _("The changelist's filters are not valid.")
+            except (ValueError, OverflowError) as exc:
+                # Django's date hierarchy computes the end of the year 9999 (year 10000),
+                # or the day after 9999-12-31, unguarded (ChangeList.get_filters()).
+                dates = [name for name in self._date_hierarchy_parameters() if name in filters]
+                if not dates:
+                    raise
+                refusal = FiltersRefused.from_error(exc)
+                if len(dates) == 1:
+                    refusal = FiltersRefused(refusal.reason, parameter=dates[0])
+                error = str(refusal)
+            else:
+                try:
+                    return self.export_queryset_response(
+                        request, queryset, request.GET[FORMAT_VAR], field_names
+                    )
+                except ExportRefused as exc:
+                    return export_error_response(exc)
+                except FiltersRefused as exc:
+                    error = str(exc.naming(filters))
+                except ExportRequestError as exc:
+                    error = str(exc)
         return self.render_export_page(request, allowed, chosen, error)
+
+    def _date_hierarchy_parameters(self) -> list[str]:
+        field = self.date_hierarchy  # type: ignore[attr-defined]
+        return [f"{field}__{part}" for part in ("year", "month", "day")] if field else []
 
     def render_export_page(
         self, request: HttpRequest, allowed: list[str], chosen: list[str], error: str | None

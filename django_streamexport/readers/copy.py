@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
@@ -21,7 +21,8 @@ class CopyReader(Reader):
     """Yield the CSV body that ``COPY`` writes, in chunks of about ``plan.buffer_size`` bytes.
 
     ``statement`` and ``params`` come from
-    :func:`~django_streamexport.postgresql.copy.copy_statement`.  COPY runs in a
+    :func:`~django_streamexport.postgresql.copy.copy_statement`; ``select`` is the
+    ``SELECT`` that the statement copies (:meth:`first_select`).  COPY runs in a
     transaction with the export's guards and the session settings of
     :func:`~django_streamexport.postgresql.text.prepare_session`; its blocks (one per
     row) are joined into chunks with CRLF line ends.  The first chunk holds one row, so
@@ -34,11 +35,22 @@ class CopyReader(Reader):
     renders = True
 
     def __init__(
-        self, plan: ExportPlan, statement: str, params: list[Any], *, reason: str = ""
+        self,
+        plan: ExportPlan,
+        statement: str,
+        params: list[Any],
+        *,
+        select: str | None = None,
+        reason: str = "",
     ) -> None:
         super().__init__(plan, reason=reason)
         self.statement = statement
         self.params = params
+        self.select = select
+
+    def first_select(self) -> tuple[str, Sequence[Any]] | None:
+        """Return the ``SELECT`` that COPY writes out, when it was given."""
+        return None if self.select is None else (self.select, self.params)
 
     def read(self) -> Iterator[tuple[bytes, int]]:
         plan = self.plan

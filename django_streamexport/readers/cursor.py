@@ -54,6 +54,14 @@ class CursorReader(Reader):
         self.text_select = text_select
         self.text_cells = text_select is not None
 
+    def first_select(self) -> tuple[str, Sequence[Any]] | None:
+        """Return the query the cursor runs (``None`` when Django knows it matches nothing)."""
+        if self.text_select is not None:
+            return self.text_select
+        if self.query.empty:
+            return None
+        return self.query.sql, self.query.params
+
     def open_cursor(self, connection: Any) -> Any:
         """Return the cursor to read with: Django's chunked (server-side) cursor."""
         return connection.chunked_cursor()
