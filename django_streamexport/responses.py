@@ -9,7 +9,7 @@ body (:func:`~django_streamexport.sinks.http_body`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -25,6 +25,7 @@ from django_streamexport.exceptions import (
 )
 from django_streamexport.http import attachment_header
 from django_streamexport.limits import Slot, export_slots
+from django_streamexport.postgresql.explain import plan_query
 from django_streamexport.sinks import http_body
 from django_streamexport.streaming import ExportStream
 
@@ -142,11 +143,12 @@ def check_query(stream: ExportStream) -> None:
     Runs before the status line goes out, on the reader's first query
     (:meth:`~django_streamexport.readers.base.Reader.first_select`): the driver adapts
     its parameters and the database plans it.  On PostgreSQL that is an ``EXPLAIN``
-    (one round trip; nothing runs; planning compiles constant regular expressions).
-    SQLite, which evaluates Python functions such as Django's ``REGEXP`` only on rows,
-    runs the query to its first row (in process, no round trip).  Other databases are
-    not checked.  Inside a transaction the check runs in a savepoint, so a refusal
-    leaves the transaction usable.
+    with JIT off (:func:`~django_streamexport.postgresql.explain.plan_query`: one round
+    trip; nothing runs; planning compiles constant regular expressions).  SQLite, which
+    evaluates Python functions such as Django's ``REGEXP`` only on rows, runs the query
+    to its first row (in process, no round trip).  Other databases are not checked.
+    Inside a transaction the check runs in a savepoint, so a refusal leaves the
+    transaction usable.
 
     Raises :class:`~django_streamexport.exceptions.FiltersRefused` (400) for values
     the driver or the database refuses: a data error (SQLSTATE class 22, such as an
@@ -164,17 +166,11 @@ def check_query(stream: ExportStream) -> None:
     if statement is None or vendor not in ("postgresql", "sqlite"):
         return
     sql, params = statement
-    savepoint: AbstractContextManager[Any] = (
-        transaction.atomic(using=stream.using) if connection.in_atomic_block else nullcontext()
-    )
     try:
-        with savepoint, connection.cursor() as cursor:
-            if vendor == "sqlite":
-                cursor.execute(sql, params)
-                cursor.fetchone()
-            else:
-                cursor.execute(f"EXPLAIN {sql}", params)
-                cursor.fetchall()
+        if vendor == "postgresql":
+            plan_query(connection, sql, params)
+        else:
+            _first_row(connection, sql, params)
     except (DataError, ValueError, ArithmeticError) as exc:
         raise _refused(stream, exc, FiltersRefused.from_error(exc)) from exc
     except OperationalError as exc:
@@ -184,6 +180,16 @@ def check_query(stream: ExportStream) -> None:
         raise _unavailable(stream, exc) from exc
     except InterfaceError as exc:
         raise _unavailable(stream, exc) from exc
+
+
+def _first_row(connection: Any, sql: str, params: Sequence[Any]) -> None:
+    """Run ``sql`` to its first row (SQLite), in a savepoint inside a transaction."""
+    savepoint: AbstractContextManager[Any] = (
+        nullcontext() if connection.get_autocommit() else transaction.atomic(connection.alias)
+    )
+    with savepoint, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        cursor.fetchone()
 
 
 def _refused(stream: ExportStream, exc: BaseException, refusal: FiltersRefused) -> FiltersRefused:
