@@ -141,8 +141,10 @@ def check_query(stream: ExportStream) -> None:
     """Have the driver and the database refuse now what they would refuse at the first read.
 
     Runs before the status line goes out, on the reader's first query
-    (:meth:`~django_streamexport.readers.base.Reader.first_select`): the driver adapts
-    its parameters and the database plans it.  On PostgreSQL that is an ``EXPLAIN``
+    (:meth:`~django_streamexport.readers.base.Reader.first_select`) when it has
+    parameters (Django passes every value of a filter as one; a query without any, such
+    as an unfiltered export, is not checked): the driver adapts them and the database
+    plans the query.  On PostgreSQL that is an ``EXPLAIN``
     with JIT off (:func:`~django_streamexport.postgresql.explain.plan_query`: one round
     trip; nothing runs; planning compiles constant regular expressions).  SQLite, which
     evaluates Python functions such as Django's ``REGEXP`` only on rows, runs the query
@@ -163,8 +165,8 @@ def check_query(stream: ExportStream) -> None:
     statement = stream.reader.first_select()
     connection = connections[stream.using]
     vendor = connection.vendor
-    if statement is None or vendor not in ("postgresql", "sqlite"):
-        return
+    if statement is None or not statement[1] or vendor not in ("postgresql", "sqlite"):
+        return  # a query without parameters holds no value from the request
     sql, params = statement
     try:
         if vendor == "postgresql":

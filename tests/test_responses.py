@@ -516,6 +516,19 @@ def test_every_reader_has_its_first_query_checked(alias, options, reader):
     )
 
 
+def test_only_a_query_with_parameters_is_planned_before_the_response(admin_client):
+    """The check costs an unfiltered export nothing: no value of the request to refuse."""
+    make_records("default")
+    for query, planned in (({}, []), ({"title__regex": "^="}, ["SET LOCAL jit = off; EXPLAIN"])):
+        with CaptureQueriesContext(connections["default"]) as queries:
+            response = admin_client.get("/filtered/export/", {**query, "format": "csv"})
+        # Read now: these are the queries sent before the response, the body is unread.
+        before = [q["sql"] for q in queries.captured_queries if "testapp_record" in q["sql"]]
+        assert [sql.split(" SELECT ")[0] for sql in before] == planned, query
+        rows = parse_csv(body(response))
+        assert len(rows) > 1
+
+
 def test_a_refused_query_leaves_the_callers_transaction_usable():
     """Inside the caller's transaction the check runs in a savepoint (PostgreSQL would
     otherwise refuse every later statement: "current transaction is aborted")."""

@@ -38,22 +38,15 @@ if TYPE_CHECKING:
     from django_streamexport.columns import CompiledQuery
     from django_streamexport.plan import ExportPlan
 
-__all__ = [
-    "CopyModeUnavailable",
-    "block_reader",
-    "copy_of",
-    "copy_select",
-    "copy_statement",
-    "crlf_rows",
-]
+__all__ = ["CopyModeUnavailable", "block_reader", "copy_statement", "crlf_rows"]
 
 
 class CopyModeUnavailable(TextUnavailable):
     """The export cannot be produced by ``COPY``; the message says why."""
 
 
-def copy_select(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]:
-    """Return the ``SELECT`` (and its parameters) whose rows COPY mode writes for ``plan``.
+def copy_statement(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]:
+    """Return the ``COPY ... TO STDOUT`` statement and parameters for ``plan``'s rows.
 
     ``query`` is the export's compiled ``values_list()`` query.  Raises
     :class:`~django_streamexport.postgresql.text.TextUnavailable` (or its subclass
@@ -70,25 +63,12 @@ def copy_select(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]
         raise CopyModeUnavailable(
             "Django uses psycopg2, which cannot stream COPY under gevent; install psycopg 3"
         )
-    return select, params
-
-
-def copy_of(plan: ExportPlan, select: str) -> str:
-    """Return the ``COPY ... TO STDOUT`` statement writing ``select``'s rows as ``plan``'s CSV."""
     delimiter = plan.format.delimiter.replace("'", "''")  # type: ignore[attr-defined]  # CSV
-    return (
+    statement = (
         f"COPY ({select})"
         f" TO STDOUT WITH (FORMAT csv, HEADER false, DELIMITER '{delimiter}', QUOTE '\"')"
     )
-
-
-def copy_statement(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]:
-    """Return the ``COPY ... TO STDOUT`` statement and parameters for ``plan``'s rows.
-
-    :func:`copy_of` :func:`copy_select`; raises as :func:`copy_select` does.
-    """
-    select, params = copy_select(plan, query)
-    return copy_of(plan, select), params
+    return statement, params
 
 
 def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:

@@ -26,7 +26,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_streamexport.columns import compile_query
-from django_streamexport.postgresql.copy import copy_of, copy_select
+from django_streamexport.postgresql.copy import copy_statement
 from django_streamexport.postgresql.prefetch import prefetch_available
 from django_streamexport.postgresql.text import TextUnavailable, text_select
 from django_streamexport.readers.base import Reader
@@ -65,7 +65,7 @@ def choose_reader(plan: ExportPlan) -> Reader:
     notes: list[str] = []
     if plan.copy_mode:
         try:
-            select, params = copy_select(plan, query)
+            statement, params = copy_statement(plan, query)
         except TextUnavailable as exc:
             if plan.copy_mode == "require":
                 raise ImproperlyConfigured(
@@ -75,9 +75,7 @@ def choose_reader(plan: ExportPlan) -> Reader:
             logger.info("Export %s: COPY mode falls back to the cursor: %s.", plan.export_id, exc)
             notes.append(f"not COPY: {exc}")
         else:
-            return CopyReader(
-                plan, copy_of(plan, select), params, select=select, reason="COPY mode is on"
-            )
+            return CopyReader(plan, statement, params, query=query, reason="COPY mode is on")
     text = None
     if not plan.database_formatting:
         notes.append("values formatted in Python: database formatting is off")

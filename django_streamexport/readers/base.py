@@ -59,6 +59,8 @@ class Reader:
     def first_select(self) -> tuple[str, Sequence[Any]] | None:
         """Return the SQL and parameters of the first query :meth:`read` runs, or ``None``.
 
+        The query holding every value of the filters will do (the built-in readers return
+        the export's query, without the wrapping of database formatting or COPY).
         Checked before the response starts
         (:func:`~django_streamexport.responses.check_query`): the driver adapts the
         parameters and the database plans the query, so what they refuse is a 400, not a

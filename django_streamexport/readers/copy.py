@@ -12,6 +12,7 @@ from django_streamexport.postgresql.text import prepare_session
 from django_streamexport.readers.base import Reader
 
 if TYPE_CHECKING:
+    from django_streamexport.columns import CompiledQuery
     from django_streamexport.plan import ExportPlan
 
 __all__ = ["CopyReader"]
@@ -21,8 +22,8 @@ class CopyReader(Reader):
     """Yield the CSV body that ``COPY`` writes, in chunks of about ``plan.buffer_size`` bytes.
 
     ``statement`` and ``params`` come from
-    :func:`~django_streamexport.postgresql.copy.copy_statement`; ``select`` is the
-    ``SELECT`` that the statement copies (:meth:`first_select`).  COPY runs in a
+    :func:`~django_streamexport.postgresql.copy.copy_statement`; ``query`` is the
+    compiled query the statement copies (:meth:`first_select`).  COPY runs in a
     transaction with the export's guards and the session settings of
     :func:`~django_streamexport.postgresql.text.prepare_session`; its blocks (one per
     row) are joined into chunks with CRLF line ends.  The first chunk holds one row, so
@@ -40,17 +41,23 @@ class CopyReader(Reader):
         statement: str,
         params: list[Any],
         *,
-        select: str | None = None,
+        query: CompiledQuery | None = None,
         reason: str = "",
     ) -> None:
         super().__init__(plan, reason=reason)
         self.statement = statement
         self.params = params
-        self.select = select
+        self.query = query
 
     def first_select(self) -> tuple[str, Sequence[Any]] | None:
-        """Return the ``SELECT`` that COPY writes out, when it was given."""
-        return None if self.select is None else (self.select, self.params)
+        """Return the export's query, which COPY writes out (when it was given).
+
+        The query the statement wraps holds every value of the filters; the wrapping
+        (:func:`~django_streamexport.postgresql.text.text_select`) adds only the code's.
+        """
+        if self.query is None or self.query.empty:
+            return None
+        return self.query.sql, self.query.params
 
     def read(self) -> Iterator[tuple[bytes, int]]:
         plan = self.plan

@@ -55,9 +55,11 @@ class CursorReader(Reader):
         self.text_cells = text_select is not None
 
     def first_select(self) -> tuple[str, Sequence[Any]] | None:
-        """Return the query the cursor runs (``None`` when Django knows it matches nothing)."""
-        if self.text_select is not None:
-            return self.text_select
+        """Return the export's query (``None`` when Django knows it matches nothing).
+
+        With ``text_select`` the cursor runs that query wrapped; the wrapping adds only
+        the code's values, the filters' are all in the query.
+        """
         if self.query.empty:
             return None
         return self.query.sql, self.query.params
