@@ -5,10 +5,11 @@ no server-side cursor, no transaction held between pages.  On PostgreSQL with a
 ``statement_timeout`` (``STREAMEXPORT_STATEMENT_TIMEOUT``) each page runs in its
 own short transaction that sets it with ``SET LOCAL``, so the limit bounds each
 page; elsewhere pages run in autocommit.
-That is what works through **PgBouncer in transaction pooling** (which
-requires ``DISABLE_SERVER_SIDE_CURSORS``, so a cursor export would load every
-row), on **hot-standby replicas** (a long query there can be cancelled by
-recovery conflicts, ``max_standby_streaming_delay``; short pages rarely are)
+That is what works through **PgBouncer in transaction pooling** for every
+format (which requires ``DISABLE_SERVER_SIDE_CURSORS``, so a cursor export would
+load every row; a CSV export is read by COPY there), on **hot-standby replicas**
+(a long query there can be cancelled by recovery conflicts,
+``max_standby_streaming_delay``; short pages rarely are)
 and for **very long exports** (no transaction pinning ``VACUUM``'s horizon, no
 ``idle_in_transaction_session_timeout`` on a slow client).
 
