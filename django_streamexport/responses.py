@@ -23,6 +23,7 @@ from django_streamexport.exceptions import (
     ExportRequestError,
     FiltersRefused,
 )
+from django_streamexport.failures import sqlstate
 from django_streamexport.http import attachment_header
 from django_streamexport.limits import Slot, export_slots
 from django_streamexport.postgresql.explain import plan_query
@@ -157,8 +158,9 @@ def check_query(stream: ExportStream) -> None:
     invalid regular expression or a value out of range; psycopg 3's NUL in text),
     psycopg2's ``ValueError`` for NUL, an integer SQLite cannot bind, an exception in a
     SQLite function.  Raises :class:`~django_streamexport.exceptions.DatabaseUnavailable`
-    (503) when the connection fails; other database errors (the code's, such as an
-    unknown column) propagate.  The check does not hold the export's transaction or
+    (503) when the connection fails or the plan's ``statement_timeout`` passes (planning
+    waits for a table another session locked); other database errors (the code's, such as
+    an unknown column) propagate.  The check does not hold the export's transaction or
     cursor open: whatever runs between the view and the body (middleware saving a
     session) stays outside the export's transaction, as before.
     """
@@ -170,7 +172,7 @@ def check_query(stream: ExportStream) -> None:
     sql, params = statement
     try:
         if vendor == "postgresql":
-            plan_query(connection, sql, params)
+            plan_query(connection, sql, params, statement_timeout=stream.plan.statement_timeout)
         else:
             _first_row(connection, sql, params)
     except (DataError, ValueError, ArithmeticError) as exc:
@@ -179,6 +181,15 @@ def check_query(stream: ExportStream) -> None:
         if vendor == "sqlite" and SQLITE_FUNCTION_FAILED in str(exc):
             refusal = FiltersRefused("the database cannot evaluate their values")
             raise _refused(stream, exc, refusal) from exc
+        if sqlstate(exc) == "57014":  # the statement timeout: a table locked elsewhere
+            logger.warning(
+                "Export %s refused: database %r did not plan its query in time: %s",
+                *(stream.export_id, stream.using, exc),
+            )
+            raise DatabaseUnavailable(
+                "The export database is busy right now; try again later.",
+                retry_after=conf.RETRY_AFTER,
+            ) from exc
         raise _unavailable(stream, exc) from exc
     except InterfaceError as exc:
         raise _unavailable(stream, exc) from exc

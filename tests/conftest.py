@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import re
+import threading
 import uuid
 from decimal import Decimal
 
@@ -175,6 +176,26 @@ def other_session(alias: str = "default"):
             yield cursor
     finally:
         connection.close()
+
+
+@contextlib.contextmanager
+def locked_records(release_after: float = 10):
+    """Hold ACCESS EXCLUSIVE on the records' table in another session (released on exit).
+
+    Released after ``release_after`` seconds at the latest, so that code which waits on
+    the lock ends anyway (and a test that should not have waited fails instead of hanging).
+    """
+    with other_session() as locker:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE testapp_record IN ACCESS EXCLUSIVE MODE")
+        release = threading.Timer(release_after, locker.connection.rollback)
+        release.start()
+        try:
+            yield
+        finally:
+            release.cancel()
+            release.join()
+            locker.execute("ROLLBACK")
 
 
 def session_state(pid: int) -> str | None:

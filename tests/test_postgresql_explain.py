@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-from django.db import DataError, connection, connections, transaction
+from django.db import DataError, OperationalError, connection, connections, transaction
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.test.utils import CaptureQueriesContext
 
 from django_streamexport.postgresql.explain import plan_query
-from tests.conftest import make_records
+from tests.conftest import locked_records, make_records
 from tests.testapp.models import Record
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,3 +112,12 @@ def test_with_server_side_binding_it_plans_in_a_transaction_of_its_own(server_si
         plan_query(bound, sql, params)
     assert setting(bound, "jit") == "on"
     assert bound.get_autocommit()
+
+
+def test_the_statement_timeout_bounds_the_wait_for_a_locked_table():
+    sql, params = query_of(Record.objects.filter(title__regex="^a").values_list("id"))
+    with locked_records():
+        with pytest.raises(OperationalError, match="statement timeout"):
+            plan_query(connection, sql, params, statement_timeout=0.2)
+    assert setting(connection, "statement_timeout") == "0"
+    assert plan_query(connection, sql, params, statement_timeout=0.2)

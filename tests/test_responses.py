@@ -32,6 +32,7 @@ from django_streamexport.signals import export_finished, export_started
 from tests.conftest import (
     answer,
     body,
+    locked_records,
     logged_tracebacks,
     make_records,
     parse_csv,
@@ -519,14 +520,36 @@ def test_every_reader_has_its_first_query_checked(alias, options, reader):
 def test_only_a_query_with_parameters_is_planned_before_the_response(admin_client):
     """The check costs an unfiltered export nothing: no value of the request to refuse."""
     make_records("default")
-    for query, planned in (({}, []), ({"title__regex": "^="}, ["SET LOCAL jit = off; EXPLAIN"])):
+    planned = "SET LOCAL jit = off; SET LOCAL statement_timeout = 300000; EXPLAIN"
+    for query, expected in (({}, []), ({"title__regex": "^="}, [planned])):
         with CaptureQueriesContext(connections["default"]) as queries:
             response = admin_client.get("/filtered/export/", {**query, "format": "csv"})
         # Read now: these are the queries sent before the response, the body is unread.
         before = [q["sql"] for q in queries.captured_queries if "testapp_record" in q["sql"]]
-        assert [sql.split(" SELECT ")[0] for sql in before] == planned, query
+        assert [sql.split(" SELECT ")[0] for sql in before] == expected, query
         rows = parse_csv(body(response))
         assert len(rows) > 1
+
+
+@override_settings(STREAMEXPORT_STATEMENT_TIMEOUT=0.2, STREAMEXPORT_RETRY_AFTER=7)
+def test_a_table_locked_elsewhere_is_a_503_after_the_statement_timeout(
+    admin_client, no_exports_running, received
+):
+    """Planning waits for the lock; the export's statement timeout bounds that wait."""
+    make_records("default")
+    with locked_records():
+        response = admin_client.get("/filtered/export/", {"title__regex": "^=", "format": "csv"})
+    assert refusal(response) == {
+        "status": 503,
+        "body": b"The export database is busy right now; try again later.\n",
+        "content_type": "text/plain; charset=utf-8",
+        "retry_after": "7",
+        "no_store": True,
+        "streaming": False,
+        "attachment": False,
+    }
+    assert received == []
+    assert export_slots.active == 0
 
 
 def test_a_refused_query_leaves_the_callers_transaction_usable():

@@ -6,7 +6,10 @@ expressions, to estimate how many rows they match), and nothing runs.  ``EXPLAIN
 starts the executor, which JIT-compiles the plan's expressions when the plan costs more
 than ``jit_above_cost``: 24-85 ms for the example project's unfiltered flights CSV query on
 the 2-core test machine, against 5-7 ms with JIT off.  So the statement runs with
-``SET LOCAL jit = off``, which ends with its transaction.
+``SET LOCAL jit = off``, which ends with its transaction.  Planning takes a share lock on
+each table, so a table locked by another session (``ALTER TABLE``, ``VACUUM FULL``) makes it
+wait: the export's ``statement_timeout`` bounds that wait as it bounds the export's
+statements.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from django.db import transaction
 
 from django_streamexport.postgresql.driver import is_psycopg3
+from django_streamexport.postgresql.guards import milliseconds
 
 __all__ = ["plan_query"]
 
@@ -24,37 +28,49 @@ __all__ = ["plan_query"]
 NO_JIT = "SET LOCAL jit = off"
 
 
-def plan_query(connection: Any, sql: str, params: Sequence[Any]) -> list[str]:
+def plan_query(
+    connection: Any, sql: str, params: Sequence[Any], *, statement_timeout: float | None = None
+) -> list[str]:
     """Have PostgreSQL plan ``sql`` with ``params`` on Django ``connection``; run nothing.
 
-    Returns the plan, ``EXPLAIN``'s lines.  In autocommit, one round trip when the driver
-    binds parameters on the client (psycopg2, and Django's default psycopg 3 cursor):
-    ``SET LOCAL`` and ``EXPLAIN`` go as one simple query, whose statements PostgreSQL
-    runs as one implicit transaction (docs, "Multiple Statements in a Simple Query").
-    With server-side binding (``OPTIONS`` ``"server_side_binding": True``), in a
-    transaction of its own.  Inside the caller's transaction, in a savepoint that is
-    rolled back after, so the transaction is as it was and still usable after an error.
-    Raises what the driver and the server raise (as ``django.db`` errors, or the
-    driver's ``ValueError``).
+    Returns the plan, ``EXPLAIN``'s lines.  ``statement_timeout`` (seconds; ``None`` or 0
+    keeps the server's) bounds the statement, as
+    :func:`~django_streamexport.postgresql.guards.apply_guards` bounds the export's; past
+    it PostgreSQL cancels it (SQLSTATE 57014, an ``OperationalError``).
+
+    In autocommit, one round trip when the driver binds parameters on the client
+    (psycopg2, and Django's default psycopg 3 cursor): the ``SET LOCAL`` settings and
+    ``EXPLAIN`` go as one simple query, whose statements PostgreSQL runs as one
+    implicit transaction (docs, "Multiple Statements in a Simple Query").  With
+    server-side binding (``OPTIONS`` ``"server_side_binding": True``), in a transaction
+    of its own.  Inside the caller's transaction, in a savepoint that is rolled back
+    after, so the transaction is as it was and still usable after an error.  Raises
+    what the driver and the server raise (as ``django.db`` errors, or the driver's
+    ``ValueError``).
     """
     explain = f"EXPLAIN {sql}"
+    # Integers formatted here: SET takes no parameters in the extended protocol.
+    settings = NO_JIT
+    if statement_timeout:
+        settings += f"; SET LOCAL statement_timeout = {milliseconds(statement_timeout):d}"
     if not connection.get_autocommit():
         savepoint = transaction.savepoint(using=connection.alias)
         try:
             with connection.cursor() as cursor:
-                cursor.execute(NO_JIT)
+                cursor.execute(settings)
                 cursor.execute(explain, params)
                 return _lines(cursor)
         finally:
             transaction.savepoint_rollback(savepoint, using=connection.alias)
     with connection.cursor() as cursor:
         if _binds_on_the_client(cursor):
-            cursor.execute(f"{NO_JIT}; {explain}", params)
+            cursor.execute(f"{settings}; {explain}", params)
             if is_psycopg3():
-                cursor.nextset()  # psycopg 3 keeps each statement's result; psycopg2 the last
+                while cursor.nextset():  # psycopg 3 keeps each statement's result
+                    continue
             return _lines(cursor)
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.execute(NO_JIT)
+        cursor.execute(settings)
         cursor.execute(explain, params)
         return _lines(cursor)
 
