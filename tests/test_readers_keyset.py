@@ -15,8 +15,10 @@ from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_streamexport.columns import resolve_columns
+from django_streamexport.exceptions import FiltersRefused
 from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
+from django_streamexport.responses import check_query
 from django_streamexport.views import StreamingExportView
 from tests.conftest import (
     both_databases,
@@ -289,6 +291,20 @@ def test_through_pgbouncer_in_transaction_pooling_csv_streams_by_copy(pgbouncer_
         row for row in pgbouncer_alias.admin("SHOW STATS") if row["database"] == test_database
     ]
     assert stats["total_xact_count"] >= 2
+    # A filtered export's query is planned before the response through PgBouncer too (its
+    # SET LOCAL settings and EXPLAIN go as one simple query, one implicit transaction).
+    filtered = queryset.filter(title__regex="^row 1")
+    stream = plan_stream(filtered, columns, CSVFormat(columns), using=PGBOUNCER)
+    check_query(stream)
+    rows = parse_csv(b"".join(stream))
+    assert [int(row[0]) for row in rows[1:]] == list(filtered.values_list("id", flat=True))
+    assert len(rows) > 100
+    refused = plan_stream(
+        queryset.filter(title__regex="("), columns, CSVFormat(columns), using=PGBOUNCER
+    )
+    with pytest.raises(FiltersRefused, match="invalid regular expression"):
+        check_query(refused)
+    refused.close()
     # What COPY cannot write is refused there, and keyset pages work through PgBouncer.
     with pytest.raises(ImproperlyConfigured, match="the format is 'ndjson', not CSV"):
         plan_stream(queryset, columns, NDJSONFormat(columns), using=PGBOUNCER)
