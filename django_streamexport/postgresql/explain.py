@@ -4,12 +4,12 @@
 server parse, analyze and plan the statement (planning compiles constant regular
 expressions, to estimate how many rows they match), and nothing runs.  ``EXPLAIN`` also
 starts the executor, which JIT-compiles the plan's expressions when the plan costs more
-than ``jit_above_cost``: 24-85 ms for the example project's unfiltered flights CSV query on
-the 2-core test machine, against 5-7 ms with JIT off.  So the statement runs with
-``SET LOCAL jit = off``, which ends with its transaction.  Planning takes a share lock on
-each table, so a table locked by another session (``ALTER TABLE``, ``VACUUM FULL``) makes it
-wait: the export's ``statement_timeout`` bounds that wait as it bounds the export's
-statements.
+than ``jit_above_cost``: 24-85 ms for the example project's flights query as database
+formatting wraps it, on a loaded 2-core machine, against 5-7 ms with JIT off.  So the
+statement runs with ``SET LOCAL jit = off``, which ends with its transaction.  Planning
+takes a share lock on each table, so a table locked by another session (``ALTER TABLE``,
+``VACUUM FULL``) makes it wait: the export's ``statement_timeout`` bounds that wait as it
+bounds the export's statements.
 """
 
 from __future__ import annotations
