@@ -70,6 +70,7 @@ from django_streamexport.conf import conf
 from django_streamexport.exceptions import (
     ExportRefused,
     ExportRequestError,
+    FiltersRefused,
     UnknownField,
 )
 from django_streamexport.formats import (
@@ -84,6 +85,7 @@ from django_streamexport.plan import ExportPlan, build_plan
 from django_streamexport.responses import (
     admit_export,
     admitted_export_response,
+    check_query,
     export_error_response,
     user_admission_key,
 )
@@ -148,6 +150,9 @@ def export_action(
             raise PermissionDenied
         try:
             return modeladmin.export_queryset_response(request, queryset, format_name)
+        except FiltersRefused as exc:
+            # The changelist's filters are the query string of the action's URL.
+            return export_error_response(exc.naming(request.GET))
         except ExportRequestError as exc:
             return export_error_response(exc)
 
@@ -570,8 +575,10 @@ class ExportAdminMixin:
         The download is ``GET ?_changelist_filters=<changelist query>&format=<name>
         &fields=<name>&fields=<name>...``: ``fields`` in column order, each one of
         :meth:`get_export_fields`.  Answers 403 without the export permission,
-        400 (the page again, with the error) for an unknown format or field,
-        and 400 for filters the changelist refuses.
+        400 (the page again, with the error) for an unknown format or field, for
+        filters the changelist refuses, and for filters the query compiler, the driver
+        or the database refuses (naming the changelist's parameter when it can be told;
+        :class:`~django_streamexport.exceptions.FiltersRefused`).
         """
         if not self.has_export_permission(request):
             raise PermissionDenied
@@ -592,25 +599,40 @@ class ExportAdminMixin:
         field_names = chosen if FIELDS_VAR in request.GET else None
         error = None
         if FORMAT_VAR in request.GET:
+            filters = QueryDict(request.GET.get(CHANGELIST_FILTERS_VAR, ""))
             try:
                 queryset = self.get_export_queryset(request)
-                if background and BACKGROUND_VAR in request.GET:
-                    # Validate as the download would, then ask to confirm (a POST queues).
-                    plan = self.get_export_plan(
-                        request, queryset, request.GET[FORMAT_VAR], field_names
-                    )
-                    return self.render_export_page(
-                        request, allowed, chosen, None, confirm_background=plan
-                    )
-                return self.export_queryset_response(
-                    request, queryset, request.GET[FORMAT_VAR], field_names
-                )
-            except ExportRefused as exc:
-                return export_error_response(exc)
-            except ExportRequestError as exc:
-                error = str(exc)
             except IncorrectLookupParameters:
                 error = _("The changelist's filters are not valid.")
+            except (ValueError, OverflowError) as exc:
+                # Django's date hierarchy computes the end of the year 9999 (year 10000),
+                # or the day after 9999-12-31, unguarded (ChangeList.get_filters()).
+                dates = [name for name in self._date_hierarchy_parameters() if name in filters]
+                if not dates:
+                    raise
+                refusal = FiltersRefused.from_error(exc)
+                if len(dates) == 1:
+                    refusal = FiltersRefused(refusal.reason, parameter=dates[0])
+                error = str(refusal)
+            else:
+                try:
+                    if background and BACKGROUND_VAR in request.GET:
+                        # Validate as the download would, then ask to confirm (a POST queues).
+                        plan = self.get_background_plan(
+                            request, queryset, request.GET[FORMAT_VAR], field_names
+                        )
+                        return self.render_export_page(
+                            request, allowed, chosen, None, confirm_background=plan
+                        )
+                    return self.export_queryset_response(
+                        request, queryset, request.GET[FORMAT_VAR], field_names
+                    )
+                except ExportRefused as exc:
+                    return export_error_response(exc)
+                except FiltersRefused as exc:
+                    error = str(exc.naming(filters))
+                except ExportRequestError as exc:
+                    error = str(exc)
         return self.render_export_page(request, allowed, chosen, error)
 
     def has_background_export(self, request: HttpRequest) -> bool:
@@ -646,9 +668,14 @@ class ExportAdminMixin:
         chosen = [name for name in data.getlist(FIELDS_VAR) if name]
         field_names = chosen if FIELDS_VAR in data else None
         allowed = [self._field_name(field) for field in self.get_export_fields(request)]
+        filters = QueryDict(data.get(CHANGELIST_FILTERS_VAR, ""))
         try:
             queryset = self.get_export_queryset(form_request)
-            plan = self.get_export_plan(form_request, queryset, data.get(FORMAT_VAR), field_names)
+            plan = self.get_background_plan(
+                form_request, queryset, data.get(FORMAT_VAR), field_names
+            )
+        except FiltersRefused as exc:
+            return self.render_export_page(form_request, allowed, chosen, str(exc.naming(filters)))
         except ExportRequestError as exc:
             return self.render_export_page(form_request, allowed, chosen, str(exc))
         except IncorrectLookupParameters:
@@ -678,6 +705,28 @@ class ExportAdminMixin:
         )
         return redirect(url or request.get_full_path())
 
+    def get_background_plan(
+        self,
+        request: HttpRequest,
+        queryset: models.QuerySet,
+        format_name: str | None,
+        field_names: Sequence[str] | None,
+    ) -> ExportPlan:
+        """Return the plan a background export of ``queryset`` would run, checked now.
+
+        As a download is checked before its first byte: the plan
+        (:meth:`get_export_plan`), then the query, which the driver and the database must
+        accept (:func:`~django_streamexport.responses.check_query`; nothing runs).
+        Raises ``ExportRequestError`` subclasses (400), ``FiltersRefused`` among them.
+        """
+        plan = self.get_export_plan(request, queryset, format_name, field_names)
+        stream = self.export_stream_class(plan)
+        try:
+            check_query(stream)
+        finally:
+            stream.close()
+        return plan
+
     def _job_page_url(self, request: HttpRequest) -> Callable[[Any], str] | None:
         """Return ``job id -> the job's admin page`` (absolute), if ``ExportJob`` is registered."""
         for site_name in (self.admin_site.name, "admin"):
@@ -692,6 +741,10 @@ class ExportAdminMixin:
 
             return page
         return None
+
+    def _date_hierarchy_parameters(self) -> list[str]:
+        field = self.date_hierarchy  # type: ignore[attr-defined]
+        return [f"{field}__{part}" for part in ("year", "month", "day")] if field else []
 
     def render_export_page(
         self,

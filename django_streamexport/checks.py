@@ -25,7 +25,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_streamexport.conf import conf
-from django_streamexport.plan import is_count, is_integer, is_timeout
+from django_streamexport.plan import (
+    is_count,
+    is_integer,
+    is_timeout,
+    server_side_cursors_disabled,
+)
 from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
 from django_streamexport.timezones import is_time_zone
 
@@ -304,16 +309,16 @@ def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: An
         else list(settings.DATABASES)
     )
     for alias in aliases:
-        connection = connections[alias]
-        settings_dict, vendor = connection.settings_dict, connection.vendor
-        if vendor == "postgresql" and settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
+        vendor = connections[alias].vendor
+        if server_side_cursors_disabled(alias):
             warnings.append(
                 Warning(
                     f"DATABASES[{alias!r}] sets DISABLE_SERVER_SIDE_CURSORS, so cursor-mode "
-                    "exports from it are refused (they would load every row into memory).",
-                    hint='Use export_mode = "keyset" on export views, or export from an alias '
-                    "that connects directly or through a session-mode pooler "
-                    "(STREAMEXPORT_DATABASE).",
+                    "exports from it are read by COPY where COPY can write them (CSV, with "
+                    "psycopg 3) and refused otherwise (they would load every row into memory).",
+                    hint='Use export_mode = "keyset" on export views for the other exports, or '
+                    "export from an alias that connects directly or through a session-mode "
+                    "pooler (STREAMEXPORT_DATABASE).",
                     id="django_streamexport.W001",
                 )
             )

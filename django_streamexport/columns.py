@@ -17,11 +17,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import EmptyResultSet, FieldDoesNotExist, ImproperlyConfigured
+from django.core.exceptions import (
+    EmptyResultSet,
+    FieldDoesNotExist,
+    ImproperlyConfigured,
+    ValidationError,
+)
 from django.db import models
 from django.db.models.constants import LOOKUP_SEP
 from django.utils.encoding import force_str
 from django.utils.text import capfirst
+
+from django_streamexport.exceptions import FiltersRefused
 
 #: Value kinds.  Formats map each kind to a converter (or to none, when the
 #: value the database driver returns is already what the format writes).
@@ -319,21 +326,46 @@ class CompiledQuery:
         return batch
 
 
+#: What Django's lookups raise while compiling a value they cannot use: ``ValueError``
+#: (``__year__gt=99999``), ``IndexError`` (a ``__range`` of one value), ``TypeError``,
+#: ``ArithmeticError`` (``OverflowError``, ``decimal.InvalidOperation``), ``ValidationError``.
+COMPILE_ERRORS = (ValueError, TypeError, IndexError, ArithmeticError, ValidationError)
+
+
+def as_sql(compiler: Any) -> tuple[str, tuple[Any, ...]]:
+    """Return ``compiler.as_sql()``: the SQL and parameters of a query.
+
+    Raises :class:`~django_streamexport.exceptions.FiltersRefused` (400) for
+    :data:`COMPILE_ERRORS`: values that filters carried into the query and its lookups
+    cannot compile.  ``EmptyResultSet`` and other errors (a ``FieldError`` of the code)
+    propagate.
+    """
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:
+        raise
+    except COMPILE_ERRORS as exc:
+        raise FiltersRefused.from_error(exc) from exc
+    return sql, tuple(params)
+
+
 def compile_query(
     queryset: models.QuerySet, columns: Sequence[ResolvedColumn], using: str
 ) -> CompiledQuery:
     """Compile the ``values_list()`` of ``columns`` on ``using`` into a :class:`CompiledQuery`.
 
     Compiled once per export, when its reader is chosen, before any response starts:
-    what the query compiler refuses (``FieldError``, ``ValueError``...) raises here, not
-    mid-stream.  A query Django knows to match nothing (``EmptyResultSet``) gives
-    ``empty=True``.  Raises ``ValueError`` for ``prefetch_related()``.
+    what the query compiler refuses raises here, not mid-stream, as
+    :class:`~django_streamexport.exceptions.FiltersRefused` (400) for a value a lookup
+    cannot compile (:func:`as_sql`) and as itself otherwise (``FieldError``).  A query
+    Django knows to match nothing (``EmptyResultSet``) gives ``empty=True``.  Raises
+    ``ValueError`` for ``prefetch_related()``.
     """
     values = values_queryset(queryset, columns, using)
     width = len(columns)
     compiler = values.query.get_compiler(using=using)
     try:
-        sql, params = compiler.as_sql()
+        sql, params = as_sql(compiler)
     except EmptyResultSet:
         return CompiledQuery("", (), width, [], empty=True, compiler=compiler)
     # As SQLCompiler.results_iter(): the converters of the selected columns, and extra

@@ -35,7 +35,14 @@ from django_streamexport.http import safe_filename
 from django_streamexport.postgresql.guards import MAX_TIMEOUT_MS
 from django_streamexport.timezones import resolve_time_zone
 
-__all__ = ["COPY_MODES", "MODES", "ExportPlan", "build_plan", "unique_key_field"]
+__all__ = [
+    "COPY_MODES",
+    "MODES",
+    "ExportPlan",
+    "build_plan",
+    "server_side_cursors_disabled",
+    "unique_key_field",
+]
 
 #: How rows are read: one server-side cursor in a transaction, or short keyset pages.
 MODES = ("cursor", "keyset")
@@ -136,6 +143,20 @@ def _timeout(name: str, value: Any) -> float | None:
     raise ImproperlyConfigured(f"{name} must be a non-negative number or None, not {value!r}.")
 
 
+def server_side_cursors_disabled(alias: str) -> bool:
+    """Say whether ``DATABASES[alias]`` is PostgreSQL with ``DISABLE_SERVER_SIDE_CURSORS``.
+
+    What Django asks for behind a pooler in transaction mode (PgBouncer): its cursors
+    then read a whole result at once (Django docs, "Transaction pooling and server-side
+    cursors"), so an export from such an alias is read by ``COPY``, which needs no
+    server-side cursor, or in keyset pages.
+    """
+    connection = connections[alias]
+    return connection.vendor == "postgresql" and bool(
+        connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+    )
+
+
 def unique_key_field(model: type[models.Model], key: str) -> models.Field:
     """Return ``model``'s field named ``key`` (``"pk"`` for the primary key).
 
@@ -213,9 +234,10 @@ def build_plan(
     request) when ``format`` names no offered format, and ``ImproperlyConfigured``,
     naming the option, for what the code configured wrongly: an unknown or to-many
     field, an invalid option value, ``prefetch_related()``, a keyset key that is not
-    unique and non-null or a sliced queryset in keyset mode, and a cursor export from a
-    PostgreSQL alias with ``DISABLE_SERVER_SIDE_CURSORS`` (the driver would load every
-    row into memory; Django's ``QuerySet.iterator()`` docs).
+    unique and non-null or a sliced queryset in keyset mode.  A cursor-mode export from a
+    PostgreSQL alias with ``DISABLE_SERVER_SIDE_CURSORS`` is read through COPY or
+    refused when its reader is chosen
+    (:func:`~django_streamexport.readers.choose_reader`), still before a response starts.
     """
     if getattr(queryset, "_prefetch_related_lookups", ()):
         # The export is one query; refused before a response starts.
@@ -257,18 +279,6 @@ def build_plan(
         unique_key_field(queryset.model, keyset_key)
         if queryset.query.is_sliced:
             raise ImproperlyConfigured("Keyset exports cannot read a sliced queryset.")
-    else:
-        connection = connections[alias]
-        if connection.vendor == "postgresql" and connection.settings_dict.get(
-            "DISABLE_SERVER_SIDE_CURSORS"
-        ):
-            raise ImproperlyConfigured(
-                f"DATABASES[{alias!r}] sets DISABLE_SERVER_SIDE_CURSORS, so a cursor export "
-                "would load every row into memory. Read it in keyset pages (export_mode = "
-                '"keyset" on the view or ModelAdmin, --mode keyset on the command line), or '
-                "export from an alias that connects without a transaction-mode pooler "
-                "(STREAMEXPORT_DATABASE)."
-            )
     copy_mode = _setting(copy_mode, conf.COPY_MODE)
     if copy_mode is not True and copy_mode is not False and copy_mode != "require":
         raise ImproperlyConfigured(

@@ -2,25 +2,34 @@
 
 Views, admin actions and the admin export page, and the DRF mixin all answer through
 :func:`admitted_export_response`, so they share the admission limits (429), the
-database check (503), the headers and the body (:func:`~django_streamexport.sinks.http_body`).
+database check (503), the query check (400, :func:`check_query`), the headers and the
+body (:func:`~django_streamexport.sinks.http_body`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connections
+from django.db import DataError, InterfaceError, OperationalError, connections, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.translation import gettext as _
 
 from django_streamexport.conf import conf
-from django_streamexport.exceptions import DatabaseUnavailable, ExportRefused, ExportRequestError
+from django_streamexport.exceptions import (
+    DatabaseUnavailable,
+    ExportRefused,
+    ExportRequestError,
+    FiltersRefused,
+)
+from django_streamexport.failures import sqlstate
 from django_streamexport.http import attachment_header
 from django_streamexport.limits import Slot, export_slots
+from django_streamexport.postgresql.explain import plan_query
 from django_streamexport.sinks import http_body
 from django_streamexport.streaming import ExportStream
 
@@ -125,13 +134,96 @@ def ensure_database(stream: ExportStream) -> None:
             connection.close()
         connection.ensure_connection()
     except (OperationalError, InterfaceError) as exc:
-        logger.warning(
-            "Export %s refused: database %r unreachable: %s", stream.export_id, stream.using, exc
-        )
-        raise DatabaseUnavailable(
-            _("The export database cannot be reached right now; try again later."),
-            retry_after=conf.RETRY_AFTER,
-        ) from exc
+        raise _unavailable(stream, exc) from exc
+
+
+#: SQLite's answer when a Python function of the query (Django's ``REGEXP``) raised.
+SQLITE_FUNCTION_FAILED = "user-defined function raised exception"
+
+
+def check_query(stream: ExportStream) -> None:
+    """Have the driver and the database refuse now what they would refuse at the first read.
+
+    Runs before the status line goes out, on the reader's first query
+    (:meth:`~django_streamexport.readers.base.Reader.first_select`) when it has
+    parameters (Django passes every value of a filter as one; a query without any, such
+    as an unfiltered export, is not checked): the driver adapts them and the database
+    plans the query.  On PostgreSQL that is an ``EXPLAIN``
+    with JIT off (:func:`~django_streamexport.postgresql.explain.plan_query`: one round
+    trip; nothing runs; planning compiles constant regular expressions).  SQLite, which
+    evaluates Python functions such as Django's ``REGEXP`` only on rows, runs the query
+    to its first row (in process, no round trip).  Other databases are not checked.
+    Inside a transaction the check runs in a savepoint, so a refusal leaves the
+    transaction usable.
+
+    Raises :class:`~django_streamexport.exceptions.FiltersRefused` (400) for values
+    the driver or the database refuses: a data error (SQLSTATE class 22, such as an
+    invalid regular expression or a value out of range; psycopg 3's NUL in text),
+    psycopg2's ``ValueError`` for NUL, an integer SQLite cannot bind, an exception in a
+    SQLite function.  Raises :class:`~django_streamexport.exceptions.DatabaseUnavailable`
+    (503) when the connection fails or the plan's ``statement_timeout`` passes (planning
+    waits for a table another session locked); other database errors (the code's, such as
+    an unknown column) propagate.  The check does not hold the export's transaction or
+    cursor open: whatever runs between the view and the body (middleware saving a
+    session) stays outside the export's transaction, as before.
+    """
+    statement = stream.reader.first_select()
+    connection = connections[stream.using]
+    vendor = connection.vendor
+    if statement is None or not statement[1] or vendor not in ("postgresql", "sqlite"):
+        return  # a query without parameters holds no value from the request
+    sql, params = statement
+    try:
+        if vendor == "postgresql":
+            plan_query(connection, sql, params, statement_timeout=stream.plan.statement_timeout)
+        else:
+            _first_row(connection, sql, params)
+    except (DataError, ValueError, ArithmeticError) as exc:
+        raise _refused(stream, exc, FiltersRefused.from_error(exc)) from exc
+    except OperationalError as exc:
+        if vendor == "sqlite" and SQLITE_FUNCTION_FAILED in str(exc):
+            refusal = FiltersRefused("the database cannot evaluate their values")
+            raise _refused(stream, exc, refusal) from exc
+        if sqlstate(exc) == "57014":  # the statement timeout: a table locked elsewhere
+            logger.warning(
+                "Export %s refused: database %r did not plan its query in time: %s",
+                *(stream.export_id, stream.using, exc),
+            )
+            raise DatabaseUnavailable(
+                _("The export database is busy right now; try again later."),
+                retry_after=conf.RETRY_AFTER,
+            ) from exc
+        raise _unavailable(stream, exc) from exc
+    except InterfaceError as exc:
+        raise _unavailable(stream, exc) from exc
+
+
+def _first_row(connection: Any, sql: str, params: Sequence[Any]) -> None:
+    """Run ``sql`` to its first row (SQLite), in a savepoint inside a transaction."""
+    savepoint: AbstractContextManager[Any] = (
+        nullcontext() if connection.get_autocommit() else transaction.atomic(connection.alias)
+    )
+    with savepoint, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        cursor.fetchone()
+
+
+def _refused(stream: ExportStream, exc: BaseException, refusal: FiltersRefused) -> FiltersRefused:
+    logger.info(
+        "Export %s refused: the database refused its filters: %s: %s",
+        *(stream.export_id, type(exc).__name__, exc),
+    )
+    return refusal
+
+
+def _unavailable(stream: ExportStream, exc: BaseException) -> DatabaseUnavailable:
+    logger.warning(
+        "Export %s refused: database %r unreachable: %s", stream.export_id, stream.using, exc
+    )
+    return DatabaseUnavailable(
+        _("The export database cannot be reached right now; try again later."),
+        retry_after=conf.RETRY_AFTER,
+    )
 
 
 def connections_per_greenlet() -> bool:
@@ -171,20 +263,25 @@ def admitted_export_response(
 ) -> StreamingHttpResponse:
     """Return :func:`export_response` for an export admitted with ``slot`` (:func:`admit_export`).
 
-    The slot is released when the stream ends or is closed.  ``check_database``
-    (default :func:`ensure_database`) runs before the response starts; when it
-    raises an :class:`~django_streamexport.exceptions.ExportRequestError` (503)
-    the stream is closed, releasing the slot, and the error propagates.  Views,
-    admin exports and the DRF mixin all start this way.  Under gevent
-    (:func:`connections_per_greenlet`) the export's database connection is closed when
-    the stream ends (:func:`close_greenlet_connection`), whatever ``CONN_MAX_AGE`` says.
+    The slot is released when the stream ends or is closed.  Before the response
+    starts, ``check_database`` (default :func:`ensure_database`; 503) and then, unless
+    ``include_body`` is false, :func:`check_query` (400 for filters the driver or the
+    database refuses) run; when either raises, the stream is closed, releasing the
+    slot, and the error propagates.  A ``HEAD`` request never sends the query to the
+    database (its filters were compiled with the stream, so the compiler's refusals are
+    a 400 for it too).  Views, admin exports and the DRF mixin all start this way.
+    Under gevent (:func:`connections_per_greenlet`) the export's database connection is
+    closed when the stream ends (:func:`close_greenlet_connection`), whatever
+    ``CONN_MAX_AGE`` says.
     """
     stream.add_closer(slot.release)
     if connections_per_greenlet():
         stream.add_closer(partial(close_greenlet_connection, connections[stream.using]))
     try:
         check_database(stream)
-    except ExportRequestError:
+        if include_body:
+            check_query(stream)
+    except BaseException:
         stream.close()
         raise
     return export_response(

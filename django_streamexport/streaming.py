@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from django_streamexport.exceptions import RowLimitExceeded
+from django_streamexport.exceptions import FiltersRefused, RowLimitExceeded
 from django_streamexport.failures import describe_failure, log_failure
 from django_streamexport.plan import ExportPlan
 from django_streamexport.readers import Reader, choose_reader
@@ -59,7 +59,14 @@ class ExportStream:
         self._iterator: Iterator[bytes] | None = None
         self._closers: list[weakref.finalize] = []
         self.add_closer(plan.format.close)
-        self.reader = self.get_reader()
+        try:
+            self.reader = self.get_reader()
+        except FiltersRefused as exc:
+            logger.info(
+                "Export %s refused: the query compiler refused its filters: %s: %s",
+                *(self.export_id, type(exc.__cause__).__name__, exc.__cause__),
+            )
+            raise
         logger.debug("Export %s reads with %r.", self.export_id, self.reader)
 
     export_id = property(lambda self: self.plan.export_id)

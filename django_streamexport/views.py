@@ -38,7 +38,7 @@ from django.utils.translation import gettext as _
 from django.views.generic import View
 
 from django_streamexport.columns import ExportField, ResolvedColumn, resolve_columns
-from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.exceptions import ExportRequestError, FiltersRefused
 from django_streamexport.formats import (
     check_format_options,
     default_format_classes,
@@ -382,9 +382,13 @@ class StreamingExportMixin:
         With ``include_body=False`` (``HEAD``) the response has the same headers
         and no body, and the export query never runs.
 
-        Before the response starts, in order: the request is validated (400),
-        the export is admitted (429, :meth:`admit_export`) and the database
-        is checked (503, :meth:`check_database`).  The admission slot is held
+        Before the response starts, in order: the request is validated (400; the
+        query is compiled), the export is admitted (429, :meth:`admit_export`), the
+        database is checked (503, :meth:`check_database`) and the query is checked
+        (:func:`~django_streamexport.responses.check_query`).  Filters the query
+        compiler, the driver or the database refuses are a 400 naming the query
+        parameter when it can be told
+        (:class:`~django_streamexport.exceptions.FiltersRefused`).  The admission slot is held
         until the response is closed.
         """
         try:
@@ -404,6 +408,8 @@ class StreamingExportMixin:
                 response_class=self.response_class,
                 request=self.request,
             )
+        except FiltersRefused as exc:
+            return self.export_request_error(exc.naming(self.request.GET))
         except ExportRequestError as exc:
             return self.export_request_error(exc)
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import html
 import io
 import json
+import logging
+import re
+import threading
 import uuid
 from decimal import Decimal
 
@@ -118,6 +122,37 @@ def body(response) -> bytes:
         response.close()
 
 
+def answer(response) -> tuple[int, str]:
+    """Return (status, what the client reads) of a response, reading a streamed body whole.
+
+    What is read: the plain-text body of a refusal, the error note of an admin page, or
+    for a streamed export ``"streamed N bytes"``, or ``"cut after N bytes: <error>"`` when
+    the transfer ends with an exception (a server would cut it short).
+    """
+    if not response.streaming:
+        text = html.unescape(response.content.decode("utf-8", "replace"))
+        note = re.search(r'<p class="errornote">(.*?)</p>', text, re.S)
+        return response.status_code, (note.group(1) if note else text).strip()
+    received = 0
+    try:
+        for chunk in response.streaming_content:
+            received += len(chunk)
+    except Exception as exc:
+        return response.status_code, f"cut after {received} bytes: {type(exc).__name__}: {exc}"
+    finally:
+        response.close()
+    return response.status_code, f"streamed {received} bytes"
+
+
+def logged_tracebacks(caplog) -> list[str]:
+    """Return the messages logged at ERROR or above, or with a traceback, in ``caplog``."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.ERROR or record.exc_info
+    ]
+
+
 def server_side_cursors(alias: str = "default") -> list[tuple]:
     """Return (name, is_holdable) of the open cursors of ``alias``'s own session."""
     with connections[alias].cursor() as cursor:
@@ -141,6 +176,26 @@ def other_session(alias: str = "default"):
             yield cursor
     finally:
         connection.close()
+
+
+@contextlib.contextmanager
+def locked_records(release_after: float = 10):
+    """Hold ACCESS EXCLUSIVE on the records' table in another session (released on exit).
+
+    Released after ``release_after`` seconds at the latest, so that code which waits on
+    the lock ends anyway (and a test that should not have waited fails instead of hanging).
+    """
+    with other_session() as locker:
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE testapp_record IN ACCESS EXCLUSIVE MODE")
+        release = threading.Timer(release_after, locker.connection.rollback)
+        release.start()
+        try:
+            yield
+        finally:
+            release.cancel()
+            release.join()
+            locker.execute("ROLLBACK")
 
 
 def session_state(pid: int) -> str | None:

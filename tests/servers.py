@@ -1,4 +1,4 @@
-"""A real gunicorn (deploy/gunicorn.conf.py, one gevent worker) and a raw HTTP client.
+"""A real gunicorn (deploy/gunicorn.conf.py, one gevent worker), PgBouncer, a raw HTTP client.
 
 The fault and load tests need what only a real server does: chunked transfer,
 aborting a transfer when the app raises mid-stream, closing the response on a
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -306,6 +307,108 @@ def insert_records(count: int) -> None:
             " FROM generate_series(1, %s) AS g",
             [count],
         )
+
+
+# --- PgBouncer ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """Return a loopback TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PgBouncer:
+    port: int
+    process: subprocess.Popen
+    directory: Path
+
+    def log(self) -> str:
+        return (self.directory / "pgbouncer.log").read_text(errors="replace")
+
+    def admin(self, command: str) -> list[dict]:
+        """Run ``command`` (``SHOW POOLS``...) on the admin console; return its rows as dicts.
+
+        The console speaks only the simple query protocol: a client-side-binding cursor
+        sends a query without parameters that way.
+        """
+        import psycopg
+        from psycopg.rows import dict_row
+
+        params = {**pg_params("pgbouncer"), "host": HOST, "port": str(self.port)}
+        with psycopg.connect(
+            **params, autocommit=True, cursor_factory=psycopg.ClientCursor, connect_timeout=10
+        ) as console:
+            with console.cursor(row_factory=dict_row) as cursor:
+                cursor.execute(command)
+                return cursor.fetchall()
+
+
+def pgbouncer_binary() -> str:
+    """Return the pgbouncer executable (Debian installs it in /usr/sbin, often not on PATH)."""
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
+    )
+    assert found, "pgbouncer is not installed: run scripts/install-servers"
+    return found
+
+
+@contextlib.contextmanager
+def pgbouncer(port: int, pool_mode: str = "transaction"):
+    """Run PgBouncer on ``port`` in front of the suite's PostgreSQL; yield a PgBouncer.
+
+    Every database name passes through to the server (``* = host=... port=...``), so a
+    client names the test database as it would on the server.  Authentication is
+    ``trust`` for the suite's user (its password, if any, in the auth file logs in to the
+    server), who is also the admin console's user.  PgBouncer refuses to run as root: as
+    root it drops to ``nobody`` (``-u``), so its files live in a directory of their own
+    that ``nobody`` can read.  Waits (15 s at most) until it listens; stops it with
+    SIGTERM (then SIGKILL) and removes the directory on exit.  Close Django's connections
+    to it first.
+    """
+    params = pg_params()
+    directory = Path(tempfile.mkdtemp(prefix="streamexport-pgbouncer-"))
+    directory.chmod(0o755)
+    (directory / "userlist.txt").write_text(f'"{params["user"]}" "{params["password"]}"\n')
+    (directory / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"* = host={params['host']} port={params['port']}\n"
+        "\n"
+        "[pgbouncer]\n"
+        f"listen_addr = {HOST}\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = trust\n"
+        f"auth_file = {directory / 'userlist.txt'}\n"
+        f"admin_users = {params['user']}\n"
+        f"pool_mode = {pool_mode}\n"
+        "default_pool_size = 5\n"
+        # Sent by some clients at start-up; PgBouncer refuses what it does not know.
+        "ignore_startup_parameters = extra_float_digits, options\n"
+    )
+    for name in ("userlist.txt", "pgbouncer.ini"):
+        (directory / name).chmod(0o644)
+    command = [pgbouncer_binary(), str(directory / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        command[1:1] = ["-u", "nobody"]
+    with open(directory / "pgbouncer.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = PgBouncer(port, process, directory)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, f"pgbouncer exited:\n{server.log()}"
+            with contextlib.suppress(OSError):
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            assert time.monotonic() < deadline, f"pgbouncer did not start:\n{server.log()}"
+            time.sleep(0.1)
+        yield server
+    finally:
+        stop_process(process, signal.SIGTERM)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- PostgreSQL seen from outside the servers ---------------------------------------------------

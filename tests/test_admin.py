@@ -600,7 +600,7 @@ def test_disable_server_side_cursors_refuses_cursor_mode_and_keyset_streams(
     message = str(refused.value)
     assert "DISABLE_SERVER_SIDE_CURSORS" in message
     assert 'export_mode = "keyset"' in message
-    assert recorded == []  # refused while planning: no stream, no slot, no response
+    assert recorded == []  # refused as its reader is chosen: no stream, no slot, no response
     assert export_slots.active == 0
     response = export(KEYSET_ADMIN)
     _, rows = export_rows(response, "ndjson")

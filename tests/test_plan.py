@@ -1,7 +1,7 @@
 """build_plan(): settings resolved once, every option validated, the format and file name.
 
 Building a plan runs no query (it reads settings and connection settings only), so
-these tests need no database; the DISABLE_SERVER_SIDE_CURSORS case changes the real
+these tests need no database; the DISABLE_SERVER_SIDE_CURSORS cases change the real
 connection's settings for the length of one test.
 """
 
@@ -220,15 +220,10 @@ def test_a_sliced_queryset_is_refused_in_keyset_mode_only():
 
 
 @pytest.mark.parametrize("mode", ["cursor", "keyset"])
-def test_disable_server_side_cursors_refuses_cursor_mode_only(monkeypatch, mode):
+def test_disable_server_side_cursors_is_left_to_the_reader_choice(monkeypatch, mode):
+    # COPY may read the export (readers.choose_reader(); tests/test_readers_keyset.py).
     monkeypatch.setitem(connections["default"].settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
-    if mode == "cursor":
-        with pytest.raises(ImproperlyConfigured, match="DISABLE_SERVER_SIDE_CURSORS") as info:
-            plan(mode=mode)
-        assert "DATABASES['default']" in str(info.value)
-        assert "keyset" in str(info.value)
-    else:
-        assert plan(mode=mode).mode == "keyset"
+    assert plan(mode=mode).mode == mode
 
 
 def test_disable_server_side_cursors_does_not_concern_sqlite(monkeypatch):

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.db.models import CharField
 from django.db.models.expressions import RawSQL
 from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_streamexport.columns import resolve_columns
+from django_streamexport.exceptions import FiltersRefused
 from django_streamexport.formats.csv import CSVFormat
+from django_streamexport.formats.ndjson import NDJSONFormat
+from django_streamexport.responses import check_query
 from django_streamexport.views import StreamingExportView
 from tests.conftest import (
     both_databases,
     make_records,
     parse_csv,
+    parse_ndjson,
     plan_stream,
     server_side_cursors,
 )
+from tests.servers import HOST, free_port, pgbouncer
 from tests.testapp.models import Author, Record
+from tests.testapp.views import ALL_FIELDS, RecordingStream
 
 pytestmark = both_databases
 
@@ -128,8 +136,8 @@ class KeysetRecordExport(StreamingExportView):
     chunk_size = 4
 
 
-def _view_body(view_class, **initkwargs):
-    request = RequestFactory().get("/?format=csv")
+def _view_body(view_class, query="format=csv", **initkwargs):
+    request = RequestFactory().get(f"/?{query}")
     response = view_class.as_view(**initkwargs)(request)
     try:
         return b"".join(response.streaming_content)
@@ -154,19 +162,155 @@ def test_unknown_export_mode_is_improperly_configured():
         _view_body(KeysetRecordExport, export_mode="pages")
 
 
-def test_disable_server_side_cursors_refuses_cursor_mode_and_keyset_works(pg_alias, monkeypatch):
+@pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3")
+def test_disable_server_side_cursors_reads_csv_by_copy_refuses_other_cursor_exports(
+    pg_alias, monkeypatch
+):
     records = make_records(pg_alias)
-    monkeypatch.setitem(connections[pg_alias].settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
     queryset = Record.objects.all()
     columns = resolve_columns(queryset, FIELDS)
-    with pytest.raises(ImproperlyConfigured, match='export_mode = "keyset"'):
-        plan_stream(queryset, columns, CSVFormat(columns), chunk_size=10, buffer_size=64)
-    # A view in cursor mode fails before any response starts...
-    with pytest.raises(ImproperlyConfigured, match="DISABLE_SERVER_SIDE_CURSORS"):
-        _view_body(KeysetRecordExport, export_mode="cursor")
+    by_cursor = plan_stream(queryset, columns, CSVFormat(columns), buffer_size=64)
+    assert by_cursor.reader.name == "prefetching cursor"
+    expected = b"".join(by_cursor)
+    view_expected = _view_body(KeysetRecordExport, export_mode="cursor")
+    monkeypatch.setitem(connections[pg_alias].settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    # CSV: COPY needs no server-side cursor, whatever copy_mode says.
+    for copy_mode in (False, True):
+        stream = plan_stream(
+            queryset, columns, CSVFormat(columns), buffer_size=64, copy_mode=copy_mode
+        )
+        assert stream.reader.name == "copy"
+        assert "DISABLE_SERVER_SIDE_CURSORS" in stream.reader.reason or copy_mode
+        assert b"".join(stream) == expected
+    assert _view_body(KeysetRecordExport, export_mode="cursor") == view_expected
+    # What COPY cannot write is refused before any response starts, saying why and what to do.
+    refusals = {
+        "the format is 'ndjson', not CSV": lambda: plan_stream(
+            queryset, columns, NDJSONFormat(columns)
+        ),
+        "a row limit is set (max_rows)": lambda: plan_stream(
+            queryset, columns, CSVFormat(columns), max_rows=5
+        ),
+        "the format is 'json', not CSV": lambda: _view_body(
+            KeysetRecordExport, "format=json", export_mode="cursor"
+        ),
+    }
+    for reason, refused in refusals.items():
+        with pytest.raises(ImproperlyConfigured) as info:
+            refused()
+        assert str(info.value) == (
+            "DATABASES['default'] sets DISABLE_SERVER_SIDE_CURSORS, so a cursor export would "
+            "load every row into memory, and COPY, which needs no server-side cursor, cannot "
+            f'write this export: {reason}. Read it in keyset pages (export_mode = "keyset" on '
+            "the view or ModelAdmin, --mode keyset on the command line), or export from an "
+            "alias that connects without a transaction-mode pooler (STREAMEXPORT_DATABASE)."
+        )
     # ...and keyset mode streams.
     data = _view_body(KeysetRecordExport)
     assert [int(row[0]) for row in parse_csv(data)[1:]] == [r.id for r in records]
+
+
+# --- through a real PgBouncer in transaction pooling ----------------------------------------
+
+PGBOUNCER = "pgbouncer"
+#: Every exported column of the records, but JSON (COPY cannot spell it as Python does).
+COPY_FIELDS = [field for field in ALL_FIELDS if field != "data"]
+
+
+@pytest.fixture(scope="module")
+def pgbouncer_alias():
+    """Add the alias ``pgbouncer``: the test database through PgBouncer, transaction pooling.
+
+    ``DISABLE_SERVER_SIDE_CURSORS``, as Django asks behind such a pooler; a ``TEST`` mirror
+    of ``default`` (the same test database, never flushed through it).  PgBouncer runs on
+    a free loopback port for the module and is stopped after Django's connection to it
+    is closed.
+    """
+    with pgbouncer(free_port(), pool_mode="transaction") as bouncer:
+        settings_dict = copy.deepcopy(connections["default"].settings_dict)
+        settings_dict.update(HOST=HOST, PORT=str(bouncer.port), DISABLE_SERVER_SIDE_CURSORS=True)
+        settings_dict["TEST"] = {**settings_dict["TEST"], "MIRROR": "default"}
+        connections.settings[PGBOUNCER] = settings_dict
+        try:
+            yield bouncer
+        finally:
+            through = getattr(connections._connections, PGBOUNCER, None)
+            if through is not None:
+                through.close()
+                delattr(connections._connections, PGBOUNCER)
+            del connections.settings[PGBOUNCER]
+
+
+class PgBouncerExport(StreamingExportView):
+    model = Record
+    export_fields = COPY_FIELDS
+    using = PGBOUNCER
+    stream_class = RecordingStream
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3")
+@pytest.mark.django_db(transaction=True, databases=["default", PGBOUNCER])
+def test_through_pgbouncer_in_transaction_pooling_csv_streams_by_copy(pgbouncer_alias):
+    make_records("default", 500)
+    queryset = Record.objects.order_by("id")
+    columns = resolve_columns(queryset, COPY_FIELDS)
+    # The standard path: a server-side cursor on the direct connection.
+    direct = plan_stream(queryset, columns, CSVFormat(columns))
+    assert direct.reader.name == "prefetching cursor"
+    expected = b"".join(direct)
+    assert len(parse_csv(expected)) == 501
+    # Through PgBouncer: COPY, which needs no server-side cursor, byte for byte the same.
+    stream = plan_stream(queryset, columns, CSVFormat(columns), using=PGBOUNCER)
+    assert (stream.reader.name, stream.reader.reason) == (
+        "copy",
+        "DATABASES['pgbouncer'] sets DISABLE_SERVER_SIDE_CURSORS: COPY needs no server-side cursor",
+    )
+    assert b"".join(stream) == expected
+    assert stream.outcome == "complete"
+    # The same through a view, over the HTTP entry point.
+    RecordingStream.built.clear()
+    request = RequestFactory().get("/?format=csv")
+    response = PgBouncerExport.as_view()(request)
+    assert response.status_code == 200
+    try:
+        data = b"".join(response.streaming_content)
+    finally:
+        response.close()
+    (view_stream,) = RecordingStream.built
+    RecordingStream.built.clear()
+    assert view_stream.reader.name == "copy"
+    assert data == expected
+    # The rows went through PgBouncer, in transaction pooling, on the test database.
+    test_database = connections["default"].settings_dict["NAME"]
+    (pool,) = [
+        row for row in pgbouncer_alias.admin("SHOW POOLS") if row["database"] == test_database
+    ]
+    assert pool["pool_mode"] == "transaction"
+    (stats,) = [
+        row for row in pgbouncer_alias.admin("SHOW STATS") if row["database"] == test_database
+    ]
+    assert stats["total_xact_count"] >= 2
+    # A filtered export's query is planned before the response through PgBouncer too (its
+    # SET LOCAL settings and EXPLAIN go as one simple query, one implicit transaction).
+    filtered = queryset.filter(title__regex="^row 1")
+    stream = plan_stream(filtered, columns, CSVFormat(columns), using=PGBOUNCER)
+    check_query(stream)
+    rows = parse_csv(b"".join(stream))
+    assert [int(row[0]) for row in rows[1:]] == list(filtered.values_list("id", flat=True))
+    assert len(rows) > 100
+    refused = plan_stream(
+        queryset.filter(title__regex="("), columns, CSVFormat(columns), using=PGBOUNCER
+    )
+    with pytest.raises(FiltersRefused, match="invalid regular expression"):
+        check_query(refused)
+    refused.close()
+    # What COPY cannot write is refused there, and keyset pages work through PgBouncer.
+    with pytest.raises(ImproperlyConfigured, match="the format is 'ndjson', not CSV"):
+        plan_stream(queryset, columns, NDJSONFormat(columns), using=PGBOUNCER)
+    pages = plan_stream(queryset, columns, NDJSONFormat(columns), using=PGBOUNCER, mode="keyset")
+    records = parse_ndjson(b"".join(pages))
+    assert [record["id"] for record in records] == list(queryset.values_list("id", flat=True))
 
 
 class RecordsToSQLite:

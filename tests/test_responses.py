@@ -18,13 +18,26 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.core.handlers.wsgi import WSGIHandler
-from django.db import connections
+from django.db import connections, transaction
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.urls import path
 
+from django_streamexport.columns import resolve_columns
+from django_streamexport.exceptions import FiltersRefused
+from django_streamexport.formats.csv import CSVFormat
+from django_streamexport.formats.ndjson import NDJSONFormat
 from django_streamexport.limits import export_slots
+from django_streamexport.responses import check_query
 from django_streamexport.signals import export_finished, export_started
-from tests.conftest import body, make_records, parse_csv
+from tests.conftest import (
+    answer,
+    body,
+    locked_records,
+    logged_tracebacks,
+    make_records,
+    parse_csv,
+    plan_stream,
+)
 from tests.test_rest_framework import RecordList
 from tests.testapp.admin import RecordingRecordAdmin
 from tests.testapp.models import Record
@@ -55,6 +68,21 @@ class NamedRecordList(RecordList):
     export_stream_class = RecordingStream
 
 
+class FilteredRecordExport(NamedRecordExport):
+    """Narrowed by ``?title=`` and ``?title__regex=``, as a list page's filters would."""
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        for name in ("title", "title__regex"):
+            if name in self.request.GET:
+                queryset = queryset.filter(**{name: self.request.GET[name]})
+        return queryset
+
+
+class FilteredRecordList(NamedRecordList):
+    filterset_fields = {"title": ["regex"]}
+
+
 named_site = admin.AdminSite(name="named_admin")
 named_site.register(Record, NamedRecordAdmin)
 
@@ -64,6 +92,8 @@ urlpatterns = [
     path("named/export/", NamedRecordExport.as_view()),
     path("named-admin/", named_site.urls),
     path("api/named/", NamedRecordList.as_view()),
+    path("filtered/export/", FilteredRecordExport.as_view()),
+    path("api/filtered/", FilteredRecordList.as_view()),
 ]
 
 #: The three entry points as the project serves them (tests/urls.py, tests/test_rest_framework.py).
@@ -410,3 +440,156 @@ def test_under_gevent_the_export_closes_its_connection_when_it_ends(client, monk
     data = b"".join(response.streaming_content)
     assert connection.connection is None
     assert len(parse_csv(data)) == (31 if method == "GET" else 0)
+
+
+# --- filters the driver or the database refuses: 400 before the response starts -------------
+
+#: PostgreSQL refuses to compile it when planning the query.
+BAD_REGEX = (
+    "The export's filters were refused: invalid regular expression: parentheses () not balanced."
+)
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "url", "query"),
+    [
+        ("view", "/filtered/export/", {"title__regex": "("}),
+        ("admin", "/named-admin/testapp/record/export/", {"_changelist_filters": "title__regex=("}),
+        ("drf", "/api/filtered/", {"title__regex": "("}),
+    ],
+)
+def test_a_regex_the_database_refuses_is_a_400_from_every_entry_point(
+    admin_client, entry_point, url, query, no_exports_running, received, recorded, caplog
+):
+    """Planned before the status line, the query's error is a 400; it used to cut a 200 short."""
+    make_records("default")
+    admin_client.raise_request_exception = False
+    caplog.set_level("INFO")
+    response = admin_client.get(url, {**query, "format": "csv"})
+    assert answer(response) == (400, BAD_REGEX)
+    assert not response.has_header("Content-Disposition")
+    if entry_point != "admin":  # the admin answers with its export page and the error on it
+        assert response["Content-Type"] == "text/plain; charset=utf-8"
+        assert "no-store" in cache_directives(response)
+    assert logged_tracebacks(caplog) == []
+    # The stream was built and closed unread: no export started, its place is free.
+    (stream,) = recorded
+    assert (stream.outcome, stream.rows) == (None, 0)
+    assert received == []
+    gc.collect()
+    assert export_slots.active == 0
+    # A regular expression PostgreSQL takes streams its rows.
+    valid = {name: value.replace("(", "^=") for name, value in query.items()}
+    rows = parse_csv(body(admin_client.get(url, {**valid, "format": "csv"})))
+    expected = Record.objects.filter(title__regex="^=").order_by("id")
+    assert [int(row[0]) for row in rows[1:]] == list(expected.values_list("id", flat=True))
+    assert len(rows) > 1
+
+
+@pytest.mark.parametrize(
+    ("url", "query", "parameter"),
+    [
+        ("/filtered/export/", {"title": "a\x00b"}, "title"),
+        ("/filtered/export/", {"title": "plain", "title__regex": "\x00"}, "title__regex"),
+        (
+            "/named-admin/testapp/record/export/",
+            {"_changelist_filters": "status__exact=p&title__startswith=%3D%00"},
+            "title__startswith",
+        ),
+    ],
+)
+def test_a_nul_byte_is_a_400_naming_its_parameter(admin_client, url, query, parameter, caplog):
+    make_records("default")
+    caplog.set_level("INFO")
+    response = admin_client.get(url, {**query, "format": "ndjson"})
+    status, text = answer(response)
+    assert status == 400
+    assert text.startswith(f"The filter '{parameter}' was refused: ")
+    assert "NUL (0x00)" in text
+    assert logged_tracebacks(caplog) == []
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
+@pytest.mark.parametrize("alias", ["default", "sqlite"])
+@pytest.mark.parametrize(
+    ("options", "reader"),
+    [
+        ({"copy_mode": True}, "copy"),
+        ({"copy_mode": False}, "prefetching cursor"),
+        ({"copy_mode": False, "prefetch": False, "database_formatting": False}, "cursor"),
+        ({"mode": "keyset"}, "keyset"),
+    ],
+)
+def test_every_reader_has_its_first_query_checked(alias, options, reader):
+    make_records(alias)
+    queryset = Record.objects.using(alias).filter(title__regex="(")
+    columns = resolve_columns(queryset, ["id", "title"])
+    stream = plan_stream(queryset, columns, CSVFormat(columns), using=alias, **options)
+    if alias == "default":
+        assert stream.reader.name == reader
+    reason = (
+        "invalid regular expression: parentheses () not balanced"
+        if alias == "default"
+        else "the database cannot evaluate their values"
+    )
+    with pytest.raises(FiltersRefused) as refused:
+        check_query(stream)
+    assert refused.value.reason == reason
+    stream.close()
+    # The same export with a regular expression the database takes passes the check.
+    queryset = Record.objects.using(alias).filter(title__regex="^=")
+    valid = plan_stream(queryset, columns, CSVFormat(columns), using=alias, **options)
+    check_query(valid)
+    rows = parse_csv(b"".join(valid))
+    assert [int(row[0]) for row in rows[1:]] == list(
+        queryset.order_by("id").values_list("id", flat=True)
+    )
+
+
+def test_only_a_query_with_parameters_is_planned_before_the_response(admin_client):
+    """The check costs an unfiltered export nothing: no value of the request to refuse."""
+    make_records("default")
+    planned = "SET LOCAL jit = off; SET LOCAL statement_timeout = 300000; EXPLAIN"
+    for query, expected in (({}, []), ({"title__regex": "^="}, [planned])):
+        with CaptureQueriesContext(connections["default"]) as queries:
+            response = admin_client.get("/filtered/export/", {**query, "format": "csv"})
+        # Read now: these are the queries sent before the response, the body is unread.
+        before = [q["sql"] for q in queries.captured_queries if "testapp_record" in q["sql"]]
+        assert [sql.split(" SELECT ")[0] for sql in before] == expected, query
+        rows = parse_csv(body(response))
+        assert len(rows) > 1
+
+
+@override_settings(STREAMEXPORT_STATEMENT_TIMEOUT=0.2, STREAMEXPORT_RETRY_AFTER=7)
+def test_a_table_locked_elsewhere_is_a_503_after_the_statement_timeout(
+    admin_client, no_exports_running, received
+):
+    """Planning waits for the lock; the export's statement timeout bounds that wait."""
+    make_records("default")
+    with locked_records():
+        response = admin_client.get("/filtered/export/", {"title__regex": "^=", "format": "csv"})
+    assert refusal(response) == {
+        "status": 503,
+        "body": b"The export database is busy right now; try again later.\n",
+        "content_type": "text/plain; charset=utf-8",
+        "retry_after": "7",
+        "no_store": True,
+        "streaming": False,
+        "attachment": False,
+    }
+    assert received == []
+    assert export_slots.active == 0
+
+
+def test_a_refused_query_leaves_the_callers_transaction_usable():
+    """Inside the caller's transaction the check runs in a savepoint (PostgreSQL would
+    otherwise refuse every later statement: "current transaction is aborted")."""
+    with transaction.atomic():
+        kept = Record.objects.create(title="kept")
+        queryset = Record.objects.filter(title__regex="(")
+        columns = resolve_columns(queryset, ["id", "title"])
+        stream = plan_stream(queryset, columns, NDJSONFormat(columns))
+        with pytest.raises(FiltersRefused):
+            check_query(stream)
+        stream.close()
+        assert list(Record.objects.values_list("id", flat=True)) == [kept.id]

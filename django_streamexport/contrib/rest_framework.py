@@ -19,8 +19,8 @@ The export skips the serializer and pagination: it is planned by
 :func:`~django_streamexport.plan.build_plan` and answered by
 :func:`~django_streamexport.responses.admitted_export_response`, like a
 ``StreamingExportView``: the same body for the same queryset and fields, the same
-admission limits (429) and database check (503), signals carrying the user, COPY mode
-and keyset mode.
+admission limits (429), database check (503) and query check (400 for filters the query
+compiler or the database refuses), signals carrying the user, COPY mode and keyset mode.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 
 from django_streamexport.columns import ExportField
-from django_streamexport.exceptions import ExportRequestError
+from django_streamexport.exceptions import ExportRequestError, FiltersRefused
 from django_streamexport.formats import check_format_options, make_format
 from django_streamexport.formats.base import ExportFormat
 from django_streamexport.formats.csv import CSVFormat
@@ -139,7 +139,9 @@ class StreamingExportAPIMixin:
     :meth:`get_export_plan_kwargs` for any other option of
     :func:`~django_streamexport.plan.build_plan`.  ``HEAD`` gets the headers and never
     runs the query.  Past the concurrent export limits the answer is a 429, when the
-    database cannot be reached a 503 (plain text, ``Retry-After``).
+    database cannot be reached a 503 (plain text, ``Retry-After``), when the query
+    compiler or the database refuses the filters' values a 400 (plain text, naming the
+    query parameter when it can be told).
     """
 
     export_fields: Sequence[ExportField] | None = None
@@ -251,5 +253,7 @@ class StreamingExportAPIMixin:
                 include_body=request.method != "HEAD",
                 request=django_request,
             )
+        except FiltersRefused as exc:
+            return export_error_response(exc.naming(request.query_params))
         except ExportRequestError as exc:
             return export_error_response(exc)

@@ -3,7 +3,8 @@
 Four readers, all behind :class:`~django_streamexport.readers.base.Reader`:
 
 * :class:`~django_streamexport.readers.copy.CopyReader`: PostgreSQL ``COPY ... TO
-  STDOUT`` writes the CSV body itself (COPY mode);
+  STDOUT`` writes the CSV body itself (COPY mode, and CSV from an alias with
+  ``DISABLE_SERVER_SIDE_CURSORS``);
 * :class:`~django_streamexport.readers.cursor.PrefetchingCursorReader`: a server-side
   cursor whose next ``FETCH`` runs while a batch is rendered (PostgreSQL, psycopg 3);
 * :class:`~django_streamexport.readers.cursor.CursorReader`: a server-side cursor read
@@ -26,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_streamexport.columns import compile_query
+from django_streamexport.plan import server_side_cursors_disabled
 from django_streamexport.postgresql.copy import copy_statement
 from django_streamexport.postgresql.prefetch import prefetch_available
 from django_streamexport.postgresql.text import TextUnavailable, text_select
@@ -56,14 +58,22 @@ def choose_reader(plan: ExportPlan) -> Reader:
     when it gives the same bytes as the cursor path, else falls back (logged at INFO)
     or, with ``"require"``, raises ``ImproperlyConfigured``; otherwise a server-side
     cursor, prefetching where the driver allows and ``plan.prefetch`` is on, reading
-    cells as PostgreSQL's text where ``plan.database_formatting`` allows.  Compiles the
-    export's query, so a filter the compiler refuses raises here, before any response.
+    cells as PostgreSQL's text where ``plan.database_formatting`` allows.
+
+    From a PostgreSQL alias with ``DISABLE_SERVER_SIDE_CURSORS`` (PgBouncer in
+    transaction pooling) a cursor would load every row into memory, so such an export
+    is read by COPY whenever COPY gives the same bytes, whatever ``plan.copy_mode`` (a
+    CSV export with psycopg 3: COPY needs no server-side cursor and runs in one
+    transaction), and raises ``ImproperlyConfigured`` naming why COPY cannot and what
+    to do otherwise.  Compiles the export's query, so a filter the compiler refuses
+    raises here, before any response.
     """
     if plan.mode == "keyset":
         return KeysetReader(plan, reason='export mode is "keyset"')
     query = compile_query(plan.queryset, plan.columns, plan.using)
     notes: list[str] = []
-    if plan.copy_mode:
+    no_cursors = server_side_cursors_disabled(plan.using)
+    if plan.copy_mode or no_cursors:
         try:
             statement, params = copy_statement(plan, query)
         except TextUnavailable as exc:
@@ -72,10 +82,25 @@ def choose_reader(plan: ExportPlan) -> Reader:
                     f"COPY mode was required but cannot be used for this export: {exc}. "
                     "Set copy_mode=True to fall back to the cursor."
                 ) from exc
+            if no_cursors:
+                raise ImproperlyConfigured(
+                    f"DATABASES[{plan.using!r}] sets DISABLE_SERVER_SIDE_CURSORS, so a cursor "
+                    "export would load every row into memory, and COPY, which needs no "
+                    f"server-side cursor, cannot write this export: {exc}. Read it in keyset "
+                    'pages (export_mode = "keyset" on the view or ModelAdmin, --mode keyset '
+                    "on the command line), or export from an alias that connects without a "
+                    "transaction-mode pooler (STREAMEXPORT_DATABASE)."
+                ) from exc
             logger.info("Export %s: COPY mode falls back to the cursor: %s.", plan.export_id, exc)
             notes.append(f"not COPY: {exc}")
         else:
-            return CopyReader(plan, statement, params, reason="COPY mode is on")
+            reason = (
+                "COPY mode is on"
+                if plan.copy_mode
+                else f"DATABASES[{plan.using!r}] sets DISABLE_SERVER_SIDE_CURSORS: COPY needs "
+                "no server-side cursor"
+            )
+            return CopyReader(plan, statement, params, query=query, reason=reason)
     text = None
     if not plan.database_formatting:
         notes.append("values formatted in Python: database formatting is off")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from django_streamexport.postgresql.guards import apply_guards, session_idle_timeout
@@ -66,6 +66,19 @@ class Reader:
     def read(self) -> Iterator[Any]:
         """Yield the export's rows in batches (or, with ``renders``, body bytes and counts)."""
         raise NotImplementedError("Reader subclasses implement read().")
+
+    def first_select(self) -> tuple[str, Sequence[Any]] | None:
+        """Return the SQL and parameters of the first query :meth:`read` runs, or ``None``.
+
+        The query holding every value of the filters will do (the built-in readers return
+        the export's query, without the wrapping of database formatting or COPY).
+        Checked before the response starts
+        (:func:`~django_streamexport.responses.check_query`): the driver adapts the
+        parameters and the database plans the query, so what they refuse is a 400, not a
+        failure after the 200.  ``None`` (the default) when there is no such query or
+        nothing to check.
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {self.reason}>"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
@@ -13,6 +13,7 @@ from django_streamexport.postgresql.text import prepare_session
 from django_streamexport.readers.base import Reader
 
 if TYPE_CHECKING:
+    from django_streamexport.columns import CompiledQuery
     from django_streamexport.plan import ExportPlan
 
 __all__ = ["CopyReader"]
@@ -22,7 +23,8 @@ class CopyReader(Reader):
     """Yield the CSV body that ``COPY`` writes, in chunks of about ``plan.buffer_size`` bytes.
 
     ``statement`` and ``params`` come from
-    :func:`~django_streamexport.postgresql.copy.copy_statement`.  COPY runs in a
+    :func:`~django_streamexport.postgresql.copy.copy_statement`; ``query`` is the
+    compiled query the statement copies (:meth:`first_select`).  COPY runs in a
     transaction with the export's guards and the session settings of
     :func:`~django_streamexport.postgresql.text.prepare_session`; its blocks (one per
     row) are joined into chunks with CRLF line ends.  The first chunk holds one row, so
@@ -35,11 +37,28 @@ class CopyReader(Reader):
     renders = True
 
     def __init__(
-        self, plan: ExportPlan, statement: str, params: list[Any], *, reason: str = ""
+        self,
+        plan: ExportPlan,
+        statement: str,
+        params: list[Any],
+        *,
+        query: CompiledQuery | None = None,
+        reason: str = "",
     ) -> None:
         super().__init__(plan, reason=reason)
         self.statement = statement
         self.params = params
+        self.query = query
+
+    def first_select(self) -> tuple[str, Sequence[Any]] | None:
+        """Return the export's query, which COPY writes out (when it was given).
+
+        The query the statement wraps holds every value of the filters; the wrapping
+        (:func:`~django_streamexport.postgresql.text.text_select`) adds only the code's.
+        """
+        if self.query is None or self.query.empty:
+            return None
+        return self.query.sql, self.query.params
 
     def read(self) -> Iterator[tuple[bytes, int]]:
         plan = self.plan

@@ -54,6 +54,16 @@ class CursorReader(Reader):
         self.text_select = text_select
         self.text_cells = text_select is not None
 
+    def first_select(self) -> tuple[str, Sequence[Any]] | None:
+        """Return the export's query (``None`` when Django knows it matches nothing).
+
+        With ``text_select`` the cursor runs that query wrapped; the wrapping adds only
+        the code's values, the filters' are all in the query.
+        """
+        if self.query.empty:
+            return None
+        return self.query.sql, self.query.params
+
     def open_cursor(self, connection: Any) -> Any:
         """Return the cursor to read with: Django's chunked (server-side) cursor."""
         return connection.chunked_cursor()

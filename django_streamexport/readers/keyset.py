@@ -5,10 +5,11 @@ no server-side cursor, no transaction held between pages.  On PostgreSQL with a
 ``statement_timeout`` (``STREAMEXPORT_STATEMENT_TIMEOUT``) each page runs in its
 own short transaction that sets it with ``SET LOCAL``, so the limit bounds each
 page; elsewhere pages run in autocommit.
-That is what works through **PgBouncer in transaction pooling** (which
-requires ``DISABLE_SERVER_SIDE_CURSORS``, so a cursor export would load every
-row), on **hot-standby replicas** (a long query there can be cancelled by
-recovery conflicts, ``max_standby_streaming_delay``; short pages rarely are)
+That is what works through **PgBouncer in transaction pooling** for every
+format (which requires ``DISABLE_SERVER_SIDE_CURSORS``, so a cursor export would
+load every row; a CSV export is read by COPY there), on **hot-standby replicas**
+(a long query there can be cancelled by recovery conflicts,
+``max_standby_streaming_delay``; short pages rarely are)
 and for **very long exports** (no transaction pinning ``VACUUM``'s horizon, no
 ``idle_in_transaction_session_timeout`` on a slow client).
 
@@ -28,12 +29,14 @@ every page an index range scan.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 
+from django_streamexport.columns import as_sql
 from django_streamexport.plan import unique_key_field
 from django_streamexport.readers.base import Reader
 
@@ -49,7 +52,9 @@ class KeysetReader(Reader):
     Each page is read whole before its rows are yielded, so nothing is held between
     pages; on PostgreSQL with a statement timeout it runs in a transaction of its own
     with the export's guards, otherwise in autocommit.  ``pages`` counts the page
-    queries run.
+    queries run.  The first page's query is compiled here, so a value the query
+    compiler refuses raises :class:`~django_streamexport.exceptions.FiltersRefused`
+    before a response starts.
     """
 
     name = "keyset"
@@ -58,14 +63,25 @@ class KeysetReader(Reader):
         super().__init__(plan, reason=reason)
         self.key_field = unique_key_field(plan.model, plan.keyset_key)
         self.pages = 0
-
-    def read(self) -> Iterator[list[tuple]]:
-        plan = self.plan
         key = self.key_field.attname
         lookups = [column.lookup for column in plan.columns]
-        width = len(lookups)
         # The key is read as an extra last value, so exported columns stay as declared.
-        values = plan.queryset.using(plan.using).order_by(key).values_list(*lookups, key)
+        self.values = plan.queryset.using(plan.using).order_by(key).values_list(*lookups, key)
+        first_page = self.values[: plan.chunk_size].query
+        self._first_select: tuple[str, Sequence[Any]] | None
+        try:
+            self._first_select = as_sql(first_page.get_compiler(using=plan.using))
+        except EmptyResultSet:
+            self._first_select = None
+
+    def first_select(self) -> tuple[str, Sequence[Any]] | None:
+        """Return the first page's query (``None`` when Django knows it matches nothing)."""
+        return self._first_select
+
+    def read(self) -> Iterator[list[tuple]]:
+        plan, values = self.plan, self.values
+        key = self.key_field.attname
+        width = len(plan.columns)
         connection = connections[plan.using]
         guarded = connection.vendor == "postgresql" and bool(plan.statement_timeout)
         last: Any = None

@@ -127,8 +127,8 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'example.sqlite3'}",
         conn_max_age=0,
-        # Behind PgBouncer in transaction pooling mode Django needs this, and exports then
-        # load every row into memory first: check W001 says so at start-up.
+        # Behind PgBouncer in transaction pooling mode Django needs this; exports then read
+        # CSV through COPY and refuse what COPY cannot write: check W001 says so at start-up.
         disable_server_side_cursors=_env_bool("DATABASE_DISABLE_SERVER_SIDE_CURSORS"),
     ),
 }
