@@ -38,31 +38,16 @@ for _path in (REPO, REPO / "example_project"):
         sys.path.insert(0, str(_path))
 
 
-def peak_rss_kib(pids: list[int]) -> int:
-    """Return the sum of ``VmHWM`` (peak resident set, KiB) of ``pids`` still alive."""
+def proc_kib(pids: list[int], field: str) -> int:
+    """Return the sum of the ``/proc/<pid>/status`` ``field`` (``VmHWM``: peak resident set;
+    ``VmRSS``: resident now; KiB) of ``pids`` still alive."""
     total = 0
     for pid in pids:
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
         except OSError:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1])
-    return total
-
-
-def rss_kib(pids: list[int]) -> int:
-    """Return the sum of ``VmRSS`` (resident set now, KiB) of ``pids`` still alive."""
-    total = 0
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
+        total += sum(int(line.split()[1]) for line in lines if line.startswith(field + ":"))
     return total
 
 
@@ -145,7 +130,7 @@ def run(args: argparse.Namespace, media: Path) -> list[dict]:
             with db_worker(media / f"{way}.log", media / "media", **storage_env) as worker:
                 # The idle worker (Django loaded, polling an empty queue), before the job.
                 time.sleep(3)
-                idle = rss_kib([worker.pid, *worker.descendants()])
+                idle = proc_kib([worker.pid, *worker.descendants()], "VmRSS")
                 queued = time.perf_counter()
                 answer = client.get("/records/export/background/", {"format": args.format})
                 assert answer.status_code == 202, answer.content
@@ -157,7 +142,7 @@ def run(args: argparse.Namespace, media: Path) -> list[dict]:
 
                 job = wait_until(ended, 3600, worker.tail)
                 waited = time.perf_counter() - queued
-                rss = peak_rss_kib([worker.pid, *worker.descendants()])
+                rss = proc_kib([worker.pid, *worker.descendants()], "VmHWM")
         assert job.status == "complete", job.to_dict()
         result = {
             "way": way,

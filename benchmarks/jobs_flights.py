@@ -38,16 +38,7 @@ for _path in (REPO, REPO / "example_project"):
 
 FLIGHTS = 336_776
 
-
-def proc_kib(pids: list[int], field: str) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        except OSError:
-            continue
-        total += sum(int(line.split()[1]) for line in lines if line.startswith(field + ":"))
-    return total
+from benchmarks.jobs import proc_kib  # noqa: E402  (after sys.path)
 
 
 def descendants(pid: int) -> list[int]:

@@ -229,3 +229,20 @@ def traced_peak(stream) -> tuple[int, int]:
         return tracemalloc.get_traced_memory()[1], total
     finally:
         tracemalloc.stop()
+
+
+def staff_user(username: str = "staff", *codenames: str, superuser: bool = False):
+    """Create a staff user (``<username>@example.com``, password ``pw``) holding the
+    ``testapp.Record`` permissions ``codenames``; a superuser with ``superuser``."""
+    from django.contrib.auth.models import Permission, User
+    from django.contrib.contenttypes.models import ContentType
+
+    if superuser:
+        return User.objects.create_superuser(username, f"{username}@example.com", "pw")
+    user = User.objects.create_user(username, f"{username}@example.com", "pw", is_staff=True)
+    content_type = ContentType.objects.get_for_model(Record)
+    for codename in codenames:
+        user.user_permissions.add(
+            Permission.objects.get(codename=codename, content_type=content_type)
+        )
+    return user

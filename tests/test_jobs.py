@@ -14,8 +14,6 @@ import os
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission, User
-from django.contrib.contenttypes.models import ContentType
 from django.core.files.storage import storages
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -32,7 +30,7 @@ from django_streamexport.jobs.runner import (
 )
 from django_streamexport.jobs.signals import export_job_finished
 from tests.conftest import body, make_records, parse_csv
-from tests.testapp.models import Record
+from tests.conftest import staff_user as staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,18 +48,6 @@ def media_root(tmp_path):
     """Each test's own storage folder (FileSystemStorage follows MEDIA_ROOT)."""
     with override_settings(MEDIA_ROOT=str(tmp_path / "media")):
         yield
-
-
-def staff(username="staff", *codenames, superuser=False):
-    if superuser:
-        return User.objects.create_superuser(username, f"{username}@example.com", "pw")
-    user = User.objects.create_user(username, f"{username}@example.com", "pw", is_staff=True)
-    content_type = ContentType.objects.get_for_model(Record)
-    for codename in codenames:
-        user.user_permissions.add(
-            Permission.objects.get(codename=codename, content_type=content_type)
-        )
-    return user
 
 
 @contextlib.contextmanager

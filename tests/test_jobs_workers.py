@@ -26,8 +26,6 @@ from pathlib import Path
 import django_rq
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Permission, User
-from django.contrib.contenttypes.models import ContentType
 from django.core.files.storage import storages
 from django.db import connections
 from django.test.utils import override_settings
@@ -36,6 +34,7 @@ from django_tasks_db.models import DBTaskResult
 from django_streamexport.jobs.models import ExportJob
 from django_streamexport.jobs.runner import sweep_stale_jobs
 from tests.conftest import body, make_records, parse_csv, parse_ndjson
+from tests.conftest import staff_user as staff
 from tests.job_servers import (
     S3Server,
     db_worker,
@@ -141,16 +140,6 @@ def rq_queue():
 
 def db_name() -> str:
     return connections["default"].settings_dict["NAME"]
-
-
-def staff(username="staff", *codenames):
-    user = User.objects.create_user(username, f"{username}@example.com", "pw", is_staff=True)
-    content_type = ContentType.objects.get_for_model(Record)
-    for codename in codenames:
-        user.user_permissions.add(
-            Permission.objects.get(codename=codename, content_type=content_type)
-        )
-    return user
 
 
 def queue(client, fmt="csv", **params) -> str:
