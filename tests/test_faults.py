@@ -13,6 +13,7 @@ import time
 
 import pytest
 from django.db import connections
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from tests.conftest import parse_csv
 from tests.servers import (
@@ -286,6 +287,7 @@ def test_paused_client_of_a_prefetching_export(server, db_name):
     assert_failed_and_recovered(server, download, "idle_timeout", db_name)
 
 
+@pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3")
 def test_paused_client_of_a_copy_export(server, db_name):
     """The idle bound holds for ``COPY``, one statement blocked writing to a paused client."""
     insert_wide_records(WIDE_ROWS)

@@ -19,6 +19,7 @@ from django.contrib import admin
 from django.contrib.auth.models import User
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connections, transaction
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.urls import path
 
@@ -526,6 +527,8 @@ def test_every_reader_has_its_first_query_checked(alias, options, reader):
     columns = resolve_columns(queryset, ["id", "title"])
     stream = plan_stream(queryset, columns, CSVFormat(columns), using=alias, **options)
     if alias == "default":
+        if not is_psycopg3 and reader in ("copy", "prefetching cursor"):
+            reader = "cursor"  # COPY and prefetching need psycopg 3
         assert stream.reader.name == reader
     reason = (
         "invalid regular expression: parentheses () not balanced"

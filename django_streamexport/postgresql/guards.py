@@ -185,9 +185,14 @@ def idle_timeout_error(seconds: float) -> Exception:
     psycopg 3's error for SQLSTATE 25P03 (the readers that need a watch run on psycopg 3
     only), so the client is told ``idle_timeout`` whichever side ended the session.
     """
-    from psycopg import errors
-
-    return errors.lookup("25P03")(
+    message = (
         "terminating connection due to idle-in-transaction timeout"
         f" (the export's reader was not asked for rows for {seconds:.1f} s)"
     )
+    try:
+        from psycopg import errors
+    except ImportError:  # psycopg2 only: the message is PostgreSQL's, as psycopg2 reports it
+        from django.db import OperationalError
+
+        return OperationalError(message)
+    return errors.lookup("25P03")(message)
