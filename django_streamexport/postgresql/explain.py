@@ -54,14 +54,14 @@ def plan_query(
     if statement_timeout:
         settings += f"; SET LOCAL statement_timeout = {milliseconds(statement_timeout):d}"
     if not connection.get_autocommit():
-        savepoint = transaction.savepoint(using=connection.alias)
+        savepoint = connection.savepoint()  # transaction.savepoint() is deprecated in 6.1
         try:
             with connection.cursor() as cursor:
                 cursor.execute(settings)
                 cursor.execute(explain, params)
                 return _lines(cursor)
         finally:
-            transaction.savepoint_rollback(savepoint, using=connection.alias)
+            connection.savepoint_rollback(savepoint)
     with connection.cursor() as cursor:
         if _binds_on_the_client(cursor):
             cursor.execute(f"{settings}; {explain}", params)
