@@ -1,7 +1,9 @@
 """The data sets a benchmark exports: a queryset, its export fields and their header labels.
 
-``synthetic-<rows>`` is the 10-column table ``bench_synthetic_<rows>``; ``flights`` is the
-example project's ``Flight`` table (``loadflights --multiply N``), with a join to the airline.
+``synthetic-<rows>`` is the 10-column table ``bench_synthetic_<rows>``; ``text-<rows>`` the
+same columns with real-world text (``bench_text_<rows>``: quotes, delimiters, line breaks,
+accents, CJK, emoji, empty strings, long notes, NULLs); ``flights`` is the example project's
+``Flight`` table (``loadflights --multiply N``), with a join to the airline.
 """
 
 from __future__ import annotations
@@ -28,5 +30,10 @@ def dataset(name: str) -> tuple[models.QuerySet, list[str]]:
         from benchmarks.benchapp.models import SYNTHETIC_MODELS
 
         model = SYNTHETIC_MODELS[int(name.split("-", 1)[1])]
+        return model.objects.all(), SYNTHETIC_FIELDS
+    if name.startswith("text-"):
+        from benchmarks.benchapp.models import TEXT_MODELS
+
+        model = TEXT_MODELS[int(name.split("-", 1)[1])]
         return model.objects.all(), SYNTHETIC_FIELDS
     raise KeyError(name)

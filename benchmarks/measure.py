@@ -2,8 +2,11 @@
 
     python -m benchmarks.measure <approach> <dataset> [--port PORT]
 
-Approaches (see ``APPROACHES``): ``copy-psql`` runs ``psql -c "COPY (<the queryset's SQL>)
-TO STDOUT WITH CSV" > /dev/null``; in-process approaches call the WSGI application directly and
+Approaches (see ``APPROACHES``): ``copy-psql`` (baseline A, the physical limit) runs
+``psql -c "COPY (<the queryset's SQL>) TO STDOUT WITH CSV" > /dev/null``; ``copy-psql-exact``
+(baseline B, the limit for the export's exact bytes) runs ``psql`` with the COPY statement
+COPY mode sends (the export's text SELECT: formula escaping, ISO datetimes with offsets,
+``true``/``false``); in-process approaches call the WSGI application directly and
 iterate the body as a server would; ``http-*`` approaches start gunicorn with
 ``deploy/gunicorn.conf.py`` (one gevent worker on 127.0.0.1:PORT), read the response with a
 plain socket client and the worker's memory from ``/proc/<pid>/status``.
@@ -33,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: approach -> (how, URL path template); how is "psql", "wsgi" or "http".
 APPROACHES = {
     "copy-psql": ("psql", ""),
+    "copy-psql-exact": ("psql", "exact"),
     "ours-csv": ("wsgi", "/export/{ds}/?format=csv"),
     "ours-ndjson": ("wsgi", "/export/{ds}/?format=ndjson"),
     "ours-copy": ("wsgi", "/export/{ds}/?format=csv&copy=1"),
@@ -125,7 +129,20 @@ def header_lines(approach: str) -> int:
     return 0 if "ndjson" in approach else 1
 
 
-def copy_psql(ds: str) -> dict:
+def exact_copy_statement(queryset, fields) -> str:
+    """Return the COPY statement COPY mode sends for this export (baseline B), composed."""
+    from django.db import connection
+
+    from django_streamexport.columns import compile_query
+    from django_streamexport.plan import build_plan
+    from django_streamexport.postgresql.copy import copy_statement
+
+    plan = build_plan(queryset, fields=fields, format="csv", copy_mode="require")
+    statement, params = copy_statement(plan, compile_query(plan.queryset, plan.columns, "default"))
+    return connection.ops.compose_sql(statement, params)
+
+
+def copy_psql(ds: str, exact: bool = False) -> dict:
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
@@ -136,14 +153,22 @@ def copy_psql(ds: str) -> dict:
 
     queryset, fields = dataset(ds)
     with connection.cursor():
-        sql, params = queryset.values_list(*fields).query.get_compiler("default").as_sql()
-        query = connection.ops.compose_sql(sql, params)
+        if exact:
+            # The session the export's COPY runs in (postgresql/text.py SESSION_SQL).
+            setup = (
+                "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1; "
+                "SET jit = off; SET max_parallel_workers_per_gather = 0; "
+            )
+            statement = setup + exact_copy_statement(queryset, fields)
+        else:
+            sql, params = queryset.values_list(*fields).query.get_compiler("default").as_sql()
+            statement = f"COPY ({connection.ops.compose_sql(sql, params)}) TO STDOUT WITH CSV"
     settings = connection.settings_dict
     command = [
         "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
         "-h", settings["HOST"], "-p", str(settings["PORT"]), "-U", settings["USER"],
         "-d", settings["NAME"],
-        "-c", f"COPY ({query}) TO STDOUT WITH CSV",
+        "-c", statement,
     ]  # fmt: skip
     connection.close()
     out = Path(f"/tmp/streamexport-bench-{os.getpid()}.csv")
@@ -301,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     how, template = APPROACHES[args.approach]
     url = template.format(ds=args.dataset)
     if how == "psql":
-        outcome = copy_psql(args.dataset)
+        outcome = copy_psql(args.dataset, exact=template == "exact")
     elif how == "wsgi":
         outcome = in_process(args.approach, url)
     else:

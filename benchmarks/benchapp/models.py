@@ -41,3 +41,13 @@ def _table_model(rows: int) -> type[models.Model]:
 
 
 SYNTHETIC_MODELS = {rows: _table_model(rows) for rows in SIZES}
+
+
+def _text_model(rows: int) -> type[models.Model]:
+    meta = type("Meta", (), {"managed": False, "db_table": f"bench_text_{rows}"})
+    return type(f"Text{rows}", (SyntheticRow,), {"__module__": __name__, "Meta": meta})
+
+
+#: The text-heavy tables (``bench_text_<rows>``): the same ten columns, with the text real
+#: data holds in ``code``, ``label`` and ``note`` (see run.py ``TEXT_SQL``).
+TEXT_MODELS = {rows: _text_model(rows) for rows in SIZES}
