@@ -41,13 +41,30 @@ def test_benchmark_quick_mode_measures_every_approach(tmp_path):
             ["psql", "-X", "-q", "-d", "postgres", "-c", f'DROP DATABASE IF EXISTS "{db}"'],
             env=env, capture_output=True, timeout=60,
         )  # fmt: skip
-    results = {r["approach"]: r for r in json.loads((tmp_path / "benchmark.json").read_text())}
-    assert set(results) == {"copy-psql", "ours-csv", "ours-ndjson", "ours-copy", "http-ours-csv"}
+    results = {
+        (r["approach"], r["dataset"]): r
+        for r in json.loads((tmp_path / "benchmark.json").read_text())
+    }
+    approaches = {"copy-psql", "copy-psql-exact", "ours-csv", "ours-ndjson", "ours-copy",
+                  "http-ours-csv"}  # fmt: skip
+    datasets = {"synthetic-2000", "text-2000"}
+    assert set(results) == {(a, d) for a in approaches for d in datasets}
     assert all(r["rows"] == 2000 for r in results.values())
-    # COPY mode gives the very same file as the standard path, in process and over HTTP.
-    assert results["ours-copy"]["bytes"] == results["ours-csv"]["bytes"]
-    assert results["http-ours-csv"]["bytes"] == results["ours-csv"]["bytes"]
-    assert results["http-ours-csv"]["peak_mb"] >= results["http-ours-csv"]["idle_mb"] > 0
+    for dataset in datasets:
+        ours = results[("ours-csv", dataset)]
+        # COPY mode gives the very same file as the standard path, in process and over
+        # HTTP: on the text-heavy set too (quotes, line breaks, CJK, emoji, empty strings).
+        assert results[("ours-copy", dataset)]["bytes"] == ours["bytes"]
+        assert results[("http-ours-csv", dataset)]["bytes"] == ours["bytes"]
+        # Baseline B is COPY of the export's own SELECT: the same cells, without the header.
+        exact = results[("copy-psql-exact", dataset)]
+        assert 0 < exact["bytes"] < ours["bytes"]
+    http = results[("http-ours-csv", "synthetic-2000")]
+    assert http["peak_mb"] >= http["idle_mb"] > 0
     table = (tmp_path / "benchmark.md").read_text()
-    assert "| synthetic-2000 (2,000 rows) | COPY via psql (baseline) |" in table
-    assert table.count("(2,000 rows)") == 5
+    assert "| synthetic-2000 (2,000 rows) | COPY via psql (baseline A) | " in table
+    assert (
+        "| text-2000 (2,000 rows) | COPY of the export's own SELECT via psql (baseline B) | "
+        in table
+    )
+    assert table.count("(2,000 rows)") == 12
