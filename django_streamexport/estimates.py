@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connections
 
 from django_streamexport.columns import compile_query
 from django_streamexport.plan import ExportPlan
+from django_streamexport.postgresql.explain import plan_query
 
 __all__ = ["estimate_rows"]
 
@@ -21,8 +22,10 @@ def estimate_rows(plan: ExportPlan) -> int | None:
     PostgreSQL only: ``EXPLAIN (FORMAT JSON)`` of the export's query, its top node's
     ``Plan Rows`` (an estimate from the table statistics ``ANALYZE`` keeps; it can be
     far off on a table that changed since), capped at ``plan.max_rows``.  The query is
-    planned, never run (milliseconds).  ``None`` on other databases, and when planning
-    fails (the export itself then reports the error).
+    planned, never run, as the start-up check plans it
+    (:func:`~django_streamexport.postgresql.explain.plan_query`: JIT off, the export's
+    ``statement_timeout``, a savepoint inside a transaction; milliseconds).  ``None`` on
+    other databases, and when planning fails (the export itself then reports the error).
     """
     connection = connections[plan.using]
     if connection.vendor != "postgresql":
@@ -31,10 +34,13 @@ def estimate_rows(plan: ExportPlan) -> int | None:
     if query.empty:
         return 0
     try:
-        # A savepoint inside a caller's transaction, so a refused plan does not break it.
-        with transaction.atomic(using=plan.using), connection.cursor() as cursor:
-            cursor.execute(f"EXPLAIN (FORMAT JSON) {query.sql}", query.params)
-            (document,) = cursor.fetchone()
+        (document,) = plan_query(
+            connection,
+            query.sql,
+            query.params,
+            statement_timeout=plan.statement_timeout,
+            options="FORMAT JSON",
+        )
     except DatabaseError:
         logger.debug("Export %s: the row estimate failed.", plan.export_id, exc_info=True)
         return None

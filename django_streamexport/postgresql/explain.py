@@ -29,12 +29,19 @@ NO_JIT = "SET LOCAL jit = off"
 
 
 def plan_query(
-    connection: Any, sql: str, params: Sequence[Any], *, statement_timeout: float | None = None
-) -> list[str]:
+    connection: Any,
+    sql: str,
+    params: Sequence[Any],
+    *,
+    statement_timeout: float | None = None,
+    options: str = "",
+) -> list[Any]:
     """Have PostgreSQL plan ``sql`` with ``params`` on Django ``connection``; run nothing.
 
-    Returns the plan, ``EXPLAIN``'s lines.  ``statement_timeout`` (seconds; ``None`` or 0
-    keeps the server's) bounds the statement, as
+    Returns the plan, ``EXPLAIN``'s rows' one value each: the text lines, or with
+    ``options="FORMAT JSON"`` (``EXPLAIN``'s options, PostgreSQL docs) one JSON document
+    (a ``list``, or its text where the driver does not load JSON).  ``statement_timeout``
+    (seconds; ``None`` or 0 keeps the server's) bounds the statement, as
     :func:`~django_streamexport.postgresql.guards.apply_guards` bounds the export's; past
     it PostgreSQL cancels it (SQLSTATE 57014, an ``OperationalError``).
 
@@ -48,7 +55,7 @@ def plan_query(
     what the driver and the server raise (as ``django.db`` errors, or the driver's
     ``ValueError``).
     """
-    explain = f"EXPLAIN {sql}"
+    explain = f"EXPLAIN ({options}) {sql}" if options else f"EXPLAIN {sql}"
     # Integers formatted here: SET takes no parameters in the extended protocol.
     settings = NO_JIT
     if statement_timeout:
@@ -75,7 +82,7 @@ def plan_query(
         return _lines(cursor)
 
 
-def _lines(cursor: Any) -> list[str]:
+def _lines(cursor: Any) -> list[Any]:
     return [row[0] for row in cursor.fetchall()]
 
 
