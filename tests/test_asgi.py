@@ -23,10 +23,10 @@ from django.db import connections
 
 from tests.asgi_project.settings import APPLICATION_NAME
 from tests.conftest import other_session, parse_csv
-from tests.servers import PYTHONPATH
+from tests.servers import PYTHONPATH, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PORT = 18701
+PORT = free_port()  # concurrent test runs must not collide
 ROWS = 200_000
 TITLE_PAD = "x" * 150
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests.servers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 
 # benchmarks/run.py serves its HTTP approaches with a real gunicorn.
@@ -29,7 +31,7 @@ def test_benchmark_quick_mode_measures_every_approach(tmp_path):
     )
     command = [
         sys.executable, "benchmarks/run.py", "--rows", "2000", "--quick", "--db", db,
-        "--out", str(tmp_path), "--no-plot", "--port", "18590",
+        "--out", str(tmp_path), "--no-plot", "--port", str(free_port()),
     ]  # fmt: skip
     try:
         done = subprocess.run(

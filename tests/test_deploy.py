@@ -2,7 +2,7 @@
 
 gunicorn runs with deploy/gunicorn.conf.py (one gevent worker), nginx (the Debian package,
 scripts/install-servers) with deploy/nginx/streamexport-locations.conf included unchanged
-(scripts/nginx_test_conf.py), both on loopback ports 18400-18409, in front of the example
+(scripts/nginx_test_conf.py), both on free loopback ports, in front of the example
 project (``--chdir example_project config.wsgi:application``) on a PostgreSQL database of its
 own, filled by the project's ``loadflights``.  Clients are real ``curl`` processes where the
 exit status is the point, raw sockets where timing or disconnecting is.
@@ -31,6 +31,7 @@ from tests.servers import (
     HOST,
     example_gunicorn,
     flights_database,
+    free_port,
     nginx,
     pg_connect,
     ping_while_exporting,
@@ -40,11 +41,12 @@ from tests.servers import (
 
 pytestmark = pytest.mark.e2e
 
-GUNICORN_PORT = 18400
-NGINX_PORT = 18401
-PSYCOGREEN_PORT = 18402
-NO_PSYCOGREEN_PORT = 18403
-NO_SSC_PORT = 18404
+# Free loopback ports picked at import: concurrent test runs on one machine must not collide.
+GUNICORN_PORT = free_port()
+NGINX_PORT = free_port()
+PSYCOGREEN_PORT = free_port()
+NO_PSYCOGREEN_PORT = free_port()
+NO_SSC_PORT = free_port()
 
 FLIGHTS = 336_776
 EXPORT = "/exports/flights/?format=csv"

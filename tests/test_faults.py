@@ -19,6 +19,7 @@ from tests.conftest import parse_csv
 from tests.servers import (
     Download,
     SmallWindowConnection,
+    free_port,
     get,
     gunicorn,
     insert_records,
@@ -30,9 +31,11 @@ from tests.testapp.models import Record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
-PORT = 18601
-UNREACHABLE_PORT = 18603
-CLOSED_DB_PORT = 18698
+# Free loopback ports picked at import: concurrent test runs on one machine must not collide;
+# nothing listens on CLOSED_DB_PORT.
+PORT = free_port()
+UNREACHABLE_PORT = free_port()
+CLOSED_DB_PORT = free_port()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from django.db import connections
 from tests.conftest import parse_csv
 from tests.servers import (
     SmallWindowConnection,
+    free_port,
     get,
     gunicorn,
     insert_records,
@@ -27,8 +28,9 @@ from tests.testapp.models import Record
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
-PORT = 18602
-CONN_MAX_AGE_PORT = 18604
+# Free loopback ports picked at import: concurrent test runs must not collide.
+PORT = free_port()
+CONN_MAX_AGE_PORT = free_port()
 LIMIT = 10
 CLIENTS = 50
 ROUNDS = 3
