@@ -28,7 +28,7 @@ from django.db.models.constants import LOOKUP_SEP
 from django.utils.encoding import force_str
 from django.utils.text import capfirst
 
-from django_streamexport.exceptions import FiltersRefused
+from django_streamexport.exceptions import UNBUILDABLE, FiltersRefused
 
 #: Value kinds.  Formats map each kind to a converter (or to none, when the
 #: value the database driver returns is already what the format writes).
@@ -337,8 +337,11 @@ def as_sql(compiler: Any) -> tuple[str, tuple[Any, ...]]:
 
     Raises :class:`~django_streamexport.exceptions.FiltersRefused` (400) for
     :data:`COMPILE_ERRORS`: values that filters carried into the query and its lookups
-    cannot compile.  ``EmptyResultSet`` and other errors (a ``FieldError`` of the code)
-    propagate.
+    cannot compile; and for a query whose parameters do not match its placeholders (a
+    lookup given a value of the wrong shape: the admin's changelist hands ``id__range``
+    its text, and ``"123"`` is three values for ``BETWEEN %s AND %s``), which the
+    driver would refuse only when the query runs.  ``EmptyResultSet`` and other errors
+    (a ``FieldError`` of the code) propagate.
     """
     try:
         sql, params = compiler.as_sql()
@@ -346,7 +349,23 @@ def as_sql(compiler: Any) -> tuple[str, tuple[Any, ...]]:
         raise
     except COMPILE_ERRORS as exc:
         raise FiltersRefused.from_error(exc) from exc
+    placeholders = count_placeholders(sql)
+    if params and placeholders is not None and placeholders != len(params):
+        raise FiltersRefused(UNBUILDABLE)
     return sql, tuple(params)
+
+
+def count_placeholders(sql: str) -> int | None:
+    """Return how many ``%s`` placeholders Django's ``sql`` has, or ``None`` if it cannot tell.
+
+    Django writes a query's placeholders ``%s`` on every backend and a literal ``%`` as
+    ``%%`` (the DB-API's ``format`` paramstyle, PEP 249), so ``"a LIKE '%%' || %s"`` has
+    one.  ``None`` for named placeholders (``%(name)s``, from raw SQL), which are not
+    counted.
+    """
+    if "%(" in sql:
+        return None
+    return sql.replace("%%", "").count("%s")
 
 
 def compile_query(

@@ -30,6 +30,8 @@ class UnknownField(ExportRequestError):
 
 #: The longest refusal reason shown to a client, in characters.
 MAX_REASON = 200
+#: The reason given when an error's message would speak of Django's internals.
+UNBUILDABLE = "the query cannot be built from their values"
 
 
 def refusal_reason(exc: BaseException) -> str:
@@ -54,7 +56,7 @@ def refusal_reason(exc: BaseException) -> str:
         text = ""
     text = re.sub(r"[\x00-\x1f\x7f]", "?", text.strip().split("\n", 1)[0]).rstrip(".")
     if not text:
-        return "the query cannot be built from their values"
+        return UNBUILDABLE
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 

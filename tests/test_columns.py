@@ -7,7 +7,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count, F
 
 from django_streamexport import columns as kinds
-from django_streamexport.columns import Column, resolve_columns
+from django_streamexport.columns import Column, compile_query, count_placeholders, resolve_columns
+from django_streamexport.exceptions import FiltersRefused
 from tests.testapp.models import Author, Record
 
 
@@ -99,3 +100,34 @@ def test_str_is_refused_with_what_to_export_instead(name):
 def test_a_lookup_with_an_empty_part_is_refused_as_such(name):
     with pytest.raises(ImproperlyConfigured, match="one is empty"):
         resolve_columns(Record.objects.all(), [name])
+
+
+@pytest.mark.parametrize(
+    ("sql", "count"),
+    [
+        ("SELECT 1", 0),
+        ("a BETWEEN %s AND %s", 2),
+        ("a LIKE '%%' || %s || '%%'", 1),
+        ("a LIKE '%%s'", 0),  # a literal "%s"
+        ("a LIKE '%%%s'", 1),  # a literal "%", then a placeholder
+        ("a = %(name)s", None),
+    ],
+)
+def test_count_placeholders(sql, count):
+    assert count_placeholders(sql) == count
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("alias", ["default", "sqlite"])
+def test_a_range_given_text_is_refused_when_compiled(alias):
+    """The admin's changelist passes ``id__range=123`` as text: three values, two placeholders.
+
+    The driver noticed only when the query ran (a 500); compiling refuses it, on every backend.
+    """
+    queryset = Record.objects.using(alias).filter(id__range="123")
+    columns = resolve_columns(queryset, ["id"])
+    with pytest.raises(FiltersRefused) as refused:
+        compile_query(queryset, columns, alias)
+    assert refused.value.reason == "the query cannot be built from their values"
+    # Two characters are two values: a query the driver takes (BETWEEN '1' AND '2').
+    compile_query(Record.objects.using(alias).filter(id__range="12"), columns, alias)
