@@ -1,8 +1,8 @@
 """The documentation's generated parts and links (docs/_ext/streamexport_docs.py).
 
 ``nox -s docs`` builds the site with warnings as errors; these tests run the same
-generators without Sphinx, so a setting, a check or a README heading that the site would
-lose fails the test suite too.
+generators without Sphinx, so a setting, a check, a page's section or an included README
+section that the site would lose fails the test suite too.
 """
 
 from __future__ import annotations
