@@ -142,7 +142,7 @@ def types(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """Build the documentation site (docs/_build/html) from scratch, warnings as errors."""
     session.install("-e", ".[docs,drf,filter,parquet]")
-    # -E: read every page again, so README sections and generated references are current.
+    # -E: read every page again, so included README sections and generated references are current.
     session.run(
         "sphinx-build",
         "-W",

@@ -2,7 +2,7 @@
 
 Ids are stable; each is documented in docs/reference/checks.rst (the settings checks'
 messages and hints are generated from :func:`check_settings` when the documentation is
-built) and in the README's "System checks" section.
+built).
 :func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E021, E101);
 :func:`check_databases` and :func:`check_green_psycopg2` warn about deployments on which
 exports would not stream (W001-W003), :func:`check_gevent_persistent_connections` about

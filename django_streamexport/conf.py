@@ -74,7 +74,7 @@ class Settings:
     def CSV_DELIMITER(self) -> str:
         """One-character CSV field separator. Default ``","`` (``";"`` for some Excel locales).
 
-        Neither a quote nor a line break (check E003); ``"\t"`` for tab-separated values.
+        Neither a quote nor a line break (check E003); ``"\\t"`` for tab-separated values.
         """
         return getattr(settings, "STREAMEXPORT_CSV_DELIMITER", ",")
 
@@ -98,7 +98,9 @@ class Settings:
         ``TIME_ZONE``); or an IANA name (``"Europe/Berlin"``).  Text formats write ISO
         8601 with the zone's offset; XLSX the wall time there (unless
         ``STREAMEXPORT_XLSX_TIME_ZONE`` is set); Parquet keeps UTC timestamps.  A view's
-        ``time_zone`` wins.  Checked by E021; see :mod:`django_streamexport.timezones`.
+        ``time_zone``, the admin's and the DRF mixin's ``export_time_zone`` and
+        ``build_plan(time_zone=...)`` win.  Checked by E021; see
+        :mod:`django_streamexport.timezones`.
         """
         return getattr(settings, "STREAMEXPORT_TIME_ZONE", None)
 
@@ -107,10 +109,12 @@ class Settings:
         """Produce CSV bodies with PostgreSQL ``COPY``: ``False``, ``True`` or ``"require"``.
 
         Default ``False``.  ``True`` falls back to the standard path (same file,
-        slower) when COPY cannot give the same output; ``"require"`` raises
-        ``ImproperlyConfigured`` instead.  A view's ``copy_mode`` wins.  COPY is one
+        slower) when COPY cannot give the same output (psycopg2, not PostgreSQL, NDJSON,
+        JSON columns, a row limit); ``"require"`` raises ``ImproperlyConfigured``
+        instead.  A view's ``copy_mode`` / ``get_copy_mode()`` wins.  COPY is one
         statement, so ``STREAMEXPORT_STATEMENT_TIMEOUT`` bounds the whole COPY export, not
-        each fetch.  See :mod:`django_streamexport.postgresql.copy`.
+        each fetch: raise it (or a view's ``statement_timeout``) for COPY exports that
+        slow clients download for longer.  See :mod:`django_streamexport.postgresql.copy`.
         """
         return getattr(settings, "STREAMEXPORT_COPY_MODE", False)
 
@@ -120,14 +124,20 @@ class Settings:
 
         Same bytes, about twice as fast: Python then only quotes strings.
         Applies where :func:`django_streamexport.postgresql.text.text_select` can
-        spell every column; other exports format values in Python.  A view's
-        ``database_formatting`` wins.
+        spell every column and the format's converters are the defaults; other exports
+        (NDJSON, custom converters, JSON columns, values Django converts after reading,
+        SQLite) format values in Python, and the stream's ``reader.reason`` says why.
+        ``False`` formats every value in Python.  A view's ``database_formatting`` (or
+        the plan's option) wins.
         """
         return getattr(settings, "STREAMEXPORT_DATABASE_FORMATTING", True)
 
     @property
     def X_ACCEL_BUFFERING(self) -> bool:
-        """Send ``X-Accel-Buffering: no`` so nginx passes chunks on at once. Default True."""
+        """Send ``X-Accel-Buffering: no`` so nginx passes chunks on at once. Default True.
+
+        nginx then passes the chunks on as they come even where proxy buffering is on.
+        """
         return getattr(settings, "STREAMEXPORT_X_ACCEL_BUFFERING", True)
 
     @property
@@ -140,7 +150,7 @@ class Settings:
         """
         return getattr(settings, "STREAMEXPORT_ADMIN_EXPORT_PERMISSION", "view")
 
-    # --- Failures and limits (README "Failures and limits") ---------------------------------
+    # --- Failures and limits (docs/pipeline.md, "Failures and limits") -----------------------
 
     @property
     def NDJSON_END_RECORD(self) -> bool:
@@ -173,8 +183,11 @@ class Settings:
         Set with ``SET LOCAL idle_in_transaction_session_timeout``: when the
         client reads so slowly that no ``FETCH`` is sent for this long,
         PostgreSQL ends the session and the export aborts (a truncated
-        transfer, code ``idle_timeout``).  ``None`` or ``0`` leaves the
-        server's value.  A view's ``idle_in_transaction_timeout`` wins.
+        transfer, code ``idle_timeout``).  Prefetching and COPY exports, whose
+        statement runs while the client is waited for, end the session themselves
+        after as long.  ``None`` or ``0`` leaves the server's value (which those
+        exports then read and hold too); at most 2147483.647 (check E013).  A view's
+        ``idle_in_transaction_timeout`` wins.
         """
         return getattr(settings, "STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT", 120)
 
@@ -182,13 +195,15 @@ class Settings:
     def MAX_ROWS(self) -> int | None:
         """Most rows one export may send; past it the export aborts (code ``row_limit``).
 
-        Default ``None``: no limit (``0`` too).  A view's ``max_rows`` wins.
+        Default ``None``: no limit (``0`` too).  NDJSON then ends with the error record
+        and a cut transfer, CSV with a cut transfer.  A view's ``max_rows`` wins (``0``:
+        no limit).
         """
         return getattr(settings, "STREAMEXPORT_MAX_ROWS", None)
 
     @property
     def MAX_CONCURRENT_EXPORTS(self) -> int | None:
-        """Exports streaming at once per process; more get a 429.
+        """Exports streaming at once per process; more get a 429 with ``Retry-After``.
 
         Default ``None``: no cap (``0`` too).  Each export holds a database
         connection until its last byte: set it below the per-worker connection
@@ -201,7 +216,8 @@ class Settings:
     def MAX_CONCURRENT_EXPORTS_PER_USER(self) -> int | None:
         """Exports one authenticated user may stream at once per process; more get a 429.
 
-        Default ``None``: no cap (``0`` too).
+        Default ``None``: no cap (``0`` too).  Counted by the view's
+        ``get_admission_key()``, the user's primary key.
         """
         return getattr(settings, "STREAMEXPORT_MAX_CONCURRENT_EXPORTS_PER_USER", None)
 
@@ -226,7 +242,7 @@ class Settings:
     def XLSX_COMPRESS_LEVEL(self) -> int:
         """Deflate level (0-9) of XLSX parts. Default 1: fastest, about 5x smaller than XML.
 
-        Checked by E019.
+        0 stores the parts uncompressed.  Checked by E019.
         """
         return getattr(settings, "STREAMEXPORT_XLSX_COMPRESS_LEVEL", 1)
 

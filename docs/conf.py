@@ -6,8 +6,9 @@ Build (what ``nox -s docs`` runs; warnings are errors)::
     sphinx-build -W --keep-going -b html docs docs/_build/html
 
 Pages are Markdown (MyST) or reST.  The settings and checks references are generated from
-the code by the local extension ``_ext/streamexport_docs.py``; several pages show sections of
-README.md and deploy/README.md through its ``{readme-section}`` blocks.  Django is set up
+the code by the local extension ``_ext/streamexport_docs.py``; the quickstart shows the
+README's two set-up commands, and the deployment page deploy/README.md, through its
+``{readme-section}`` blocks (every other page owns its text).  Django is set up
 with the minimal settings below (no ``STREAMEXPORT_*`` setting, so the settings reference
 reads the defaults) so that autodoc can import every module.
 """

@@ -1,8 +1,8 @@
 """The documentation's generated parts and links (docs/_ext/streamexport_docs.py).
 
 ``nox -s docs`` builds the site with warnings as errors; these tests run the same
-generators without Sphinx, so a setting, a check or a README heading that the site would
-lose fails the test suite too.
+generators without Sphinx, so a setting, a check, a page's section or an included README
+section that the site would lose fails the test suite too.
 """
 
 from __future__ import annotations
@@ -81,10 +81,11 @@ def test_every_check_id_in_the_source_is_documented_and_no_other():
 def test_every_readme_section_and_link_of_the_site_resolves():
     includes = docs.all_includes()
     sections = {(include.path, include.section) for include in includes}
-    assert ("README.md", "Quickstart: a view") in sections
-    assert ("deploy/README.md", None) in sections
+    # Only the set-up commands and the deployment guide live outside docs/.
+    assert sections == {("README.md", "Try it: two commands"), ("deploy/README.md", None)}
     pages = docs.anchor_pages(includes)
-    assert pages[("README.md", "copy-mode-csv-on-postgresql")] == "performance.md"
+    assert pages[("README.md", "try-it-two-commands")] == "quickstart.md"
+    assert pages[("deploy/README.md", "check-your-proxy-chain")] == "deployment.md"
     for path in sorted((ROOT / "docs").glob("*.md")):
         text = docs.expand(path.name, path.read_text(), pages)  # raises on a lost link
         assert "{readme-section}" not in text
@@ -97,8 +98,58 @@ def test_a_missing_readme_section_and_an_unplaced_link_are_errors():
         docs.expand("x.md", missing, pages)
     with pytest.raises(ValueError, match="no page shows"):
         docs.expand("x.md", "[x](../README.md#license)\n", pages)
-    expanded = docs.expand("x.md", "[COPY](../README.md#copy-mode-csv-on-postgresql)\n", pages)
+    expanded = docs.expand("x.md", "[Try it](../README.md#try-it-two-commands)\n", pages)
+    assert expanded == "[Try it](quickstart.md#try-it-two-commands)\n"
+    expanded = docs.expand("x.md", "[COPY](performance.md#copy-mode-csv-on-postgresql)\n", pages)
     assert expanded == "[COPY](performance.md#copy-mode-csv-on-postgresql)\n"
+
+
+#: README sections whose text lives in the docs (README.md is a short front page): a page
+#: of docs/ must hold each heading, so moving text out of a page fails here.
+MOVED_SECTIONS = {
+    "quickstart.md": ["Requirements", "Install", "Example project"],
+    "views.md": [
+        "A view",
+        "Fields, labels and choices",
+        "Other entry points",
+        "The command line",
+        "django-filter",
+        "Django REST Framework",
+        "ASGI",
+        "PgBouncer, replicas and very long exports (keyset mode)",
+    ],
+    "admin.md": ["The admin", "Translations"],
+    "formats.md": ["Formats and values", "JSON array", "Parquet", "Time zones", "Responses"],
+    "pipeline.md": [
+        "One pipeline: the export plan and its reader",
+        "How the stream is made",
+        "Failures and limits",
+    ],
+    "performance.md": ["Performance", "COPY mode (CSV on PostgreSQL)"],
+    "deployment.md": ["Deployment"],
+    "development.md": ["Development", "Supported matrix (nox)"],
+}
+
+
+@pytest.mark.parametrize("page", sorted(MOVED_SECTIONS))
+def test_each_page_owns_its_sections(page):
+    lines = (ROOT / "docs" / page).read_text().splitlines()
+    titles = [title for _, _, title in docs.headings(lines)]
+    for section in MOVED_SECTIONS[page]:
+        assert section in titles, f"docs/{page} has no heading {section!r}"
+
+
+def test_readme_is_a_front_page_that_links_every_guide():
+    """README.md (also the PyPI description) stays short and links each page of docs/."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 300
+    linked = set(re.findall(r"\]\(docs/([^)#\s]+)", readme))
+    pages = {
+        path.relative_to(ROOT / "docs").as_posix()
+        for path in (ROOT / "docs").rglob("*")
+        if path.suffix in {".md", ".rst"} and "_build" not in path.parts
+    }
+    assert pages - linked == {"index.md"}
 
 
 #: The repository's own documents, whose relative links must lead to files that exist.

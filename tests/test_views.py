@@ -216,7 +216,7 @@ def test_filename_defaults_to_the_model_of_get_queryset(db_alias):
 
 # --- format options: per format ------------------------------------------------------------
 
-#: The README's example: CSV for Excel, by format name.
+#: docs/formats.md's example ("Format options are per format"): CSV for Excel, by name.
 EXCEL_OPTIONS = {"csv": {"delimiter": ";", "bom": True}}
 
 

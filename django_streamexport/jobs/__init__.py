@@ -6,5 +6,5 @@ was asked (an export view and its query string, or a ``ModelAdmin`` and its chan
 filters; never a list of primary keys), and the task
 :func:`~django_streamexport.jobs.tasks.run_export_job` rebuilds the same export plan at
 run time, with the user's permissions checked again, and writes it into a ``STORAGES``
-alias.  See the README's "Background exports".
+alias.  See docs/background-exports.md.
 """

@@ -4,7 +4,7 @@ A cursor export alternates: Python waits while PostgreSQL computes a batch of ro
 PostgreSQL waits while Python renders it.  :func:`prefetching_batches` sends the next
 ``FETCH`` before it hands a batch over, so PostgreSQL computes batch *n + 1* while the
 export renders batch *n*, on another core (benchmark: 1M rows through gunicorn, CSV
-4.6 s -> 3.0 s, NDJSON 3.6 s -> 3.0 s; see the README's Performance section).
+4.6 s -> 3.0 s, NDJSON 3.6 s -> 3.0 s; see docs/performance.md).
 
 It declares its own ``NO SCROLL ... WITHOUT HOLD`` cursor (what Django's chunked cursor
 declares inside a transaction), sends ``FETCH FORWARD n`` with libpq

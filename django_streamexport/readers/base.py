@@ -30,7 +30,7 @@ class Reader:
     client disconnect or an error: it must release what it holds (cursor, transaction)
     in ``finally``.  ``reason`` says why this reader was chosen (logged at DEBUG, kept
     on the stream).  Subclass one of the readers to change how rows are read and return
-    it from ``ExportStream.get_reader()`` (README "Readers").
+    it from ``ExportStream.get_reader()`` (docs/pipeline.md, "One pipeline").
     """
 
     #: A short name for log lines ("cursor", "prefetching cursor", "keyset", "copy").

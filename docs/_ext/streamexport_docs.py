@@ -10,11 +10,13 @@
 * The build warns (an error with ``-W``) when a check id found in the package's source has
   no ``.. check::`` entry in the documentation, or the other way round.
 * In Markdown pages, a fenced ``{readme-section}`` block is replaced, before parsing, by a
-  section of a Markdown file of the repository (``README.md``, ``deploy/README.md``), so the
-  site shows the README's text without a copy to keep up to date::
+  section of a Markdown file of the repository, so the site shows text that lives outside
+  ``docs/`` without a copy to keep up to date: the README's two set-up commands
+  (``quickstart.md``) and the deployment guide next to the shipped files,
+  ``deploy/README.md`` (``deployment.md``).  Every other page owns its text::
 
       ```{readme-section} README.md
-      :section: Quickstart: a view
+      :section: Try it: two commands
       ```
 
   ``:section:`` names a ``##`` heading (the section runs to the next heading of the same
@@ -49,8 +51,6 @@ PACKAGE = ROOT / "django_streamexport"
 #: README anchors that no page includes as a section, and the page that covers them.
 ANCHOR_PAGES = {
     "django-streamexport": "index.md",  # the README as a whole
-    "settings": "reference/settings.rst",
-    "system-checks": "reference/checks.rst",
 }
 
 # --- Settings reference ---------------------------------------------------------------------
