@@ -5,7 +5,7 @@ Every setting is read from ``django.conf.settings`` at call time, so
 Each property documents its type and default; the documentation's settings reference
 (docs/reference/settings.rst) is generated from them when it is built, and
 :func:`django_streamexport.checks.check_settings` validates
-every one at start-up (ids ``django_streamexport.E001`` to ``E021`` and ``E101``).
+every one at start-up (ids ``django_streamexport.E001`` to ``E022`` and ``E101``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,24 @@ class Settings:
         A positive integer (check E002); a view's ``buffer_size`` wins.
         """
         return getattr(settings, "STREAMEXPORT_BUFFER_SIZE", 64 * 1024)
+
+    @property
+    def TIME_SLICE(self) -> float:
+        """Seconds of work after which an export lets other requests run. Default 0.002 (2 ms).
+
+        An export checks the clock after each slice of rows it renders; once this much
+        time has passed since its last turn it calls ``time.sleep(0)``, which under gevent
+        (``gevent.sleep(0)`` once patched) lets every other greenlet of the worker run
+        first, and elsewhere releases the GIL.  A slice that would take longer (a large
+        ``BUFFER_SIZE``, slow converters) is rendered in parts with turns in between, for
+        CSV, NDJSON and JSON; a prefetched ``FETCH`` of ``CHUNK_SIZE`` rows is turned into
+        Python values slice by slice.  So a small request on a gevent worker waits about
+        (exports running) x (this) for its turn, whatever the step sizes.  Smaller is
+        fairer, with more switches of a few microseconds each.  A number of seconds above
+        0, at most 1 (check E022); ``build_plan(time_slice=...)`` wins (a view passes it
+        from ``get_export_plan_kwargs()``).
+        """
+        return getattr(settings, "STREAMEXPORT_TIME_SLICE", 0.002)
 
     @property
     def DATABASE(self) -> str | None:
