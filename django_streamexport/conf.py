@@ -50,19 +50,18 @@ class Settings:
 
     @property
     def TIME_SLICE(self) -> float:
-        """Seconds of work after which an export lets other requests run. Default 0.002 (2 ms).
+        """The longest an export works without letting other requests run. Default 0.002 (2 ms).
 
-        An export checks the clock after each slice of rows it renders; once this much
-        time has passed since its last turn it calls ``time.sleep(0)``, which under gevent
-        (``gevent.sleep(0)`` once patched) lets every other greenlet of the worker run
-        first, and elsewhere releases the GIL.  A slice that would take longer (a large
-        ``BUFFER_SIZE``, slow converters) is rendered in parts with turns in between, for
-        CSV, NDJSON and JSON; a prefetched ``FETCH`` of ``CHUNK_SIZE`` rows is turned into
-        Python values slice by slice.  So a small request on a gevent worker waits about
-        (exports running) x (this) for its turn, whatever the step sizes.  Smaller is
-        fairer, with more switches of a few microseconds each.  A number of seconds above
-        0, at most 1 (check E022); ``build_plan(time_slice=...)`` wins (a view passes it
-        from ``get_export_plan_kwargs()``).
+        In seconds.  An export lets the others run after each slice of rows it renders
+        (``time.sleep(0)``, which is ``gevent.sleep(0)`` once gevent has patched the
+        process; elsewhere a release of the GIL).  A slice that would take longer than
+        this (a large ``BUFFER_SIZE``, slow converters) is rendered in parts with a turn
+        after each, for CSV, NDJSON and JSON (same chunks, same bytes); a prefetched
+        ``FETCH`` of ``CHUNK_SIZE`` rows is turned into Python values slice by slice.  So
+        a small request on a gevent worker waits for at most about this much of each
+        export before it, whatever the step sizes.  A number of seconds above 0, at most 1
+        (check E022); ``build_plan(time_slice=...)`` wins (a view passes it from
+        ``get_export_plan_kwargs()``).
         """
         return getattr(settings, "STREAMEXPORT_TIME_SLICE", 0.002)
 

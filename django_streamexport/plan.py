@@ -56,8 +56,8 @@ class ExportPlan:
 
     Built by :func:`build_plan`; read-only.  Sizes are in rows (``chunk_size``, rows
     per database fetch or keyset page) and bytes (``buffer_size``, the approximate size
-    of each chunk the stream yields); ``time_slice`` is the seconds of work after which
-    the stream lets other requests run; timeouts in seconds, ``None`` for the server's
+    of each chunk the stream yields); ``time_slice`` is the longest the stream works
+    without letting other requests run, in seconds; timeouts in seconds, ``None`` for the server's
     own; ``max_rows`` ``None`` for no limit.  ``filename`` is the cleaned download name
     with the format's extension (RFC 6266 ``Content-Disposition``).  ``user`` is the
     user the export is made for (``None`` from the command line), passed to the

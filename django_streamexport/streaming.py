@@ -4,8 +4,8 @@
 runs, so a server sends the headers at once; then the body, read by the plan's reader
 (:func:`~django_streamexport.readers.choose_reader`) and rendered in slices of about
 ``plan.buffer_size`` bytes (:func:`next_slice_rows`; never one row per chunk); then the
-closing bytes.  After ``plan.time_slice`` seconds of work it lets other requests run
-(:class:`TimeSlice`), and keeps each slice of rows shorter than that.  On completion, an
+closing bytes.  It lets other requests run after each slice (:class:`TimeSlice`), and
+splits a slice that would take longer than ``plan.time_slice``.  On completion, an
 error and ``close()`` (a client disconnect; PEP 3333) the reader (its cursor, its
 transaction) and the format are closed.  A failure after the first byte is logged,
 answered with the format's ``error()`` bytes and re-raised, so the server aborts the
@@ -42,17 +42,19 @@ def next_slice_rows(buffer_size: int, rows: int, nbytes: int) -> int:
 
 
 class TimeSlice:
-    """Let other greenlets (or threads) run once ``seconds`` of work have passed.
+    """Give other greenlets (or threads) a turn: after each step, and within ``seconds``.
 
-    Call :meth:`spend` after each step of work.  Under gevent a write that does not block
-    never switches greenlets, so a stream that renders faster than its client reads
-    would hold the worker's only thread; once ``seconds`` have passed since the last
-    turn, :meth:`spend` calls ``time.sleep(0)``, which is ``gevent.sleep(0)`` once gevent
-    has patched the process: "a value of 0 (the default) means to yield execution to any
-    other runnable greenlets" (gevent docs, ``gevent.sleep``).  Elsewhere it releases the
-    GIL.  Wall time, not CPU time: greenlets
-    share one thread, so time spent blocked in between counts too (then the turn comes
-    at once, which costs one switch).  ``turns`` counts the turns given.
+    Under gevent a write that does not block never switches greenlets, so a stream that
+    renders faster than its client reads would hold the worker's only thread.
+    :meth:`turn` calls ``time.sleep(0)``, which is ``gevent.sleep(0)`` once gevent has
+    patched the process: "a value of 0 (the default) means to yield execution to any
+    other runnable greenlets" (gevent docs, ``gevent.sleep``); elsewhere it releases the
+    GIL.  The stream takes a turn after each slice of rows, and splits work that would
+    hold the worker longer than ``seconds`` (the plan's ``time_slice``) into parts with a
+    turn after each; a request waiting on the worker then waits for at most
+    ``seconds`` of each export before it.  :meth:`spend` turns only when ``seconds``
+    have passed since the last turn (wall time: greenlets share one thread).  ``turns``
+    counts the turns taken.
     """
 
     __slots__ = ("seconds", "since", "turns")
@@ -62,12 +64,16 @@ class TimeSlice:
         self.since = time.monotonic()
         self.turns = 0
 
+    def turn(self) -> None:
+        """Let the others that are ready run now."""
+        time.sleep(0)
+        self.turns += 1
+        self.since = time.monotonic()
+
     def spend(self) -> None:
-        """Let others run if ``seconds`` have passed since the last turn (or the start)."""
+        """Take a turn if ``seconds`` have passed since the last one (or the start)."""
         if time.monotonic() - self.since >= self.seconds:
-            time.sleep(0)
-            self.turns += 1
-            self.since = time.monotonic()
+            self.turn()
 
 
 class ExportStream:
@@ -88,7 +94,7 @@ class ExportStream:
         self.outcome: str | None = None  # then "running", then how it ended
         self.error_code: str | None = None
         self._iterator: Iterator[bytes] | None = None
-        #: When the export lets other requests run (``plan.time_slice``).
+        #: The turns the export gives other requests (``plan.time_slice``).
         self.time_slice = TimeSlice(plan.time_slice)
         self._closers: list[weakref.finalize] = []
         self.add_closer(plan.format.close)
@@ -145,7 +151,7 @@ class ExportStream:
         Sends exactly ``max_rows`` rows, then raises
         :class:`~django_streamexport.exceptions.RowLimitExceeded` if there are more.
 
-        Lets other requests run (:attr:`time_slice`) between slices of rows, and within
+        Lets other requests run (:attr:`time_slice`) after each slice of rows, and within
         a slice that would take longer than ``plan.time_slice`` at the pace of the last
         one, when the format renders rows independently
         (:attr:`~django_streamexport.formats.base.ExportFormat.independent_rows`): the
@@ -157,7 +163,7 @@ class ExportStream:
         """
         reader, fmt, plan = self.reader, self.format, self.plan
         limit, buffer, budget = plan.max_rows, plan.buffer_size, plan.time_slice
-        spend, clock, splits = self.time_slice.spend, time.perf_counter, fmt.independent_rows
+        turn, clock, splits = self.time_slice.turn, time.perf_counter, fmt.independent_rows
         parts = reader.read()
         try:
             if reader.renders:
@@ -165,7 +171,7 @@ class ExportStream:
                     self.rows += rows
                     self.bytes += len(data)
                     yield data
-                    spend()
+                    turn()
                 return
             render, rendered_size = (
                 (fmt.render_text_rows if reader.text_cells else fmt.render_rows),
@@ -187,7 +193,7 @@ class ExportStream:
                     pieces, nbytes, work = [], 0, 0.0
                     for first in range(start, stop, step):
                         if first > start:
-                            spend()
+                            turn()
                         began = clock()
                         piece = render(batch[first : min(first + step, stop)])
                         work += clock() - began
@@ -203,7 +209,7 @@ class ExportStream:
                         raise RowLimitExceeded(limit)  # type: ignore[arg-type]
                     slice_rows = next_slice_rows(buffer, rows, nbytes)
                     row_seconds = work / rows
-                    spend()
+                    turn()
         finally:
             parts.close()  # type: ignore[attr-defined]
 
@@ -226,7 +232,7 @@ class ExportStream:
                 if limit is not None and self.rows > limit:  # a renders reader's backstop
                     raise RowLimitExceeded(limit)
                 yield chunk
-                self.time_slice.spend()  # also where iter_body() is overridden
+                self.time_slice.spend()  # where iter_body() is overridden and takes none
             tail = fmt.end(rows=self.rows)
             if tail:
                 self.bytes += len(tail)
