@@ -178,6 +178,7 @@ def test_small_requests_are_answered_while_eight_exports_stream(django_db_setup,
     are benchmark figures (benchmarks/run.py, ``latency-ndjson``)."""
     insert_records(100_000)  # 8 exports of them last longer than the 4 s of pinging
     db_name = connections["default"].settings_dict["NAME"]
+    connections["default"].close()  # only the exports' sessions are waited for, then out
     with gunicorn(PING_PORT, tmp_path) as server:
         latencies = ping_while_exporting(
             f"http://127.0.0.1:{PING_PORT}/records/export/?format=ndjson",
