@@ -15,20 +15,35 @@ Output keys: ``seconds`` (request to last byte), ``bytes`` (body), ``rows`` (dat
 counted from line ends), ``ttfb`` (first body byte), ``first_row`` (first complete data row),
 ``idle_mb`` (RSS before the export: the warmed-up worker, or this process after set-up) and
 ``peak_mb`` (VmHWM after it), all times in seconds, memory in MiB.
+
+Concurrency approaches (``CONCURRENT``), library defaults, ``EXPORTS`` (8) exports at once:
+``latency-<format>`` starts gunicorn with one gevent worker and ``EXPORTS`` ``curl``
+downloads of the data set (read as fast as curl can, so the exports are CPU-bound in the
+worker), and while all of them stream GETs ``/ping/`` (no database) on the same worker
+every 10 ms for ``WINDOW`` seconds or until the first download ends.  Keys: ``requests``,
+``window`` (seconds), ``p50_ms``, ``p95_ms``, ``p99_ms``, ``max_ms``.
+``parallel-copy-psql`` runs ``EXPORTS`` baseline-A ``psql`` COPYs at once;
+``parallel-http-ours-<format>`` ``EXPORTS`` downloads at once from gunicorn with two gevent
+workers.  Keys: ``seconds`` (start to the last download's end), ``rows`` and ``bytes`` (all
+downloads together), ``exports``, ``workers``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
+import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +69,23 @@ APPROACHES = {
     "http-ours-parquet": ("http", "/export/{ds}/?format=parquet"),
     "import-export-xlsx": ("wsgi", "/import-export/{ds}/?format=xlsx"),
 }
+#: approach -> (how, URL path template) for the concurrency figures.
+CONCURRENT = {
+    "latency-csv": ("latency", "/export/{ds}/?format=csv"),
+    "latency-ndjson": ("latency", "/export/{ds}/?format=ndjson"),
+    "parallel-copy-psql": ("parallel-psql", ""),
+    "parallel-http-ours-csv": ("parallel-http", "/export/{ds}/?format=csv"),
+    "parallel-http-ours-ndjson": ("parallel-http", "/export/{ds}/?format=ndjson"),
+}
+#: Exports running at once in the concurrency figures, and gunicorn workers serving them
+#: in the parallel ones (one per core of the 2-core machine the figures come from).
+EXPORTS = 8
+PARALLEL_WORKERS = 2
+#: Seconds between the starts of the parallel downloads (see staggered()).
+STAGGER = 0.1
+#: Seconds the latency figures ping for (less if an export ends sooner), and between pings.
+WINDOW = 6.0
+INTERVAL = 0.01
 #: Binary approaches: the body is kept in a file and its rows counted by reading it back
 #: after the timing (they have no line ends to count, and no first-row time).
 BINARY = {"xlsx", "parquet"}
@@ -142,7 +174,8 @@ def exact_copy_statement(queryset, fields) -> str:
     return connection.ops.compose_sql(statement, params)
 
 
-def copy_psql(ds: str, exact: bool = False) -> dict:
+def copy_command(ds: str, exact: bool = False) -> list[str]:
+    """Return the ``psql`` command of baseline A (or B, ``exact``) on data set ``ds``."""
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
@@ -171,6 +204,11 @@ def copy_psql(ds: str, exact: bool = False) -> dict:
         "-c", statement,
     ]  # fmt: skip
     connection.close()
+    return command
+
+
+def copy_psql(ds: str, exact: bool = False) -> dict:
+    command = copy_command(ds, exact)
     out = Path(f"/tmp/streamexport-bench-{os.getpid()}.csv")
     started = time.perf_counter()
     with open(os.devnull, "wb") as devnull:
@@ -259,11 +297,14 @@ def free_port(first: int, count: int = 50) -> int:
     raise RuntimeError(f"no free port in {first}..{first + count - 1}")
 
 
-def over_http(approach: str, url: str, port: int) -> dict:
+@contextlib.contextmanager
+def gunicorn_serving(port: int, workers: int = 1) -> Iterator[tuple[subprocess.Popen, int]]:
+    """Run gunicorn (``deploy/gunicorn.conf.py``, ``workers`` gevent workers) on the benchmark
+    project at the first free port from ``port``; yield (the master, its port) once it answers."""
     port = free_port(port)
     env = dict(
         os.environ,
-        GUNICORN_WORKERS="1",
+        GUNICORN_WORKERS=str(workers),
         GUNICORN_BIND=f"127.0.0.1:{port}",
         GUNICORN_LOGLEVEL="warning",
         DJANGO_SETTINGS_MODULE="benchmarks.settings",
@@ -291,6 +332,22 @@ def over_http(approach: str, url: str, port: int) -> dict:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not start: {server.stderr.read().decode()}")
             time.sleep(0.1)
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        while len(children.read_text().split()) < workers and time.monotonic() < deadline:
+            time.sleep(0.1)  # every worker booted, not just the one that answered
+        time.sleep(0.5)  # the other workers load the application
+        yield server, port
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def over_http(approach: str, url: str, port: int) -> dict:
+    with gunicorn_serving(port) as (server, port):
         pid = worker_pid(server.pid)
         idle = status_mb(pid)["VmRSS"]
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -306,26 +363,180 @@ def over_http(approach: str, url: str, port: int) -> dict:
         connection.close()
         peak = status_mb(pid)["VmHWM"]
         return result(counter, seconds, idle, peak, approach)
-    finally:
-        server.send_signal(signal.SIGTERM)
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """Return the CPU time (user + system) process ``pid`` has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def curl(url: str) -> subprocess.Popen:
+    """Start a ``curl`` download of ``url`` into nothing; it prints the bytes it received."""
+    return subprocess.Popen(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}",
+         "--max-time", "600", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def exports_running() -> int:
+    """Return the sessions on the benchmark database holding an open transaction (exports)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def timed_ping(port: int) -> float:
+    """GET ``/ping/`` on a new connection, read the whole answer; return the seconds it took."""
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"GET /ping/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = bytearray()
+        while data := sock.recv(65536):
+            answer += data
+    elapsed = time.perf_counter() - started
+    if not answer.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError(f"/ping/ answered {bytes(answer[:200])!r}")
+    return elapsed
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Return the nearest-rank ``p``-th percentile of sorted ``values`` (0 < p <= 100)."""
+    return values[max(1, math.ceil(p / 100 * len(values))) - 1]
+
+
+def latency(url: str, port: int) -> dict:
+    """Time small requests on one gevent worker while EXPORTS downloads of ``url`` stream."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    django.setup()
+    with gunicorn_serving(port) as (_server, port):
+        downloads = [curl(f"http://127.0.0.1:{port}{url}") for _ in range(EXPORTS)]
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            deadline = time.monotonic() + 60
+            while exports_running() < EXPORTS:  # every export has its transaction open
+                if time.monotonic() > deadline or any(d.poll() is not None for d in downloads):
+                    raise RuntimeError(f"{EXPORTS} exports of {url} did not all start")
+                time.sleep(0.05)
+            seconds: list[float] = []
+            started = time.monotonic()
+            while time.monotonic() < started + WINDOW:
+                took = timed_ping(port)
+                if any(d.poll() is not None for d in downloads):
+                    break  # an export ended while this request ran: not counted
+                seconds.append(took)
+                time.sleep(INTERVAL)
+            window = time.monotonic() - started
+        finally:
+            for download in downloads:
+                download.terminate()
+                download.wait(timeout=30)
+    if not seconds:
+        raise RuntimeError(f"the exports of {url} ended before any request was measured")
+    seconds.sort()
+    return {
+        "exports": EXPORTS, "workers": 1, "requests": len(seconds), "window": window,
+        **{f"p{p}_ms": percentile(seconds, p) * 1000 for p in (50, 95, 99)},
+        "max_ms": seconds[-1] * 1000,
+    }  # fmt: skip
+
+
+def staggered(start: Callable[[], subprocess.Popen]) -> list[subprocess.Popen]:
+    """Start EXPORTS processes with ``start()``, STAGGER seconds apart.
+
+    Arriving all at once, the downloads would mostly be accepted by one gevent worker
+    (gunicorn's workers race to ``accept()`` on a shared socket, and the one awake takes
+    the next connection too); spread out, each goes to a worker not busy rendering, as
+    requests arriving over time do.  The baseline is started the same way.
+    """
+    processes = []
+    for index in range(EXPORTS):
+        if index:
+            time.sleep(STAGGER)
+        processes.append(start())
+    return processes
+
+
+def finish_parallel(processes: list[subprocess.Popen], started: float) -> tuple[float, list[str]]:
+    """Wait for every process; return (seconds since ``started`` to the last end, outputs)."""
+    outputs = []
+    for process in processes:
+        out, err = process.communicate()
+        if process.returncode:
+            raise RuntimeError(f"{process.args[0]} failed ({process.returncode}): {err[-2000:]}")
+        outputs.append(out)
+    return time.perf_counter() - started, outputs
+
+
+def table_rows(ds: str) -> int:
+    """Return the rows of data set ``ds`` (counted by the database, not timed)."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    django.setup()
+    from benchmarks.datasets import dataset
+
+    return dataset(ds)[0].count()
+
+
+def parallel_psql(ds: str) -> dict:
+    """Run EXPORTS baseline-A COPYs via ``psql`` at once; time them from start to last end."""
+    command = copy_command(ds)
+    rows = table_rows(ds)
+    counter = "set -o pipefail; " + " ".join(shlex.quote(part) for part in command) + " | wc -c"
+    started = time.perf_counter()
+    processes = staggered(
+        lambda: subprocess.Popen(
+            ["bash", "-c", counter], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    )
+    seconds, outputs = finish_parallel(processes, started)
+    return {"seconds": seconds, "rows": rows * EXPORTS, "exports": EXPORTS, "workers": None,
+            "bytes": sum(int(out) for out in outputs)}  # fmt: skip
+
+
+def parallel_http(ds: str, url: str, port: int) -> dict:
+    """Download ``url`` EXPORTS times at once from gunicorn with PARALLEL_WORKERS workers."""
+    rows = table_rows(ds)
+    with gunicorn_serving(port, PARALLEL_WORKERS) as (server, port):
+        workers = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        before = [cpu_seconds(pid) for pid in workers]
+        started = time.perf_counter()
+        downloads = staggered(lambda: curl(f"http://127.0.0.1:{port}{url}"))
+        seconds, outputs = finish_parallel(downloads, started)
+        cpu = [cpu_seconds(pid) - used for pid, used in zip(workers, before, strict=True)]
+    sizes = {int(out) for out in outputs}
+    if len(sizes) != 1:
+        raise RuntimeError(f"the {EXPORTS} downloads of {url} differ in size: {sorted(sizes)}")
+    return {"seconds": seconds, "rows": rows * EXPORTS, "exports": EXPORTS,
+            "workers": PARALLEL_WORKERS, "bytes": sum(int(out) for out in outputs),
+            "worker_cpu_seconds": cpu}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     # Run the finally blocks (stop gunicorn) when the runner is interrupted.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("approach", choices=sorted(APPROACHES))
+    parser.add_argument("approach", choices=sorted({**APPROACHES, **CONCURRENT}))
     parser.add_argument("dataset")
     parser.add_argument("--port", type=int, default=18500)
     args = parser.parse_args(argv)
-    how, template = APPROACHES[args.approach]
+    how, template = {**APPROACHES, **CONCURRENT}[args.approach]
     url = template.format(ds=args.dataset)
-    if how == "psql":
+    if how == "latency":
+        outcome = latency(url, args.port)
+    elif how == "parallel-psql":
+        outcome = parallel_psql(args.dataset)
+    elif how == "parallel-http":
+        outcome = parallel_http(args.dataset, url, args.port)
+    elif how == "psql":
         outcome = copy_psql(args.dataset, exact=template == "exact")
     elif how == "wsgi":
         outcome = in_process(args.approach, url)

@@ -9,7 +9,11 @@ other, so they never compete for the CPU.  The data lives in its own database
 (``--db``, default ``streamexport_bench``; PG* variables pick the server) and is seeded once:
 synthetic 10-column tables ``bench_synthetic_<rows>`` built with ``generate_series`` and the
 example project's flights (``loadflights --multiply N``).  Results go to ``--out``
-(default ``docs/``): ``benchmark.md`` (the table), ``benchmark.json`` and ``benchmark.png``.
+(default ``docs/``): ``benchmark.md`` (the tables), ``benchmark.json`` and ``benchmark.png``.
+
+The concurrency figures (``CONCURRENCY``) are measured on the 1M-row tables (or the largest
+size below): the p50/p99 of a small request on one gevent worker beside 8 exports, and
+8 exports at once on two workers, in rows per second against 8 ``psql`` COPYs at once.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ STREAMING = [
 #: memory, and the recipe over HTTP takes about half an hour at 10M rows on 2 cores.
 PEERS = ["recipe", "http-recipe", "buffered", "import-export", "import-export-xlsx"]
 PEERS_MAX_ROWS = 1_000_000
+#: Concurrency figures (``benchmarks/measure.py``), measured on the tables of
+#: CONCURRENCY_ROWS rows (or the largest size below it), library defaults.
+CONCURRENCY = [
+    "latency-csv", "latency-ndjson",
+    "parallel-copy-psql", "parallel-http-ours-csv", "parallel-http-ours-ndjson",
+]  # fmt: skip
+CONCURRENCY_ROWS = 1_000_000
 QUICK = ["copy-psql", "copy-psql-exact", "ours-csv", "ours-ndjson", "ours-copy", "http-ours-csv"]
 
 LABELS = {
@@ -59,6 +70,11 @@ LABELS = {
     "http-ours-json": "streamexport JSON array, gunicorn",
     "http-ours-parquet": "streamexport Parquet, gunicorn",
     "import-export-xlsx": "django-import-export export().xlsx, in process",
+    "latency-csv": "small requests beside 8 CSV exports, 1 gevent worker",
+    "latency-ndjson": "small requests beside 8 NDJSON exports, 1 gevent worker",
+    "parallel-copy-psql": "8 COPYs via psql at once (baseline A x 8)",
+    "parallel-http-ours-csv": "8 CSV exports at once, gunicorn, 2 gevent workers",
+    "parallel-http-ours-ndjson": "8 NDJSON exports at once, gunicorn, 2 gevent workers",
 }
 
 SYNTHETIC_SQL = """
@@ -202,6 +218,8 @@ def table(results: list[dict]) -> str:
     base_a = {r["dataset"]: r["seconds"] for r in results if r["approach"] == "copy-psql"}
     base_b = {r["dataset"]: r["seconds"] for r in results if r["approach"] == "copy-psql-exact"}
     for r in results:
+        if r["approach"] in CONCURRENCY:
+            continue
         ratios = []
         for baseline in (base_a, base_b):
             base = baseline.get(r["dataset"])
@@ -216,6 +234,52 @@ def table(results: list[dict]) -> str:
             f"| {fmt_time(r['first_row'])} | {peak} | {over} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def concurrency_table(results: list[dict]) -> str:
+    """Return the concurrency figures as two markdown tables ("" when none was measured).
+
+    Latency: milliseconds of a small request (``/ping/``, no database) sent every 10 ms to
+    one gevent worker while 8 exports stream from it.  Parallel: 8 exports at once, rows
+    per second of all of them together, ÷ A against 8 COPYs via psql at once (the same
+    data set, started the same way).
+    """
+    latency = [r for r in results if r["approach"].startswith("latency-")]
+    parallel = [r for r in results if r["approach"].startswith("parallel-")]
+    lines = []
+    if latency:
+        lines += [
+            "| data set | approach | requests | p50 | p95 | p99 | max |",
+            "|---|---|--:|--:|--:|--:|--:|",
+        ]
+        for r in latency:
+            lines.append(
+                f"| {r['dataset']} | {LABELS[r['approach']]} | {r['requests']} "
+                f"| {r['p50_ms']:.0f} ms | {r['p95_ms']:.0f} ms | {r['p99_ms']:.0f} ms "
+                f"| {r['max_ms']:.0f} ms |"
+            )
+        lines.append("")
+    if parallel:
+        base = {
+            r["dataset"]: r["rows"] / r["seconds"]
+            for r in parallel
+            if r["approach"] == "parallel-copy-psql"
+        }
+        lines += [
+            "| data set | approach | time | rows/s (all 8) | ÷ A (rows/s) | worker CPU |",
+            "|---|---|--:|--:|--:|--:|",
+        ]
+        for r in parallel:
+            rate = r["rows"] / r["seconds"]
+            ratio = f"{rate / base[r['dataset']]:.2f}" if r["dataset"] in base else "n/a"
+            cpu = r.get("worker_cpu_seconds")
+            cpu_text = " + ".join(f"{seconds:.1f} s" for seconds in cpu) if cpu else "n/a"
+            lines.append(
+                f"| {r['dataset']} | {LABELS[r['approach']]} | {fmt_time(r['seconds'])} "
+                f"| {rate:,.0f} | {ratio} | {cpu_text} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -297,7 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         plan += [(a, f"{kind}-{rows}") for kind in kinds for a in approaches]
     if multiply:
         plan += [(a, "flights") for a in [*STREAMING, "recipe", "http-recipe"]]
+    concurrent_sizes = [rows for rows in sizes if rows <= CONCURRENCY_ROWS]
+    if concurrent_sizes and not args.quick:
+        plan += [(a, f"{kind}-{max(concurrent_sizes)}") for kind in kinds for a in CONCURRENCY]
     if only:
+        # The baselines come with what is measured against them.
+        if any(a.startswith("parallel-") for a in only):
+            only.add("parallel-copy-psql")
         plan = [(a, d) for a, d in plan if a in only or a.startswith("copy-psql")]
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -321,6 +391,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{dataset:18} {approach} ...")
         outcome = measure(approach, dataset, env, args.port)
         outcome.update(approach=approach, dataset=dataset)
+        if approach in CONCURRENCY:
+            if approach.startswith("latency-"):
+                log(f"  {outcome['requests']} requests, p50 {outcome['p50_ms']:.0f} ms,"
+                    f" p99 {outcome['p99_ms']:.0f} ms")  # fmt: skip
+            else:
+                log(f"  {outcome['seconds']:.3f} s, {outcome['rows']:,} rows in all")
+            results.append(outcome)
+            saved.write_text(json.dumps(results, indent=1) + "\n")
+            continue
         if dataset.startswith("text-"):
             # Rows are counted from line ends, and CSV quotes line breaks inside cells: keep
             # the line count and report the table's rows.
@@ -332,6 +411,17 @@ def main(argv: list[str] | None = None) -> int:
         saved.write_text(json.dumps(results, indent=1) + "\n")
 
     markdown = table(results)
+    concurrency = concurrency_table(results)
+    if concurrency:
+        markdown += (
+            "\n## Concurrency\n\nLibrary defaults. Small requests: `GET /ping/` (no database)"
+            " every 10 ms on one gevent worker while 8 `curl` downloads of the data set stream"
+            " from it as fast as curl reads, for 6 s or until the first ends. Parallel: 8"
+            " downloads started 0.1 s apart on gunicorn with 2 gevent workers, time from the"
+            " first start to the last end; ÷ A is their rows per second against 8 COPYs via"
+            " psql started the same way. Worker CPU: each worker's CPU time meanwhile (the"
+            " workers race to accept connections, so the split is rarely even).\n\n" + concurrency
+        )
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     server = psql(args.db, "SHOW server_version", tuples=True).strip()

@@ -3,7 +3,7 @@
 Ids are stable; each is documented in docs/reference/checks.rst (the settings checks'
 messages and hints are generated from :func:`check_settings` when the documentation is
 built).
-:func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E021, E101);
+:func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E022, E101);
 :func:`check_databases` and :func:`check_green_psycopg2` warn about deployments on which
 exports would not stream (W001-W003), :func:`check_gevent_persistent_connections` about
 connections a gevent worker would pile up (W004).  W101 is an admin check, reported by each
@@ -28,6 +28,7 @@ from django_streamexport.conf import conf
 from django_streamexport.plan import (
     is_count,
     is_integer,
+    is_time_slice,
     is_timeout,
     server_side_cursors_disabled,
 )
@@ -47,7 +48,7 @@ def _error(name: str, problem: str, hint: str, check_id: str) -> Error:
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E021, E101).
+    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E022, E101).
 
     One id per setting, returned in the order of the ids.  E101 is checked here, once,
     rather than by each export admin.
@@ -74,6 +75,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         _int_range("XLSX_COMPRESS_LEVEL", "E019", 0, 9),
         _int_range("PARQUET_ROW_GROUP_ROWS", "E020", 1, 10_000_000),
         _time_zone(),  # E021
+        _time_slice(),  # E022
         _admin_export_permission(),  # E101
     ]
     return [error for error in errors if error is not None]
@@ -188,6 +190,19 @@ def _timeout(name: str, check_id: str) -> Error | None:
         f"(PostgreSQL's limit), not {value!r}.",
         "Use a number of seconds; None or 0 keeps the database server's value.",
         check_id,
+    )
+
+
+def _time_slice() -> Error | None:
+    """E022: seconds above 0, at most 1."""
+    value = conf.TIME_SLICE
+    if is_time_slice(value):
+        return None
+    return _error(
+        "TIME_SLICE",
+        f"must be a number of seconds above 0 and at most 1, not {value!r}.",
+        "Use a few milliseconds, such as 0.002 (the default).",
+        "E022",
     )
 
 

@@ -5,7 +5,7 @@ Every setting is read from ``django.conf.settings`` at call time, so
 Each property documents its type and default; the documentation's settings reference
 (docs/reference/settings.rst) is generated from them when it is built, and
 :func:`django_streamexport.checks.check_settings` validates
-every one at start-up (ids ``django_streamexport.E001`` to ``E021`` and ``E101``).
+every one at start-up (ids ``django_streamexport.E001`` to ``E022`` and ``E101``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,23 @@ class Settings:
         A positive integer (check E002); a view's ``buffer_size`` wins.
         """
         return getattr(settings, "STREAMEXPORT_BUFFER_SIZE", 64 * 1024)
+
+    @property
+    def TIME_SLICE(self) -> float:
+        """The longest an export works without letting other requests run. Default 0.002 (2 ms).
+
+        In seconds.  An export lets the others run after each slice of rows it renders
+        (``time.sleep(0)``, which is ``gevent.sleep(0)`` once gevent has patched the
+        process; elsewhere a release of the GIL).  A slice that would take longer than
+        this (a large ``BUFFER_SIZE``, slow converters) is rendered in parts with a turn
+        after each, for CSV, NDJSON and JSON (same chunks, same bytes); a prefetched
+        ``FETCH`` of ``CHUNK_SIZE`` rows is turned into Python values slice by slice.  So
+        a small request on a gevent worker waits for at most about this much of each
+        export before it, whatever the step sizes.  A number of seconds above 0, at most 1
+        (check E022); ``build_plan(time_slice=...)`` wins (a view passes it from
+        ``get_export_plan_kwargs()``).
+        """
+        return getattr(settings, "STREAMEXPORT_TIME_SLICE", 0.002)
 
     @property
     def DATABASE(self) -> str | None:

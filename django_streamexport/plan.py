@@ -56,7 +56,8 @@ class ExportPlan:
 
     Built by :func:`build_plan`; read-only.  Sizes are in rows (``chunk_size``, rows
     per database fetch or keyset page) and bytes (``buffer_size``, the approximate size
-    of each chunk the stream yields); timeouts in seconds, ``None`` for the server's
+    of each chunk the stream yields); ``time_slice`` is the longest the stream works
+    without letting other requests run, in seconds; timeouts in seconds, ``None`` for the server's
     own; ``max_rows`` ``None`` for no limit.  ``filename`` is the cleaned download name
     with the format's extension (RFC 6266 ``Content-Disposition``).  ``user`` is the
     user the export is made for (``None`` from the command line), passed to the
@@ -76,6 +77,7 @@ class ExportPlan:
     prefetch: bool = True
     chunk_size: int = 2000
     buffer_size: int = 64 * 1024
+    time_slice: float = 0.002
     max_rows: int | None = None
     statement_timeout: float | None = None
     idle_in_transaction_timeout: float | None = None
@@ -117,6 +119,19 @@ def is_timeout(value: Any) -> bool:
         and not isinstance(value, bool)
         and 0 <= value <= MAX_TIMEOUT_MS / 1000  # no float() of a huge int
     )
+
+
+def is_time_slice(value: Any) -> bool:
+    """Say whether ``value`` is a time slice: seconds above 0, at most 1 (NaN fails)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+
+
+def _time_slice(value: Any) -> float:
+    if not is_time_slice(value):
+        raise ImproperlyConfigured(
+            f"time_slice must be a number of seconds above 0 and at most 1, not {value!r}."
+        )
+    return float(value)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -200,6 +215,7 @@ def build_plan(
     prefetch: bool | None = None,
     chunk_size: int | None = None,
     buffer_size: int | None = None,
+    time_slice: float | None = None,
     max_rows: int | None = None,
     statement_timeout: float | None = None,
     idle_in_transaction_timeout: float | None = None,
@@ -223,7 +239,8 @@ def build_plan(
     (``STREAMEXPORT_COPY_MODE``), ``database_formatting``
     (``STREAMEXPORT_DATABASE_FORMATTING``), ``prefetch`` (on), ``chunk_size`` (rows,
     ``STREAMEXPORT_CHUNK_SIZE``), ``buffer_size`` (bytes, ``STREAMEXPORT_BUFFER_SIZE``),
-    ``max_rows`` (``STREAMEXPORT_MAX_ROWS``; 0 means no limit), ``statement_timeout``
+    ``time_slice`` (seconds, ``STREAMEXPORT_TIME_SLICE``), ``max_rows``
+    (``STREAMEXPORT_MAX_ROWS``; 0 means no limit), ``statement_timeout``
     and ``idle_in_transaction_timeout`` (seconds; ``STREAMEXPORT_STATEMENT_TIMEOUT``,
     ``STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT``; 0 keeps the server's), ``filename``
     (the model's ``verbose_name_plural``; cleaned, the extension added), ``time_zone``
@@ -296,6 +313,7 @@ def build_plan(
         prefetch=bool(_setting(prefetch, True)),
         chunk_size=_positive_int("chunk_size", _setting(chunk_size, conf.CHUNK_SIZE)),
         buffer_size=_positive_int("buffer_size", _setting(buffer_size, conf.BUFFER_SIZE)),
+        time_slice=_time_slice(_setting(time_slice, conf.TIME_SLICE)),
         max_rows=_count("max_rows", _setting(max_rows, conf.MAX_ROWS)),
         statement_timeout=_timeout(
             "statement_timeout", _setting(statement_timeout, conf.STATEMENT_TIMEOUT)

@@ -4,10 +4,12 @@
 runs, so a server sends the headers at once; then the body, read by the plan's reader
 (:func:`~django_streamexport.readers.choose_reader`) and rendered in slices of about
 ``plan.buffer_size`` bytes (:func:`next_slice_rows`; never one row per chunk); then the
-closing bytes.  On completion, an error and ``close()`` (a client disconnect; PEP 3333) the
-reader (its cursor, its transaction) and the format are closed.  A failure after the first
-byte is logged, answered with the format's ``error()`` bytes and re-raised, so the server
-aborts the transfer (no clean end).
+closing bytes.  It lets other requests run after each slice (:class:`TimeSlice`), and
+splits a slice that would take longer than ``plan.time_slice``.  On completion, an
+error and ``close()`` (a client disconnect; PEP 3333) the reader (its cursor, its
+transaction) and the format are closed.  A failure after the first byte is logged,
+answered with the format's ``error()`` bytes and re-raised, so the server aborts the
+transfer (no clean end).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from django_streamexport.readers import Reader, choose_reader
 from django_streamexport.readers.base import FIRST_BATCH_ROWS
 from django_streamexport.signals import export_started, send_export_finished
 
-__all__ = ["MAX_SLICE_ROWS", "ExportStream", "next_slice_rows"]
+__all__ = ["MAX_SLICE_ROWS", "ExportStream", "TimeSlice", "next_slice_rows"]
 
 logger = logging.getLogger("django_streamexport")
 
@@ -37,6 +39,41 @@ def next_slice_rows(buffer_size: int, rows: int, nbytes: int) -> int:
     """Return rows to render next (1 to :data:`MAX_SLICE_ROWS`) for a ~``buffer_size`` chunk,
     given that ``rows`` rows made ``nbytes`` bytes last time."""
     return max(1, min(MAX_SLICE_ROWS, buffer_size * rows // max(1, nbytes)))
+
+
+class TimeSlice:
+    """Give other greenlets (or threads) a turn: after each step, and within ``seconds``.
+
+    Under gevent a write that does not block never switches greenlets, so a stream that
+    renders faster than its client reads would hold the worker's only thread.
+    :meth:`turn` calls ``time.sleep(0)``, which is ``gevent.sleep(0)`` once gevent has
+    patched the process: "a value of 0 (the default) means to yield execution to any
+    other runnable greenlets" (gevent docs, ``gevent.sleep``); elsewhere it releases the
+    GIL.  The stream takes a turn after each slice of rows, and splits work that would
+    hold the worker longer than ``seconds`` (the plan's ``time_slice``) into parts with a
+    turn after each; a request waiting on the worker then waits for at most
+    ``seconds`` of each export before it.  :meth:`spend` turns only when ``seconds``
+    have passed since the last turn (wall time: greenlets share one thread).  ``turns``
+    counts the turns taken.
+    """
+
+    __slots__ = ("seconds", "since", "turns")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.since = time.monotonic()
+        self.turns = 0
+
+    def turn(self) -> None:
+        """Let the others that are ready run now."""
+        time.sleep(0)
+        self.turns += 1
+        self.since = time.monotonic()
+
+    def spend(self) -> None:
+        """Take a turn if ``seconds`` have passed since the last one (or the start)."""
+        if time.monotonic() - self.since >= self.seconds:
+            self.turn()
 
 
 class ExportStream:
@@ -57,6 +94,8 @@ class ExportStream:
         self.outcome: str | None = None  # then "running", then how it ended
         self.error_code: str | None = None
         self._iterator: Iterator[bytes] | None = None
+        #: The turns the export gives other requests (``plan.time_slice``).
+        self.time_slice = TimeSlice(plan.time_slice)
         self._closers: list[weakref.finalize] = []
         self.add_closer(plan.format.close)
         try:
@@ -111,9 +150,20 @@ class ExportStream:
 
         Sends exactly ``max_rows`` rows, then raises
         :class:`~django_streamexport.exceptions.RowLimitExceeded` if there are more.
+
+        Lets other requests run (:attr:`time_slice`) after each slice of rows, and within
+        a slice that would take longer than ``plan.time_slice`` at the pace of the last
+        one, when the format renders rows independently
+        (:attr:`~django_streamexport.formats.base.ExportFormat.independent_rows`): the
+        slice is then rendered in parts, turns given in between, and its chunk is the
+        parts joined, so chunks and bytes are the same whatever the timing.  A batch that
+        loads its rows as they are sliced
+        (:class:`~django_streamexport.postgresql.prefetch.FetchedRows`) is loaded part by
+        part too.
         """
         reader, fmt, plan = self.reader, self.format, self.plan
-        limit, buffer = plan.max_rows, plan.buffer_size
+        limit, buffer, budget = plan.max_rows, plan.buffer_size, plan.time_slice
+        turn, clock, splits = self.time_slice.turn, time.perf_counter, fmt.independent_rows
         parts = reader.read()
         try:
             if reader.renders:
@@ -121,27 +171,45 @@ class ExportStream:
                     self.rows += rows
                     self.bytes += len(data)
                     yield data
+                    turn()
                 return
-            render = fmt.render_text_rows if reader.text_cells else fmt.render_rows
-            slice_rows = FIRST_BATCH_ROWS
+            render, rendered_size = (
+                (fmt.render_text_rows if reader.text_cells else fmt.render_rows),
+                fmt.rendered_size,
+            )
+            slice_rows, row_seconds = FIRST_BATCH_ROWS, 0.0
             for batch in parts:
                 start, size = 0, len(batch)
                 while start < size:
-                    part = batch[start : start + slice_rows]
-                    start += slice_rows
-                    over = limit is not None and self.rows + len(part) > limit
+                    stop = min(size, start + slice_rows)
+                    over = limit is not None and self.rows + stop - start > limit
                     if over:
-                        part = part[: limit - self.rows]  # type: ignore[operator]
-                        if not part:
+                        stop = start + limit - self.rows  # type: ignore[operator]
+                        if stop <= start:
                             raise RowLimitExceeded(limit)  # type: ignore[arg-type]
-                    data = render(part)
-                    self.rows += len(part)
+                    step = stop - start
+                    if splits and row_seconds * step > budget:
+                        step = max(1, int(budget / row_seconds))
+                    pieces, nbytes, work = [], 0, 0.0
+                    for first in range(start, stop, step):
+                        if first > start:
+                            turn()
+                        began = clock()
+                        piece = render(batch[first : min(first + step, stop)])
+                        work += clock() - began
+                        pieces.append(piece)
+                        nbytes += rendered_size(piece)
+                    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    rows, start = stop - start, stop
+                    self.rows += rows
                     self.bytes += len(data)
                     if data:  # a compressing format may hold everything back
                         yield data
                     if over:
                         raise RowLimitExceeded(limit)  # type: ignore[arg-type]
-                    slice_rows = next_slice_rows(buffer, len(part), fmt.rendered_size(data))
+                    slice_rows = next_slice_rows(buffer, rows, nbytes)
+                    row_seconds = work / rows
+                    turn()
         finally:
             parts.close()  # type: ignore[attr-defined]
 
@@ -164,10 +232,7 @@ class ExportStream:
                 if limit is not None and self.rows > limit:  # a renders reader's backstop
                     raise RowLimitExceeded(limit)
                 yield chunk
-                # Under gevent a write that does not block never switches greenlets; let
-                # other requests run between chunks (time.sleep is gevent.sleep once
-                # patched; elsewhere it releases the GIL).
-                time.sleep(0)
+                self.time_slice.spend()  # where iter_body() is overridden and takes none
             tail = fmt.end(rows=self.rows)
             if tail:
                 self.bytes += len(tail)

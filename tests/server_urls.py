@@ -1,5 +1,6 @@
 """URLs of the test server: the suite's URLs plus the fault views."""
 
+from django.http import HttpResponse
 from django.urls import path
 
 from tests import fault_views
@@ -14,4 +15,6 @@ urlpatterns = [
     path("faults/load/", fault_views.LoadExport.as_view()),
     path("faults/wide-slow-read/", fault_views.WideSlowReadExport.as_view()),
     path("faults/wide-slow-copy/", fault_views.WideSlowCopyExport.as_view()),
+    # A small request without database, answered beside exports (test_load).
+    path("ping/", lambda request: HttpResponse("ok\n", content_type="text/plain")),
 ]

@@ -42,6 +42,7 @@ SETTING_IDS = {
     "STREAMEXPORT_XLSX_COMPRESS_LEVEL": "django_streamexport.E019",
     "STREAMEXPORT_PARQUET_ROW_GROUP_ROWS": "django_streamexport.E020",
     "STREAMEXPORT_TIME_ZONE": "django_streamexport.E021",
+    "STREAMEXPORT_TIME_SLICE": "django_streamexport.E022",
     "STREAMEXPORT_ADMIN_EXPORT_PERMISSION": "django_streamexport.E101",
 }
 
@@ -85,6 +86,7 @@ BAD_VALUES = {
     "STREAMEXPORT_XLSX_COMPRESS_LEVEL": [-1, 10, 1.0, "1", True, None],
     "STREAMEXPORT_PARQUET_ROW_GROUP_ROWS": [0, -5, 10_000_001, 1000.0, None],
     "STREAMEXPORT_TIME_ZONE": ["Mars/Olympus", "", "Current", "../etc/passwd", 0, True, ["UTC"]],
+    "STREAMEXPORT_TIME_SLICE": [0, 0.0, -0.005, 1.5, "0.005", None, True, float("nan")],
     "STREAMEXPORT_ADMIN_EXPORT_PERMISSION": ["change", "View", "", None, True],
 }
 
@@ -111,6 +113,7 @@ GOOD_VALUES = {
     "STREAMEXPORT_XLSX_COMPRESS_LEVEL": [0, 1, 9],
     "STREAMEXPORT_PARQUET_ROW_GROUP_ROWS": [1, 10_000_000],
     "STREAMEXPORT_TIME_ZONE": [None, "current", "UTC", "Europe/Berlin", "Asia/Kolkata"],
+    "STREAMEXPORT_TIME_SLICE": [1e-6, 0.005, 1, 1.0],
     "STREAMEXPORT_ADMIN_EXPORT_PERMISSION": ["view", "export"],
 }
 

@@ -17,6 +17,7 @@ NDJSON = "django_streamexport.formats.ndjson.NDJSONFormat"
 SETTINGS = [
     ("CHUNK_SIZE", 2000, 500),
     ("BUFFER_SIZE", 65536, 1024),
+    ("TIME_SLICE", 0.002, 0.01),
     ("DATABASE", None, "sqlite"),
     ("FORMATS", DEFAULT_FORMATS, [NDJSON]),
     ("CSV_DELIMITER", ",", ";"),

@@ -322,8 +322,8 @@ def test_small_requests_are_answered_while_eight_exports_stream(app, psycopg2_ap
     answered while the exports stream; with the hook switched off every query blocks the
     worker, which answers several times fewer in the same time and several times slower,
     measured side by side in the same run (which shows the test can tell).  The latency
-    figures (p50/p99 against deploy/README.md's 100 ms goal) come from
-    scripts/bench-concurrency, a benchmark, not from here.
+    figures (p50/p99 against deploy/README.md's 100 ms goal) come from benchmarks
+    (benchmarks/run.py, scripts/bench-concurrency), not from here.
     """
     ports = {
         "psycopg 3": GUNICORN_PORT,

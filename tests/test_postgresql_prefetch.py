@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
+from decimal import Decimal
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from django.db.models import IntegerField
 from django.db.models.expressions import RawSQL
 
 from django_streamexport.plan import build_plan
-from django_streamexport.postgresql.prefetch import prefetch_available
+from django_streamexport.postgresql.prefetch import (
+    FetchedRows,
+    prefetch_available,
+    prefetching_batches,
+)
 from django_streamexport.readers.base import FIRST_BATCH_ROWS
 from django_streamexport.streaming import ExportStream
 from tests.conftest import backend_pid, make_records, other_session, parse_csv
@@ -116,3 +121,34 @@ def test_a_fetch_in_flight_that_fails_while_closing_is_logged_at_debug(caplog):
             cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
         connections["default"].close()  # the next test reconnects
     assert backend_pid() != pid
+
+
+@needs_psycopg3
+@pytest.mark.django_db(transaction=True, databases=["default"])
+def test_fetched_rows_are_loaded_as_sliced_and_stay_their_own():
+    """A batch is a sequence of the FETCH's rows, loaded when sliced (a slice at a time, so
+    loading falls within the stream's time slices), and keeps its rows after the next
+    FETCH has replaced it in the driver's transformer."""
+    sql = "SELECT g, g::text || ' x', g * 1.5 FROM generate_series(1, %s) AS g"
+    with transaction.atomic(), connections["default"].cursor() as cursor:
+        batches = prefetching_batches(cursor, sql, [50], iter([20, 20, 20, 20]).__next__)
+        try:
+            batch = next(batches)
+            assert isinstance(batch, FetchedRows)
+            assert len(batch) == 20
+            assert batch[0] == (1, "1 x", Decimal("1.5"))
+            assert batch[-1] == batch[19] == (20, "20 x", Decimal("30.0"))
+            assert batch[5:7] == [(6, "6 x", Decimal("9.0")), (7, "7 x", Decimal("10.5"))]
+            assert [row[0] for row in batch[::7]] == [1, 8, 15]
+            assert [row[0] for row in batch[18:100]] == [19, 20]
+            assert batch[30:] == [] and batch[7:3] == []
+            with pytest.raises(IndexError):
+                batch[20]
+            assert list(batch) == [(g, f"{g} x", Decimal(g) * Decimal("1.5")) for g in range(1, 21)]
+            doubled = batch.then(lambda rows: [(row[0] * 2,) for row in rows])
+            assert doubled[:2] == [(2,), (4,)]
+            second = next(batches)  # the transformer now holds the second result
+            assert second[0][0] == 21
+            assert batch[19][0] == 20 and doubled[19] == (40,)
+        finally:
+            batches.close()

@@ -281,6 +281,7 @@ def test_prefetch_related_is_refused_before_streaming(db_alias):
 import gc  # noqa: E402
 import logging  # noqa: E402
 
+from django_streamexport.readers.base import FIRST_BATCH_ROWS  # noqa: E402
 from django_streamexport.streaming import (  # noqa: E402
     MAX_SLICE_ROWS,
     ExportStream,
@@ -469,3 +470,66 @@ def test_a_custom_stream_class_keeps_copy_and_keyset_mode(alias, options, name, 
     if name == "keyset":
         assert stream.reader.pages == 7  # 6 full pages of 40, then one of 10
     assert data == b"".join(make_stream(alias, prefetch=False, database_formatting=False))
+
+
+# --- time slices: others run while one long slice is rendered ---------------------------------
+
+
+@pytest.mark.parametrize("fmt", [CSVFormat, NDJSONFormat])
+def test_other_greenlets_run_while_one_long_chunk_is_rendered(db_alias, fmt, monkeypatch):
+    """A stream lets other greenlets run within a slice longer than its time slice.
+
+    One batch of every row and a buffer far larger than the body: after the small first
+    slice, all the other rows are one slice and one chunk, which the stream used to render
+    in one go, the worker's other requests waiting.  Counted, not timed: a greenlet that
+    counts its turns runs between the chunks and, here, while the big chunk is rendered.
+    ``time.sleep`` is gevent's within the test, as a gevent worker patches it; a time slice
+    of one microsecond is shorter than rendering any part of rows, so every part gives a
+    turn whatever the machine's speed.
+    """
+    gevent = pytest.importorskip("gevent")
+    import time
+
+    make_records(db_alias, 600)
+    expected = b"".join(make_stream(db_alias, fmt=fmt, prefetch=False))
+    monkeypatch.setattr(time, "sleep", gevent.sleep)
+    stream = make_stream(db_alias, fmt=fmt, chunk_size=10_000, buffer_size=10**8, time_slice=1e-6)
+    turns, done = [0], []
+
+    def count_turns():
+        while not done:
+            turns[0] += 1
+            gevent.sleep(0)
+
+    def export():
+        seen = []  # the counter's turns as each chunk arrives
+        chunks = []
+        for chunk in stream:
+            chunks.append(chunk)
+            seen.append(turns[0])
+        done.append(True)
+        return chunks, seen
+
+    counter = gevent.spawn(count_turns)
+    exporter = gevent.spawn(export)
+    gevent.joinall([exporter, counter], raise_error=True)
+    chunks, seen = exporter.value
+    # The header (CSV; NDJSON's is empty), the first slice of 16 rows, then one chunk of
+    # the other 584 rows.
+    assert len(chunks) == 3, [len(chunk) for chunk in chunks]
+    parse = parse_csv if fmt is CSVFormat else parse_ndjson
+    assert len(parse(chunks[2])) == 600 - FIRST_BATCH_ROWS
+    # Between two chunks the stream gives a turn or two; while the last one was rendered
+    # the counter ran many times (about once per row here).
+    assert seen[2] - seen[1] > 10, seen
+    assert stream.time_slice.turns > 10
+    assert b"".join(chunks) == expected
+    assert stream.rows == 600
+
+
+def test_a_time_slice_longer_than_the_export_changes_no_chunk(db_alias):
+    """Rendering in parts depends on time; chunks and bytes never do."""
+    make_records(db_alias, 600)
+    sliced = list(make_stream(db_alias, fmt=NDJSONFormat, time_slice=1e-6))
+    whole = list(make_stream(db_alias, fmt=NDJSONFormat, time_slice=1))
+    assert sliced == whole

@@ -174,6 +174,13 @@ class ExportFormat:
     extension: ClassVar[str] = ""
     #: The encoding of every byte this format produces.
     charset: ClassVar[str] = "utf-8"
+    #: ``render_rows(a) + render_rows(b) == render_rows(a + b)`` (and the same for
+    #: :meth:`render_text_rows`): the stream may then render a slice of rows in parts,
+    #: letting other requests run in between, when the slice would take longer than the
+    #: export's ``time_slice``.  Default False (a compressing writer may flush at each
+    #: call); True for CSV, NDJSON and the JSON array.  A subclass whose
+    #: :meth:`render_rows` writes something per batch sets it back to False.
+    independent_rows: ClassVar[bool] = False
     #: What the export is called (the model's ``verbose_name_plural``): set by
     #: :func:`~django_streamexport.plan.build_plan` when empty; XLSX names its sheet after it.
     title: str = ""

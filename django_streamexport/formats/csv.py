@@ -87,6 +87,7 @@ class CSVFormat(ExportFormat):
     format = "csv"
     media_type = "text/csv"
     extension = "csv"
+    independent_rows = True
     batch_converters: ClassVar[dict[Converter, BatchConverter]] = {
         **ExportFormat.batch_converters,
         escape_formula: escape_formulas,

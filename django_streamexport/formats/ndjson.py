@@ -41,6 +41,7 @@ class NDJSONFormat(ExportFormat):
     format = "ndjson"
     media_type = "application/x-ndjson"
     extension = "ndjson"
+    independent_rows = True
 
     _options = orjson.OPT_APPEND_NEWLINE
 

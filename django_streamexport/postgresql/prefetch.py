@@ -10,7 +10,8 @@ It declares its own ``NO SCROLL ... WITHOUT HOLD`` cursor (what Django's chunked
 declares inside a transaction), sends ``FETCH FORWARD n`` with libpq
 (``PGconn.send_query()``), waits the way psycopg waits (gevent-aware) and loads the rows
 with psycopg's ``Transformer`` from the export cursor's adapters, so values are what the
-cursor would give.  At most one ``FETCH`` is in flight; closing the generator early (a
+cursor would give, a slice at a time as the export renders them (:class:`FetchedRows`).
+At most one ``FETCH`` is in flight; closing the generator early (a
 client disconnect) or an error takes its result before returning, so the connection is
 idle again when the export's transaction ends.
 
@@ -25,14 +26,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, overload
 
 from django_streamexport.postgresql.driver import psycopg_internals
 from django_streamexport.postgresql.guards import IdleWatch, idle_timeout_error
 
-__all__ = ["prefetch_available", "prefetching_batches"]
+__all__ = ["FetchedRows", "prefetch_available", "prefetching_batches"]
 
 logger = logging.getLogger("django_streamexport")
 
@@ -47,6 +48,65 @@ def prefetch_available(connection: Any) -> bool:
     return connection.vendor == "postgresql" and psycopg_internals() is not None
 
 
+class FetchedRows(Sequence[tuple]):
+    """The rows of one ``FETCH`` result, loaded by psycopg's ``Transformer`` when sliced.
+
+    Loading (turning PostgreSQL's text into Python values) is most of an export's work per
+    ``FETCH``: done for the whole batch at once, 2000 rows of ten typed columns hold the
+    worker for milliseconds.  Loaded a slice at a time, it falls within the slices the
+    stream renders between its turns (:class:`~django_streamexport.streaming.TimeSlice`).
+    ``rows[i:j]`` returns a list of tuples (``finish``, if given, applied to it: the
+    export's post-processing, row by row); ``len()`` is the result's row count.  The result
+    stays readable after the connection moved on: a ``PGresult`` is the client's copy.
+    """
+
+    __slots__ = ("_finish", "_result", "_size", "_transformer")
+
+    def __init__(
+        self,
+        transformer: Any,
+        result: Any,
+        finish: Callable[[list[tuple]], list[tuple]] | None = None,
+    ) -> None:
+        self._transformer = transformer
+        self._result = result
+        self._size = result.ntuples
+        self._finish = finish
+
+    def then(self, finish: Callable[[list[tuple]], list[tuple]]) -> FetchedRows:
+        """Return these rows with ``finish`` applied to every slice loaded (after any before)."""
+        before = self._finish
+        if before is None:
+            return FetchedRows(self._transformer, self._result, finish)
+        return FetchedRows(self._transformer, self._result, lambda rows: finish(before(rows)))
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, index: int) -> tuple: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple]: ...
+    def __getitem__(self, index: int | slice) -> tuple | list[tuple]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._size)
+            if step != 1:
+                return self.load(0, self._size)[index]
+            return self.load(start, max(start, stop))
+        position = index + self._size if index < 0 else index
+        if not 0 <= position < self._size:
+            raise IndexError("row index out of range")
+        return self.load(position, position + 1)[0]
+
+    def load(self, start: int, stop: int) -> list[tuple]:
+        """Return rows ``start`` to ``stop`` (excluded) as tuples, finished."""
+        transformer = self._transformer
+        if transformer.pgresult is not self._result:
+            transformer.set_pgresult(self._result)
+        rows = transformer.load_rows(start, stop, tuple)
+        return rows if self._finish is None else self._finish(rows)
+
+
 def prefetching_batches(
     cursor: Any,
     sql: str,
@@ -55,12 +115,13 @@ def prefetching_batches(
     *,
     idle_timeout: float | None = None,
     driver: Any = None,
-) -> Iterator[list[tuple]]:
+) -> Iterator[FetchedRows]:
     """Yield the rows of ``sql`` in batches of ``sizes()`` rows, the next batch in flight.
 
     ``cursor`` is a Django cursor of the export's connection, inside its transaction;
-    ``sql`` and ``params`` are the export's query (``%s`` placeholders).  Yields lists of
-    tuples as psycopg loads them (before Django's converters).  Raises the server's error,
+    ``sql`` and ``params`` are the export's query (``%s`` placeholders).  Yields
+    :class:`FetchedRows`, sequences of tuples as psycopg loads them (before Django's
+    converters), loaded when sliced.  Raises the server's error,
     as Django's ``django.db`` exceptions, when a ``FETCH`` fails.
 
     ``driver`` is :func:`~django_streamexport.postgresql.driver.psycopg_internals`'s
@@ -121,7 +182,7 @@ def prefetching_batches(
             in_flight = True
             connection.wait(send(pgconn))
 
-    def receive() -> list[tuple]:
+    def receive() -> FetchedRows:
         nonlocal in_flight
         with driver_errors():
             results = connection.wait(fetch_many(pgconn))
@@ -131,8 +192,7 @@ def prefetching_batches(
                 if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
                     raise errors.error_from_result(result, encoding=connection.info.encoding)
                 raise errors.InternalError(f"unexpected FETCH result: {result!r}")
-            transformer.set_pgresult(result)
-            return transformer.load_rows(0, result.ntuples, tuple)
+            return FetchedRows(transformer, result)
 
     watch = IdleWatch(idle_timeout, pgconn.finish, idle_timeout_error)
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections, transaction
 
 from django_streamexport.postgresql.driver import psycopg_internals, use_fast_loaders
-from django_streamexport.postgresql.prefetch import prefetching_batches
+from django_streamexport.postgresql.prefetch import FetchedRows, prefetching_batches
 from django_streamexport.postgresql.text import prepare_session
 from django_streamexport.readers.base import FIRST_BATCH_ROWS, Reader
 
@@ -70,13 +70,13 @@ class CursorReader(Reader):
 
     def fetch(
         self, cursor: Any, sql: str, params: Sequence[Any], sizes: Callable[[], int]
-    ) -> Iterator[list[tuple]]:
+    ) -> Iterator[Sequence[tuple]]:
         """Execute ``sql`` on ``cursor``; yield ``fetchmany(sizes())`` batches until empty."""
         cursor.execute(sql, params)
         while batch := cursor.fetchmany(sizes()):
             yield batch
 
-    def read(self) -> Iterator[list[tuple]]:
+    def read(self) -> Iterator[Sequence[tuple]]:
         plan, query = self.plan, self.query
         if self.text_select is not None:
             sql, params = self.text_select
@@ -97,7 +97,12 @@ class CursorReader(Reader):
                 sizes = chain([FIRST_BATCH_ROWS], repeat(plan.chunk_size)).__next__
                 batches = self.fetch(cursor, sql, params, sizes)
                 for batch in batches:
-                    yield finish(batch) if finish is not None else batch
+                    if finish is None:
+                        yield batch
+                    elif isinstance(batch, FetchedRows):
+                        yield batch.then(finish)  # finished slice by slice, as loaded
+                    else:
+                        yield finish(batch if isinstance(batch, list) else list(batch))
             finally:
                 if batches is not None:
                     batches.close()  # type: ignore[attr-defined]  # takes a FETCH in flight
@@ -128,7 +133,10 @@ class PrefetchingCursorReader(CursorReader):
 
     def fetch(
         self, cursor: Any, sql: str, params: Sequence[Any], sizes: Callable[[], int]
-    ) -> Iterator[list[tuple]]:
+    ) -> Iterator[Sequence[tuple]]:
+        """Yield :class:`~django_streamexport.postgresql.prefetch.FetchedRows` batches, whose
+        rows are loaded as the stream slices them, each ``FETCH`` sent before the last
+        batch is handed over."""
         return prefetching_batches(
             cursor,
             sql,

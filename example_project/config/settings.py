@@ -156,16 +156,17 @@ STATIC_ROOT = VAR_DIR / "static"
 
 LOGIN_URL = "admin:login"
 
-# Smaller steps than the library's defaults (2000 rows, 64 KiB), for a gevent worker. An
-# export runs without yielding for one step at a time: one fetch of CHUNK_SIZE rows (turning
-# them into Python values is CPU work) or rendering one BUFFER_SIZE chunk; it yields between
-# steps. Another request on the same worker waits for the steps of every export ahead of it,
-# so its latency grows with (exports running) x (step). Measured with 8 exports on one worker
-# (scripts/bench-concurrency, deploy/README.md "Concurrency"): p99 of a small request 180 to
-# 380 ms with the defaults and under 100 ms with these, at the same export throughput.
-# The environment variables of the same names override both.
-STREAMEXPORT_CHUNK_SIZE = int(os.environ.get("STREAMEXPORT_CHUNK_SIZE") or 500)
-STREAMEXPORT_BUFFER_SIZE = int(os.environ.get("STREAMEXPORT_BUFFER_SIZE") or 32 * 1024)
+# The library's step sizes (2000 rows per fetch, 64 KiB per chunk) and time slice (2 ms): an
+# export lets the other requests of its gevent worker run after each 2 ms of work, however
+# large its steps, so a small request waits about (exports running) x 2 ms for its turn
+# (benchmarks/run.py "Concurrency", deploy/README.md). The environment variables of the same
+# names override them, for scripts/bench-concurrency.
+if os.environ.get("STREAMEXPORT_CHUNK_SIZE"):
+    STREAMEXPORT_CHUNK_SIZE = int(os.environ["STREAMEXPORT_CHUNK_SIZE"])
+if os.environ.get("STREAMEXPORT_BUFFER_SIZE"):
+    STREAMEXPORT_BUFFER_SIZE = int(os.environ["STREAMEXPORT_BUFFER_SIZE"])
+if os.environ.get("STREAMEXPORT_TIME_SLICE"):
+    STREAMEXPORT_TIME_SLICE = float(os.environ["STREAMEXPORT_TIME_SLICE"])
 
 # The deployment self-test export (flights.views.SelfTestExport): off unless asked for, since it
 # exists only to fail. Operators turn it on for a moment to check that a failed export reaches
