@@ -104,15 +104,18 @@ class Settings:
 
     @property
     def COPY_MODE(self) -> bool | str:
-        """Produce CSV bodies with PostgreSQL ``COPY``: ``False``, ``True`` or ``"require"``.
+        """Produce CSV bodies with PostgreSQL ``COPY``: ``True``, ``False`` or ``"require"``.
 
-        Default ``False``.  ``True`` falls back to the standard path (same file,
-        slower) when COPY cannot give the same output; ``"require"`` raises
-        ``ImproperlyConfigured`` instead.  A view's ``copy_mode`` wins.  COPY is one
-        statement, so ``STREAMEXPORT_STATEMENT_TIMEOUT`` bounds the whole COPY export, not
-        each fetch.  See :mod:`django_streamexport.postgresql.copy`.
+        Default ``True``: a CSV export uses ``COPY`` wherever it gives the same bytes as
+        the cursor path (psycopg 3; see :mod:`django_streamexport.postgresql.copy`) and
+        otherwise reads through the cursor, the reason in ``stream.reader.reason``.
+        ``False`` opts out (always the cursor); ``"require"`` raises
+        ``ImproperlyConfigured`` where COPY cannot be used.  Other formats never use COPY.
+        A view's ``copy_mode`` wins.  The export's timeouts hold as on the cursor path:
+        ``STREAMEXPORT_STATEMENT_TIMEOUT`` bounds each wait for the next chunk of rows,
+        not the whole export.
         """
-        return getattr(settings, "STREAMEXPORT_COPY_MODE", False)
+        return getattr(settings, "STREAMEXPORT_COPY_MODE", True)
 
     @property
     def DATABASE_FORMATTING(self) -> bool:
@@ -120,8 +123,9 @@ class Settings:
 
         Same bytes, about twice as fast: Python then only quotes strings.
         Applies where :func:`django_streamexport.postgresql.text.text_select` can
-        spell every column; other exports format values in Python.  A view's
-        ``database_formatting`` wins.
+        spell every column; other exports format values in Python.  ``False`` also
+        keeps CSV off ``COPY`` (which spells cells in SQL too) unless
+        ``STREAMEXPORT_COPY_MODE`` is ``"require"``.  A view's ``database_formatting`` wins.
         """
         return getattr(settings, "STREAMEXPORT_DATABASE_FORMATTING", True)
 

@@ -121,6 +121,8 @@ class ExportStream:
                     self.rows += rows
                     self.bytes += len(data)
                     yield data
+                if reader.over_limit:  # it sent exactly max_rows rows and found more
+                    raise RowLimitExceeded(limit)  # type: ignore[arg-type]
                 return
             render = fmt.render_text_rows if reader.text_cells else fmt.render_rows
             slice_rows = FIRST_BATCH_ROWS
