@@ -183,13 +183,20 @@ def test_disable_server_side_cursors_reads_csv_by_copy_refuses_other_cursor_expo
         assert "DISABLE_SERVER_SIDE_CURSORS" in stream.reader.reason or copy_mode is not False
         assert b"".join(stream) == expected
     assert _view_body(KeysetRecordExport, export_mode="cursor") == view_expected
+    # A row limit streams by COPY too (LIMIT max_rows + 1).
+    limited = plan_stream(queryset, columns, CSVFormat(columns), max_rows=len(records))
+    assert limited.reader.name == "copy"
+    assert b"".join(limited) == expected
     # What COPY cannot write is refused before any response starts, saying why and what to do.
     refusals = {
         "the format is 'ndjson', not CSV": lambda: plan_stream(
             queryset, columns, NDJSONFormat(columns)
         ),
-        "a row limit is set (max_rows)": lambda: plan_stream(
-            queryset, columns, CSVFormat(columns), max_rows=5
+        "column 'data' holds json values, which PostgreSQL spells differently from the CSV "
+        "format": lambda: plan_stream(
+            queryset,
+            resolve_columns(queryset, ["id", "data"]),
+            CSVFormat(resolve_columns(queryset, ["id", "data"])),
         ),
         "the format is 'json', not CSV": lambda: _view_body(
             KeysetRecordExport, "format=json", export_mode="cursor"
