@@ -711,6 +711,25 @@ def test_fast_path_of_a_query_without_parameters(pg_alias, mode):
     assert fast_path_used(fast)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("with_params", [False, True], ids=["no-params", "params"])
+def test_fast_path_of_sql_with_a_literal_percent(pg_alias, mode, with_params):
+    """Django's SQL escapes a literal ``%`` as ``%%`` (``extra()``, ``RawSQL``): undone with
+    the parameters, or without any (psycopg's ``copy()`` would send ``%%`` as it is)."""
+    make_records(pg_alias, 30)
+    queryset = Record.objects.using(pg_alias).extra(where=["testapp_record.id %% 3 <> 0"])
+    if with_params:
+        queryset = queryset.filter(title__startswith="row")
+    queryset = queryset.order_by("id")
+    standard, fast = streams(pg_alias, ["id", "title"], queryset, mode=mode)
+    params = fast.reader.params if mode == "copy" else fast.reader.text_select[1]
+    assert bool(list(params)) is with_params
+    data = b"".join(fast)
+    assert data == b"".join(standard)
+    assert fast_path_used(fast)
+    assert fast.rows == 20
+
+
 def test_postgresql_is_asked_about_a_zone_once_per_process(pg_alias):
     from django.db import connections
     from django.test.utils import CaptureQueriesContext

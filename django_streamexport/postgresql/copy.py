@@ -56,7 +56,9 @@ class CopyModeUnavailable(TextUnavailable):
 def copy_statement(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]:
     """Return the ``COPY ... TO STDOUT`` statement and parameters for ``plan``'s rows.
 
-    ``query`` is the export's compiled ``values_list()`` query.  With ``plan.max_rows``
+    ``query`` is the export's compiled ``values_list()`` query; the statement is for
+    psycopg's ``Cursor.copy()`` (``%s`` placeholders when there are parameters, none and no
+    ``%%`` escapes otherwise).  With ``plan.max_rows``
     the ``SELECT`` ends with ``LIMIT max_rows + 1``: the reader sends ``max_rows`` rows
     and the one more says the limit was passed.  Raises
     :class:`~django_streamexport.postgresql.text.TextUnavailable` (or its subclass
@@ -88,6 +90,11 @@ def copy_statement(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[An
         f"COPY ({select})"
         f" TO STDOUT WITH (FORMAT csv, HEADER false, DELIMITER '{delimiter}', QUOTE '\"')"
     )
+    if not params:
+        # Django's SQL escapes a literal "%" as "%%" whatever its parameters; psycopg's
+        # copy() merges parameters (and so unescapes) only when there are some
+        # (psycopg/_cursor_base.py, _start_copy_gen), where execute() always does.
+        statement = statement.replace("%%", "%")
     return statement, params
 
 
