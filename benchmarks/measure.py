@@ -62,6 +62,8 @@ APPROACHES = {
     "http-ours-ndjson": ("http", "/export/{ds}/?format=ndjson"),
     "http-ours-copy": ("http", "/export/{ds}/?format=csv&copy=1"),
     "http-ours-csv-python": ("http", "/export/{ds}/?format=csv&python=1"),
+    "ours-csv-cursor": ("wsgi", "/export/{ds}/?format=csv&cursor=1"),
+    "http-ours-csv-cursor": ("http", "/export/{ds}/?format=csv&cursor=1"),
     "http-recipe": ("http", "/recipe/{ds}/"),
     "ours-xlsx": ("wsgi", "/export/{ds}/?format=xlsx"),
     "http-ours-xlsx": ("http", "/export/{ds}/?format=xlsx"),

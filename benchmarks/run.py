@@ -35,7 +35,8 @@ if str(REPO) not in sys.path:
 #: the whole file in memory) / on the flights data set.
 STREAMING = [
     "copy-psql", "copy-psql-exact", "ours-csv", "ours-ndjson", "ours-copy",
-    "http-ours-csv", "http-ours-ndjson", "http-ours-copy", "http-ours-csv-python",
+    "http-ours-csv", "http-ours-ndjson", "http-ours-copy", "http-ours-csv-cursor",
+    "http-ours-csv-python",
     "http-ours-xlsx", "http-ours-json", "http-ours-parquet",
 ]  # fmt: skip
 #: The peers, measured up to PEERS_MAX_ROWS rows: the buffered ones hold the whole file in
@@ -54,15 +55,17 @@ QUICK = ["copy-psql", "copy-psql-exact", "ours-csv", "ours-ndjson", "ours-copy",
 LABELS = {
     "copy-psql": "COPY via psql (baseline A)",
     "copy-psql-exact": "COPY of the export's own SELECT via psql (baseline B)",
-    "ours-csv": "streamexport CSV, in process",
+    "ours-csv": "streamexport CSV (defaults: COPY), in process",
+    "ours-csv-cursor": "streamexport CSV, cursor path (copy_mode=False), in process",
     "ours-ndjson": "streamexport NDJSON, in process",
-    "ours-copy": "streamexport CSV COPY mode, in process",
+    "ours-copy": "streamexport CSV, COPY required, in process",
     "recipe": "Django docs streaming recipe, in process",
     "buffered": "buffered HttpResponse, in process",
     "import-export": "django-import-export export().csv, in process",
-    "http-ours-csv": "streamexport CSV, gunicorn",
+    "http-ours-csv": "streamexport CSV (defaults: COPY), gunicorn",
+    "http-ours-csv-cursor": "streamexport CSV, cursor path (copy_mode=False), gunicorn",
     "http-ours-ndjson": "streamexport NDJSON, gunicorn",
-    "http-ours-copy": "streamexport CSV COPY mode, gunicorn",
+    "http-ours-copy": "streamexport CSV, COPY required, gunicorn",
     "http-ours-csv-python": "streamexport CSV, values formatted in Python, gunicorn",
     "http-recipe": "Django docs streaming recipe, gunicorn",
     "ours-xlsx": "streamexport XLSX, in process",

@@ -1,6 +1,7 @@
 """The views the benchmark serves: our export, the Django docs recipe, a buffered response.
 
-``/export/<dataset>/?format=csv|ndjson[&copy=1][&python=1]`` is django-streamexport's view;
+``/export/<dataset>/?format=csv|ndjson[&copy=1][&cursor=1][&python=1]`` is
+django-streamexport's view;
 ``/recipe/<dataset>/`` is the Django docs "Streaming large CSV files" recipe (an ``Echo``
 pseudo-buffer and ``csv.writer`` over ``values_list().iterator()``); ``/buffered/<dataset>/``
 writes the whole CSV into an ``HttpResponse``; ``/ping/`` answers ``ok`` (warm-up).
@@ -19,8 +20,9 @@ from django_streamexport.views import StreamingExportView
 
 
 class BenchExport(StreamingExportView):
-    """Our export of any data set: ``?copy=1`` turns COPY mode on (``require``: no fall-back),
-    ``?python=1`` database formatting off."""
+    """Our export of any data set with the library's defaults (CSV: COPY where it gives the
+    same bytes): ``?copy=1`` requires COPY (no fall-back), ``?cursor=1`` opts out of it
+    (the cursor path), ``?python=1`` turns database formatting off (and COPY with it)."""
 
     def get_queryset(self):
         return dataset(self.kwargs["dataset"])[0]
@@ -29,7 +31,11 @@ class BenchExport(StreamingExportView):
         return dataset(self.kwargs["dataset"])[1]
 
     def get_copy_mode(self):
-        return "require" if self.request.GET.get("copy") else False
+        if self.request.GET.get("copy"):
+            return "require"
+        if self.request.GET.get("cursor") or self.request.GET.get("python"):
+            return False
+        return None  # the default: STREAMEXPORT_COPY_MODE
 
     def get_export_plan_kwargs(self):
         # ?python=1: every value formatted in Python (no database formatting).

@@ -123,17 +123,18 @@ class Settings:
 
     @property
     def COPY_MODE(self) -> bool | str:
-        """Produce CSV bodies with PostgreSQL ``COPY``: ``False``, ``True`` or ``"require"``.
+        """Produce CSV bodies with PostgreSQL ``COPY``: ``True``, ``False`` or ``"require"``.
 
-        Default ``False``.  ``True`` falls back to the standard path (same file,
-        slower) when COPY cannot give the same output (psycopg2, not PostgreSQL, NDJSON,
-        JSON columns, a row limit); ``"require"`` raises ``ImproperlyConfigured``
-        instead.  A view's ``copy_mode`` / ``get_copy_mode()`` wins.  COPY is one
-        statement, so ``STREAMEXPORT_STATEMENT_TIMEOUT`` bounds the whole COPY export, not
-        each fetch: raise it (or a view's ``statement_timeout``) for COPY exports that
-        slow clients download for longer.  See :mod:`django_streamexport.postgresql.copy`.
+        Default ``True``: a CSV export uses ``COPY`` wherever it gives the same bytes as
+        the cursor path (psycopg 3; see :mod:`django_streamexport.postgresql.copy`) and
+        otherwise reads through the cursor, the reason in ``stream.reader.reason``.
+        ``False`` opts out (always the cursor); ``"require"`` raises
+        ``ImproperlyConfigured`` where COPY cannot be used.  Other formats never use COPY.
+        A view's ``copy_mode`` wins.  The export's timeouts hold as on the cursor path:
+        ``STREAMEXPORT_STATEMENT_TIMEOUT`` bounds each wait for the next chunk of rows,
+        not the whole export.
         """
-        return getattr(settings, "STREAMEXPORT_COPY_MODE", False)
+        return getattr(settings, "STREAMEXPORT_COPY_MODE", True)
 
     @property
     def DATABASE_FORMATTING(self) -> bool:
@@ -144,8 +145,9 @@ class Settings:
         spell every column and the format's converters are the defaults; other exports
         (NDJSON, custom converters, JSON columns, values Django converts after reading,
         SQLite) format values in Python, and the stream's ``reader.reason`` says why.
-        ``False`` formats every value in Python.  A view's ``database_formatting`` (or
-        the plan's option) wins.
+        ``False`` formats every value in Python, and also keeps CSV off ``COPY`` (which
+        spells cells in SQL too) unless ``STREAMEXPORT_COPY_MODE`` is ``"require"``.  A
+        view's ``database_formatting`` (or the plan's option) wins.
         """
         return getattr(settings, "STREAMEXPORT_DATABASE_FORMATTING", True)
 
@@ -186,10 +188,15 @@ class Settings:
 
         Set with ``SET LOCAL statement_timeout`` inside the export's
         transaction, so it bounds each statement: each ``FETCH`` of a cursor
-        export (the first one includes sorting), each page of a keyset export,
-        and the whole of a COPY export (one statement).  ``None`` or ``0``
-        leaves the server's value; at most 2147483.647 (PostgreSQL's limit,
-        check E012).  A view's ``statement_timeout`` wins.
+        export (the first one includes sorting) and each page of a keyset export,
+        not the whole export.  A COPY export is one statement that lasts as long as
+        the export, so it sets ``statement_timeout = 0`` and holds the bound itself:
+        each wait for the next chunk of rows (the first includes sorting) may last
+        this long, then the COPY is cancelled (code ``statement_timeout``); a slow
+        client is bounded by ``IDLE_IN_TRANSACTION_TIMEOUT``, not this one.  ``None``
+        or ``0`` leaves the server's value (which a COPY export reads and holds the
+        same way); at most 2147483.647 (PostgreSQL's limit, check E012).  A view's
+        ``statement_timeout`` wins.
         """
         return getattr(settings, "STREAMEXPORT_STATEMENT_TIMEOUT", 300)
 

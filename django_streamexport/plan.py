@@ -72,7 +72,7 @@ class ExportPlan:
     using: str
     mode: str = "cursor"
     keyset_key: str = "pk"
-    copy_mode: bool | str = False
+    copy_mode: bool | str = True
     database_formatting: bool = True
     prefetch: bool = True
     chunk_size: int = 2000

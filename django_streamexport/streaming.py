@@ -172,6 +172,8 @@ class ExportStream:
                     self.bytes += len(data)
                     yield data
                     turn()
+                if reader.over_limit:  # it sent exactly max_rows rows and found more
+                    raise RowLimitExceeded(limit)  # type: ignore[arg-type]
                 return
             render, rendered_size = (
                 (fmt.render_text_rows if reader.text_cells else fmt.render_rows),

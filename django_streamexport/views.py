@@ -114,7 +114,7 @@ class StreamingExportMixin:
     #: The unique, non-null field keyset pages are ordered by.
     keyset_key = "pk"
     #: CSV through PostgreSQL COPY: ``True`` (fall back when impossible), ``"require"``,
-    #: ``False``; ``None`` means ``STREAMEXPORT_COPY_MODE``.
+    #: ``False`` (opt out); ``None`` means ``STREAMEXPORT_COPY_MODE`` (default ``True``).
     copy_mode: bool | str | None = None
     #: Let PostgreSQL spell CSV cells (django_streamexport.postgresql.text); ``None`` means
     #: ``STREAMEXPORT_DATABASE_FORMATTING`` (on).
@@ -311,10 +311,11 @@ class StreamingExportMixin:
     def get_copy_mode(self) -> bool | str | None:
         """Return whether CSV bodies come from PostgreSQL ``COPY``.
 
-        Default: ``copy_mode`` (``None``: ``STREAMEXPORT_COPY_MODE``).  ``True`` uses
-        COPY where it gives the same file and falls back otherwise; ``"require"``
-        raises ``ImproperlyConfigured`` when it cannot
-        (:mod:`django_streamexport.postgresql.copy`).
+        Default: ``copy_mode`` (``None``: ``STREAMEXPORT_COPY_MODE``, ``True`` unless
+        set).  ``True`` uses COPY where it gives the same file and falls back to the cursor
+        otherwise (the reason in ``stream.reader.reason``); ``False`` always reads through
+        the cursor; ``"require"`` raises ``ImproperlyConfigured`` when COPY cannot be used
+        (:mod:`django_streamexport.postgresql.copy`).  Override to decide per request.
         """
         return self.copy_mode
 

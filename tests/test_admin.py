@@ -519,25 +519,29 @@ def export_rows_of(data, fmt):
 
 #: The reader a cursor-mode export on PostgreSQL gets from this driver.
 CURSOR_READER = "prefetching cursor" if is_psycopg3 else "cursor"
+#: The reader a CSV export on PostgreSQL gets by default: COPY, with psycopg 3.
+COPY_READER = "copy" if is_psycopg3 else "cursor"
 
 
 @pytest.mark.urls("tests.testapp.urls")
 @pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3")
-@pytest.mark.parametrize("copy_mode", [True, "require"])
-def test_admin_export_uses_copy_mode_when_the_setting_asks(admin_client, recorded, copy_mode):
+@pytest.mark.parametrize("copy_mode", [None, True, "require"], ids=["default", "on", "require"])
+def test_admin_export_uses_copy_mode_unless_the_setting_opts_out(admin_client, recorded, copy_mode):
     make_records("default", 300)
     export = RECORDING_ADMIN + "export/"
     params = {"_changelist_filters": "status__exact=p", "format": "csv"}
     with override_settings(STREAMEXPORT_COPY_MODE=False):
         without_copy = body(admin_client.get(export, params))
-    with override_settings(STREAMEXPORT_COPY_MODE=copy_mode):
+    settings = {} if copy_mode is None else {"STREAMEXPORT_COPY_MODE": copy_mode}
+    with override_settings(**settings):
         response = admin_client.get(export, params)
         assert response.status_code == 200
         with_copy = body(response)
     cursor_stream, copy_stream = recorded
     assert (cursor_stream.plan.copy_mode, cursor_stream.reader.name) == (False, CURSOR_READER)
     # The body came from COPY: the reader that renders, which only COPY mode chooses.
-    assert (copy_stream.plan.copy_mode, copy_stream.reader.name) == (copy_mode, "copy")
+    expected_mode = True if copy_mode is None else copy_mode
+    assert (copy_stream.plan.copy_mode, copy_stream.reader.name) == (expected_mode, "copy")
     assert copy_stream.reader.reason == "COPY mode is on"
     assert (copy_stream.outcome, copy_stream.rows) == ("complete", 150)
     assert with_copy == without_copy
@@ -570,7 +574,8 @@ def test_admin_export_in_keyset_mode_reads_pages(admin_client, recorded, records
     keyset_stream, cursor_stream = recorded
     assert (keyset_stream.plan.mode, keyset_stream.reader.name) == ("keyset", "keyset")
     assert keyset_stream.reader.pages == pages
-    assert cursor_stream.reader.name == CURSOR_READER
+    # Cursor mode: CSV through COPY by default (psycopg 3), NDJSON through the cursor.
+    assert cursor_stream.reader.name == (COPY_READER if fmt == "csv" else CURSOR_READER)
     # The same rows as cursor mode, ordered by the key whatever the changelist's ordering.
     assert keyset == by_cursor
     _, rows = export_rows_of(keyset, fmt)

@@ -23,7 +23,7 @@ SETTINGS = [
     ("CSV_DELIMITER", ",", ";"),
     ("CSV_BOM", False, True),
     ("CSV_ESCAPE_FORMULAS", True, False),
-    ("COPY_MODE", False, "require"),
+    ("COPY_MODE", True, False),
     ("DATABASE_FORMATTING", True, False),
     ("X_ACCEL_BUFFERING", True, False),
     ("ADMIN_EXPORT_PERMISSION", "view", "export"),

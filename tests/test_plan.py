@@ -89,7 +89,7 @@ def test_defaults_without_settings():
     assert built.chunk_size == 2000
     assert built.buffer_size == 64 * 1024
     assert built.max_rows is None
-    assert built.copy_mode is False
+    assert built.copy_mode is True  # CSV through COPY where it gives the same bytes
     assert built.statement_timeout == 300
     assert built.idle_in_transaction_timeout == 120
     assert built.database_formatting is True
@@ -113,7 +113,7 @@ def test_settings_are_resolved_once_when_the_plan_is_built():
         STREAMEXPORT_CHUNK_SIZE=11,
         STREAMEXPORT_BUFFER_SIZE=222,
         STREAMEXPORT_MAX_ROWS=33,
-        STREAMEXPORT_COPY_MODE=True,
+        STREAMEXPORT_COPY_MODE=False,
         STREAMEXPORT_STATEMENT_TIMEOUT=4.5,
         STREAMEXPORT_IDLE_IN_TRANSACTION_TIMEOUT=6,
         STREAMEXPORT_DATABASE="sqlite",
@@ -121,7 +121,7 @@ def test_settings_are_resolved_once_when_the_plan_is_built():
     ):
         built = plan()
     assert (built.chunk_size, built.buffer_size, built.max_rows) == (11, 222, 33)
-    assert built.copy_mode is True
+    assert built.copy_mode is False
     assert (built.statement_timeout, built.idle_in_transaction_timeout) == (4.5, 6)
     assert built.using == "sqlite"
     assert built.database_formatting is False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 import uuid
 from decimal import Decimal
 
@@ -21,7 +22,6 @@ from django.test import override_settings
 from django.utils import translation
 
 from django_streamexport.columns import Column, resolve_columns
-from django_streamexport.exceptions import RowLimitExceeded
 from django_streamexport.formats.csv import CSVFormat, ExcelCSVFormat
 from django_streamexport.formats.ndjson import NDJSONFormat
 from tests.conftest import both_databases, make_records, parse_csv, plan_stream, server_side_cursors
@@ -51,19 +51,24 @@ def streams(
 ):
     """Return (Python, fast) streams of the same export; ``options`` go to the format.
 
-    The first formats every value in Python.  The second has COPY mode on
-    (``mode="copy"``; it falls back to database formatting) or database formatting
-    (``mode="text"``).
+    The first formats every value in Python (database formatting off, so COPY off too).
+    The second has COPY mode on (``mode="copy"``; it falls back to database formatting)
+    or database formatting without COPY (``mode="text"``, ``copy_mode=False``).
     """
     queryset = queryset if queryset is not None else Record.objects.using(alias).order_by("id")
     columns = resolve_columns(queryset, fields)
-    kwargs = dict(chunk_size=7, buffer_size=512, using=alias, **(stream_options or {}))
+    kwargs = {"chunk_size": 7, "buffer_size": 512, "using": alias, **(stream_options or {})}
     python = plan_stream(
         queryset, columns, fmt(columns, **options), database_formatting=False, **kwargs
     )
     if mode == "text":
         fast = plan_stream(
-            queryset, columns, fmt(columns, **options), database_formatting=True, **kwargs
+            queryset,
+            columns,
+            fmt(columns, **options),
+            database_formatting=True,
+            copy_mode=False,
+            **kwargs,
         )
     else:
         fast = plan_stream(
@@ -170,22 +175,26 @@ def test_fast_path_empty_queryset(pg_alias, mode):
     assert copy.rows == 0
 
 
-@pytest.mark.parametrize(
-    "fields, fmt, reason",
-    [
-        (ALL_FIELDS, CSVFormat, "column 'data' holds json values"),
-        (["title"], CSVFormat, "one-column"),
-        (COPY_FIELDS, NDJSONFormat, "not CSV"),
-    ],
-)
+@pytest.mark.parametrize("copy_mode", [True, None], ids=["on", "default"])
 @needs_psycopg3
-def test_copy_falls_back_with_a_reason_and_the_same_output(pg_alias, caplog, fields, fmt, reason):
+def test_copy_falls_back_with_a_reason_and_the_same_output(pg_alias, caplog, copy_mode):
+    reason = "column 'data' holds json values"
     make_records(pg_alias)
     with caplog.at_level(logging.INFO, logger="django_streamexport"):
-        standard, copy = streams(pg_alias, fields, fmt=fmt)
-    assert reason in copy.reader.reason
+        standard, copy = streams(pg_alias, ALL_FIELDS, copy_mode=copy_mode)
+    assert copy.plan.copy_mode is True
+    assert copy.reader.reason.startswith(f"not COPY: {reason}")
     assert any(reason in r.getMessage() for r in caplog.records)
     assert b"".join(copy) == b"".join(standard)
+
+
+@needs_psycopg3
+def test_ndjson_never_uses_copy(pg_alias):
+    make_records(pg_alias)
+    standard, fast = streams(pg_alias, fmt=NDJSONFormat)
+    assert fast.reader.name != "copy"
+    assert "COPY" not in fast.reader.reason
+    assert b"".join(fast) == b"".join(standard)
 
 
 def test_one_column_csv_uses_database_formatting(pg_alias):
@@ -288,37 +297,163 @@ def test_view_uses_copy_mode_from_the_setting(pg_alias, client):
     assert b"".join(response.streaming_content) == b"".join(plain.streaming_content)
 
 
-@needs_psycopg3
-def test_copy_falls_back_under_a_row_limit(pg_alias):
-    """COPY hands over whole blocks; the standard path stops at exactly max_rows."""
-    make_records(pg_alias)
-    _, copy = streams(pg_alias, stream_options={"max_rows": 5})
-    assert "row limit" in copy.reader.reason
-    chunks = []
-    with pytest.raises(RowLimitExceeded):
-        for chunk in copy:
+def run(stream):
+    """Iterate ``stream`` as a server would; return what a client and the signals see."""
+    chunks, error = [], None
+    try:
+        for chunk in stream:
             chunks.append(chunk)
-    assert len(parse_csv(b"".join(chunks))) == 1 + 5
+    except Exception as exc:
+        error = exc
+    return {
+        "data": b"".join(chunks),
+        "error": type(error).__name__ if error else None,
+        "rows": stream.rows,
+        "bytes": stream.bytes,
+        "outcome": stream.outcome,
+        "error_code": stream.error_code,
+    }
 
 
 @needs_psycopg3
-def test_copy_statement_timeout_bounds_the_whole_export(pg_alias):
-    """COPY is one statement, so STREAMEXPORT_STATEMENT_TIMEOUT applies to all of it."""
-    make_records(pg_alias, 2000)
-    queryset = (
-        Record.objects.using(pg_alias)
-        .annotate(slow=RawSQL("pg_sleep(0.002)::text", [], output_field=CharField()))
+@pytest.mark.parametrize("over", [-30, -1, 0, 1], ids=["few", "one-less", "exact", "one-more"])
+@pytest.mark.parametrize("fields", [COPY_FIELDS, ["title"]], ids=["columns", "one-column"])
+def test_copy_row_limit_behaves_exactly_as_the_cursor(pg_alias, over, fields):
+    """``LIMIT max_rows + 1``: exactly ``max_rows`` rows, then ``row_limit`` when there were
+    more, as on the cursor path and the Python path (bytes, counters, outcome, signals)."""
+    from django_streamexport.signals import export_finished
+
+    make_records(pg_alias, 80)
+    count = Record.objects.using(pg_alias).count()
+    limit = count + over
+    seen = []
+
+    def finished(sender, **kwargs):
+        seen.append((kwargs["rows"], kwargs["bytes"], kwargs["outcome"], kwargs["error_code"]))
+
+    export_finished.connect(finished)
+    try:
+        python, copy = streams(pg_alias, fields, stream_options={"max_rows": limit})
+        _, cursor = streams(pg_alias, fields, mode="text", stream_options={"max_rows": limit})
+        assert copy.reader.name == "copy"
+        assert f" LIMIT {limit + 1:d}) TO STDOUT " in copy.reader.statement
+        assert cursor.reader.text_cells and cursor.reader.name != "copy"
+        results = [run(python), run(cursor), run(copy)]
+    finally:
+        export_finished.disconnect(finished)
+    assert results[2] == results[1] == results[0]
+    rows = min(limit, count)
+    assert results[2]["rows"] == rows
+    assert len(parse_csv(results[2]["data"])) == 1 + rows
+    if over < 0:
+        assert results[2]["error"] == "RowLimitExceeded"
+        assert results[2]["error_code"] == "row_limit"
+    else:
+        assert results[2]["outcome"] == "complete"
+    assert len(seen) == 3
+    assert seen[0] == seen[1] == seen[2]
+    assert server_side_cursors(pg_alias) == []
+
+
+@needs_psycopg3
+@pytest.mark.parametrize("fields", [["title"], ["body"], ["count"], ["status"], ["flag"],
+                                    ["created"], ["amount"]])  # fmt: skip
+@pytest.mark.parametrize("fmt", [CSVFormat, ExcelCSVFormat])
+def test_copy_writes_a_one_column_export_as_python_does(pg_alias, fields, fmt):
+    """Python's csv writes a row of one empty field as ``""``; COPY then quotes ``''``."""
+    make_records(pg_alias)
+    Record.objects.using(pg_alias).create(title="", body="")
+    python, copy = streams(pg_alias, fields, fmt=fmt)
+    _, text = streams(pg_alias, fields, fmt=fmt, mode="text")
+    data = b"".join(copy)
+    assert copy.reader.name == "copy"
+    assert data == b"".join(python) == b"".join(text)
+    if fields != ["status"]:  # never empty
+        assert b'\r\n""\r\n' in data  # an empty cell, quoted
+    assert copy.rows == python.rows == Record.objects.using(pg_alias).count()
+
+
+def slow_records(alias):
+    """Records with a column that takes the database 5 s per row."""
+    return (
+        Record.objects.using(alias)
+        .annotate(slow=RawSQL("pg_sleep(5)::text", [], output_field=CharField()))
         .order_by("id")
     )
-    _, copy = streams(
-        pg_alias, ["id", "title", "slow"], queryset, stream_options={"statement_timeout": 0.5}
-    )
+
+
+@needs_psycopg3
+def test_copy_statement_timeout_bounds_each_wait_for_rows(pg_alias):
+    """COPY is one statement, but the timeout bounds each wait for the next rows (the first
+    includes the query's start), as it bounds each FETCH of the cursor path: a row the
+    database takes too long to produce fails the export with ``statement_timeout``."""
+    make_records(pg_alias, 3)
+    queryset = slow_records(pg_alias)
+    options = {"stream_options": {"statement_timeout": 0.3}}
+    _, copy = streams(pg_alias, ["id", "title", "slow"], queryset, **options)
+    _, cursor = streams(pg_alias, ["id", "title", "slow"], queryset, mode="text", **options)
     assert copy.reader.name == "copy"
-    # COPY reads through the raw psycopg cursor, so the driver's QueryCanceled surfaces.
-    with pytest.raises(Exception, match="statement timeout"):
-        b"".join(copy)
-    assert copy.error_code == "statement_timeout"
+    got = run(copy)
+    assert got["error_code"] == "statement_timeout"
+    assert copy.reader.statement_bound == 0.3
+    assert run(cursor) == got
     assert server_side_cursors(pg_alias) == []
+    # The connection is usable.
+    assert Record.objects.using(pg_alias).count() == 3
+
+
+@needs_psycopg3
+def test_copy_statement_timeout_does_not_bound_a_slow_consumer(pg_alias):
+    """An export that lasts longer than the statement timeout because its client reads
+    slowly completes, as on the cursor path: the timeout bounds the database's waits, not
+    the export (the body, ~40 MB, outgrows the socket buffers, so the COPY is still
+    running while the consumer is away)."""
+    make_records(pg_alias, 2500)
+    queryset = (
+        Record.objects.using(pg_alias)
+        .annotate(big=RawSQL("repeat('x', 16000)", [], output_field=CharField()))
+        .order_by("id")
+    )
+    for mode in ("copy", "text"):
+        _, stream = streams(
+            pg_alias,
+            ["id", "big"],
+            queryset,
+            mode=mode,
+            stream_options={"statement_timeout": 0.3, "buffer_size": 65536},
+        )
+        assert (stream.reader.name == "copy") is (mode == "copy")
+        chunks = iter(stream)
+        data = [next(chunks), next(chunks)]
+        time.sleep(1.0)  # the consumer is away three times the statement timeout
+        data += list(chunks)
+        assert stream.outcome == "complete", mode
+        assert stream.rows == 2500
+        assert len(parse_csv(b"".join(data))) == 2501
+    assert server_side_cursors(pg_alias) == []
+
+
+@needs_psycopg3
+def test_copy_holds_the_sessions_statement_timeout_per_wait(pg_alias):
+    """Without a timeout of its own the export keeps the session's, per wait for rows."""
+    from django.db import connections
+
+    make_records(pg_alias, 3)
+    with connections[pg_alias].cursor() as cursor:
+        cursor.execute("SET statement_timeout = 300")  # the session's (not LOCAL)
+    try:
+        _, copy = streams(
+            pg_alias,
+            ["id", "slow"],
+            slow_records(pg_alias),
+            stream_options={"statement_timeout": 0},
+        )
+        got = run(copy)
+        assert copy.reader.statement_bound == 0.3
+        assert got["error_code"] == "statement_timeout"
+    finally:
+        with connections[pg_alias].cursor() as cursor:
+            cursor.execute("RESET statement_timeout")
 
 
 @pytest.mark.skipif(is_psycopg3, reason="checks the psycopg2 fallback")
@@ -574,6 +709,25 @@ def test_fast_path_of_a_query_without_parameters(pg_alias, mode):
     assert list(params) == []
     assert b"".join(fast) == b"".join(standard)
     assert fast_path_used(fast)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("with_params", [False, True], ids=["no-params", "params"])
+def test_fast_path_of_sql_with_a_literal_percent(pg_alias, mode, with_params):
+    """Django's SQL escapes a literal ``%`` as ``%%`` (``extra()``, ``RawSQL``): undone with
+    the parameters, or without any (psycopg's ``copy()`` would send ``%%`` as it is)."""
+    make_records(pg_alias, 30)
+    queryset = Record.objects.using(pg_alias).extra(where=["testapp_record.id %% 3 <> 0"])
+    if with_params:
+        queryset = queryset.filter(title__startswith="row")
+    queryset = queryset.order_by("id")
+    standard, fast = streams(pg_alias, ["id", "title"], queryset, mode=mode)
+    params = fast.reader.params if mode == "copy" else fast.reader.text_select[1]
+    assert bool(list(params)) is with_params
+    data = b"".join(fast)
+    assert data == b"".join(standard)
+    assert fast_path_used(fast)
+    assert fast.rows == 20
 
 
 def test_postgresql_is_asked_about_a_zone_once_per_process(pg_alias):

@@ -14,6 +14,7 @@ import zoneinfo
 from decimal import Decimal
 
 import pytest
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -177,12 +178,15 @@ def test_csv_in_a_time_zone_is_the_same_from_python_and_postgresql(values, zone)
             buffer_size=256,
             time_zone=zone,
             database_formatting=database,
+            copy_mode=copy_mode,
         )
-        for database in (False, True)
+        for database, copy_mode in ((False, False), (True, False), (True, True))
     ]
-    python, database = (b"".join(stream) for stream in streams)
+    python, database, copy = (b"".join(stream) for stream in streams)
     assert streams[1].reader.text_cells
+    assert streams[2].reader.name == ("copy" if is_psycopg3 else "cursor")
     assert database == python
+    assert copy == python
     rows = parse_csv(python)[1:]
     for row, record in zip(rows, stored, strict=True):
         created = datetime.datetime.fromisoformat(row[2]) if row[2] else None

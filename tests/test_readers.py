@@ -14,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from django_streamexport.columns import compile_query
+from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.plan import build_plan
 from django_streamexport.readers import (
     CopyReader,
@@ -40,9 +41,20 @@ JSON_REFUSAL = (
 NDJSON_REFUSAL = "the format is 'ndjson', not CSV"
 
 
+class ShoutingCSV(CSVFormat):
+    """CSV with a converter of its own, which SQL cannot spell."""
+
+    def get_converter(self, column):
+        return str.upper if column.kind == "text" else super().get_converter(column)
+
+
 def plan(**options):
     options.setdefault("fields", FIELDS)
     return build_plan(Record.objects.order_by("id"), **options)
+
+
+#: The cursor path: COPY off, as when it falls back.
+OFF = {"copy_mode": False}
 
 
 @pytest.mark.parametrize(
@@ -65,6 +77,15 @@ def plan(**options):
             id="keyset-before-copy",
         ),
         pytest.param(
+            {},
+            CopyReader,
+            "copy",
+            False,
+            "COPY mode is on",
+            id="copy-by-default",
+            marks=needs_psycopg3,
+        ),
+        pytest.param(
             {"copy_mode": True},
             CopyReader,
             "copy",
@@ -83,7 +104,25 @@ def plan(**options):
             marks=needs_psycopg3,
         ),
         pytest.param(
-            {},
+            {"fields": ["title"]},
+            CopyReader,
+            "copy",
+            False,
+            "COPY mode is on",
+            id="copy-one-column",
+            marks=needs_psycopg3,
+        ),
+        pytest.param(
+            {"max_rows": 10},
+            CopyReader,
+            "copy",
+            False,
+            "COPY mode is on",
+            id="copy-row-limit",
+            marks=needs_psycopg3,
+        ),
+        pytest.param(
+            OFF,
             *PG_CURSOR,
             True,
             "cells spelled by PostgreSQL" + NO_PREFETCH,
@@ -93,6 +132,7 @@ def plan(**options):
             {"database_formatting": False},
             *PG_CURSOR,
             False,
+            "not COPY: database formatting is off; "
             "values formatted in Python: database formatting is off" + NO_PREFETCH,
             id="database-formatting-off",
         ),
@@ -104,14 +144,14 @@ def plan(**options):
             id="ndjson",
         ),
         pytest.param(
-            {"fields": ["id", "data"]},
+            {"fields": ["id", "data"], **OFF},
             *PG_CURSOR,
             False,
             f"values formatted in Python: {JSON_REFUSAL}" + NO_PREFETCH,
             id="json-column",
         ),
         pytest.param(
-            {"prefetch": False},
+            {"prefetch": False, **OFF},
             CursorReader,
             "cursor",
             True,
@@ -119,7 +159,7 @@ def plan(**options):
             id="prefetch-off",
         ),
         pytest.param(
-            {"prefetch": False, "database_formatting": False},
+            {"prefetch": False, "database_formatting": False, **OFF},
             CursorReader,
             "cursor",
             False,
@@ -153,23 +193,35 @@ def test_choose_reader_decides_with_a_reason(options, reader_class, name, text_c
     assert reader.renders is (reader_class is CopyReader)
 
 
+class Latin1CSV(CSVFormat):
+    """CSV in another charset than COPY writes."""
+
+    charset = "latin-1"
+
+
 @pytest.mark.parametrize(
     ("options", "refusal", "text_cells"),
     [
-        pytest.param(
-            {"fields": ["title"]},
-            "a one-column CSV spells empty rows differently",
-            True,
-            id="one-column",
-        ),
-        pytest.param({"max_rows": 10}, "a row limit is set (max_rows)", True, id="row-limit"),
         pytest.param({"fields": ["id", "data"]}, JSON_REFUSAL, False, id="json-column"),
-        pytest.param({"format": "ndjson"}, NDJSON_REFUSAL, False, id="ndjson"),
-        pytest.param({"using": "sqlite"}, "database 'sqlite' is sqlite", False, id="sqlite"),
+        pytest.param(
+            {"export_format": lambda columns: Latin1CSV(columns)},
+            "the format writes 'latin-1', COPY writes UTF-8",
+            True,
+            id="charset",
+        ),
+        pytest.param(
+            {"export_format": lambda columns: ShoutingCSV(columns)},
+            "ShoutingCSV overrides get_converter()",
+            False,
+            id="converter",
+        ),
     ],
 )
-def test_copy_mode_falls_back_with_the_reason(options, refusal, text_cells, caplog):
-    built = plan(copy_mode=True, **options)
+@pytest.mark.parametrize("copy_mode", [None, True], ids=["default", "on"])
+@needs_psycopg3
+def test_copy_falls_back_with_the_reason(options, refusal, text_cells, copy_mode, caplog):
+    built = plan(copy_mode=copy_mode, **options)
+    assert built.copy_mode is True
     with caplog.at_level(logging.INFO, logger="django_streamexport"):
         reader = choose_reader(built)
     assert isinstance(reader, CursorReader)
@@ -191,17 +243,42 @@ def test_copy_mode_falls_back_with_the_reason(options, refusal, text_cells, capl
     assert "copy_mode=True" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        pytest.param({"format": "ndjson"}, NDJSON_REFUSAL, id="ndjson"),
+        pytest.param({"using": "sqlite"}, "database 'sqlite' is sqlite", id="sqlite"),
+    ],
+)
+def test_copy_is_not_considered_for_other_formats_and_databases(options, refusal, caplog):
+    """COPY writes CSV from PostgreSQL: the others are read as ever, no line about COPY."""
+    with caplog.at_level(logging.INFO, logger="django_streamexport"):
+        reader = choose_reader(plan(**options))
+    assert not reader.renders
+    assert "COPY" not in reader.reason
+    assert not any("COPY" in message for message in caplog.messages)
+    with pytest.raises(ImproperlyConfigured, match="COPY mode was required") as info:
+        choose_reader(plan(copy_mode="require", **options))
+    assert refusal in str(info.value)
+
+
 @pytest.mark.skipif(is_psycopg3, reason="the psycopg2 fallback")
-def test_copy_mode_falls_back_on_psycopg2():  # pragma: no cover - psycopg2 sessions only
-    reader = choose_reader(plan(copy_mode=True))
+@pytest.mark.parametrize("copy_mode", [None, True], ids=["default", "on"])
+def test_copy_mode_falls_back_on_psycopg2(copy_mode):  # pragma: no cover - psycopg2 only
+    """psycopg2 has no COPY fast path: the default falls back to the cursor, saying why."""
+    reader = choose_reader(plan(copy_mode=copy_mode))
     assert reader.name == "cursor"
     assert reader.reason.startswith("not COPY: Django uses psycopg2")
     with pytest.raises(ImproperlyConfigured, match="psycopg2"):
         choose_reader(plan(copy_mode="require"))
 
 
-def test_copy_mode_off_never_mentions_copy():
-    assert "COPY" not in choose_reader(plan(copy_mode=False, fields=["title"])).reason
+@pytest.mark.parametrize("options", [{}, {"fields": ["title"]}, {"max_rows": 3}])
+def test_copy_mode_off_never_mentions_copy(options):
+    """The opt-out: ``copy_mode=False`` reads the cursor, whatever COPY could do."""
+    reader = choose_reader(plan(copy_mode=False, **options))
+    assert reader.name == PG_CURSOR[1]
+    assert "COPY" not in reader.reason
 
 
 def test_the_stream_logs_its_reader_and_reason_at_debug(caplog):
@@ -229,6 +306,7 @@ SAME_FIELDS = ["id", "title", "body", "amount", "ratio", "flag", "created", "aut
     [
         pytest.param({"mode": "keyset"}, "keyset", id="keyset"),
         pytest.param({"copy_mode": True}, "copy", id="copy", marks=needs_psycopg3),
+        pytest.param({"copy_mode": None}, "copy", id="copy-by-default", marks=needs_psycopg3),
         pytest.param({}, PG_CURSOR[1], id="prefetch-text"),
         pytest.param({"database_formatting": False}, PG_CURSOR[1], id="prefetch-python"),
         pytest.param({"prefetch": False}, "cursor", id="cursor-text"),
@@ -239,6 +317,7 @@ def test_every_reader_gives_the_bytes_of_the_plain_path(db_alias, options, name)
     queryset = Record.objects.using(db_alias).order_by("id")
 
     def export(**extra):
+        extra.setdefault("copy_mode", False)
         built = build_plan(
             queryset, fields=SAME_FIELDS, using=db_alias, chunk_size=25, buffer_size=2048, **extra
         )

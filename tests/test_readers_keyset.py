@@ -169,27 +169,34 @@ def test_disable_server_side_cursors_reads_csv_by_copy_refuses_other_cursor_expo
     records = make_records(pg_alias)
     queryset = Record.objects.all()
     columns = resolve_columns(queryset, FIELDS)
-    by_cursor = plan_stream(queryset, columns, CSVFormat(columns), buffer_size=64)
+    by_cursor = plan_stream(queryset, columns, CSVFormat(columns), buffer_size=64, copy_mode=False)
     assert by_cursor.reader.name == "prefetching cursor"
     expected = b"".join(by_cursor)
     view_expected = _view_body(KeysetRecordExport, export_mode="cursor")
     monkeypatch.setitem(connections[pg_alias].settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
     # CSV: COPY needs no server-side cursor, whatever copy_mode says.
-    for copy_mode in (False, True):
+    for copy_mode in (False, True, None):
         stream = plan_stream(
             queryset, columns, CSVFormat(columns), buffer_size=64, copy_mode=copy_mode
         )
         assert stream.reader.name == "copy"
-        assert "DISABLE_SERVER_SIDE_CURSORS" in stream.reader.reason or copy_mode
+        assert "DISABLE_SERVER_SIDE_CURSORS" in stream.reader.reason or copy_mode is not False
         assert b"".join(stream) == expected
     assert _view_body(KeysetRecordExport, export_mode="cursor") == view_expected
+    # A row limit streams by COPY too (LIMIT max_rows + 1).
+    limited = plan_stream(queryset, columns, CSVFormat(columns), max_rows=len(records))
+    assert limited.reader.name == "copy"
+    assert b"".join(limited) == expected
     # What COPY cannot write is refused before any response starts, saying why and what to do.
     refusals = {
         "the format is 'ndjson', not CSV": lambda: plan_stream(
             queryset, columns, NDJSONFormat(columns)
         ),
-        "a row limit is set (max_rows)": lambda: plan_stream(
-            queryset, columns, CSVFormat(columns), max_rows=5
+        "column 'data' holds json values, which PostgreSQL spells differently from the CSV "
+        "format": lambda: plan_stream(
+            queryset,
+            resolve_columns(queryset, ["id", "data"]),
+            CSVFormat(resolve_columns(queryset, ["id", "data"])),
         ),
         "the format is 'json', not CSV": lambda: _view_body(
             KeysetRecordExport, "format=json", export_mode="cursor"
@@ -256,12 +263,12 @@ def test_through_pgbouncer_in_transaction_pooling_csv_streams_by_copy(pgbouncer_
     queryset = Record.objects.order_by("id")
     columns = resolve_columns(queryset, COPY_FIELDS)
     # The standard path: a server-side cursor on the direct connection.
-    direct = plan_stream(queryset, columns, CSVFormat(columns))
+    direct = plan_stream(queryset, columns, CSVFormat(columns), copy_mode=False)
     assert direct.reader.name == "prefetching cursor"
     expected = b"".join(direct)
     assert len(parse_csv(expected)) == 501
     # Through PgBouncer: COPY, which needs no server-side cursor, byte for byte the same.
-    stream = plan_stream(queryset, columns, CSVFormat(columns), using=PGBOUNCER)
+    stream = plan_stream(queryset, columns, CSVFormat(columns), using=PGBOUNCER, copy_mode=False)
     assert (stream.reader.name, stream.reader.reason) == (
         "copy",
         "DATABASES['pgbouncer'] sets DISABLE_SERVER_SIDE_CURSORS: COPY needs no server-side cursor",

@@ -515,6 +515,7 @@ def test_a_nul_byte_is_a_400_naming_its_parameter(admin_client, url, query, para
 @pytest.mark.parametrize(
     ("options", "reader"),
     [
+        ({}, "copy"),
         ({"copy_mode": True}, "copy"),
         ({"copy_mode": False}, "prefetching cursor"),
         ({"copy_mode": False, "prefetch": False, "database_formatting": False}, "cursor"),

@@ -70,9 +70,10 @@ def test_ndjson_sends_a_first_empty_chunk_before_the_query(db_alias):
     assert len(parse_ndjson(b"".join(chunks))) == 50
 
 
-def test_export_is_one_query_whatever_its_size(db_alias):
+@pytest.mark.parametrize("copy_mode", [None, False], ids=["default", "cursor"])
+def test_export_is_one_query_whatever_its_size(db_alias, copy_mode):
     make_records(db_alias, 3000)
-    stream = make_stream(db_alias, chunk_size=100)
+    stream = make_stream(db_alias, chunk_size=100, copy_mode=copy_mode)
     with CaptureQueriesContext(connections[db_alias]) as queries:
         data = b"".join(stream)
     # Besides PostgreSQL's session settings for database formatting (pgtext).
@@ -81,6 +82,10 @@ def test_export_is_one_query_whatever_its_size(db_alias):
         for q in queries
         if "SELECT" in q["sql"].upper() and not q["sql"].startswith("SELECT set_config(")
     ]
+    if stream.reader.name == "copy":
+        # The one COPY statement runs on psycopg's cursor, which Django does not record.
+        assert selects == []
+        selects = [stream.reader.statement]
     assert len(selects) == 1, selects
     assert "JOIN" in selects[0].upper()
     assert len(parse_csv(data)) == 3001
@@ -107,7 +112,7 @@ def test_postgresql_streams_from_a_cursor_without_hold(pg_alias, fmt):
     make_records(pg_alias, 2000)
     assert connections[pg_alias].get_autocommit()
     # No prefetching: the connection stays free between chunks to look.
-    stream = make_stream(pg_alias, fmt=fmt, chunk_size=100, prefetch=False)
+    stream = make_stream(pg_alias, fmt=fmt, chunk_size=100, prefetch=False, copy_mode=False)
     assert stream.reader.name == "cursor"
     chunks = iter(stream)
     next(chunks)  # header (CSV) or first batch
@@ -129,7 +134,7 @@ def test_prefetching_keeps_one_fetch_in_flight_inside_the_transaction(pg_alias, 
     """Prefetching: its own WITHOUT HOLD cursor, the next FETCH sent before a batch is rendered."""
     make_records(pg_alias, 2000)
     pid = backend_pid(pg_alias)
-    stream = make_stream(pg_alias, fmt=fmt, chunk_size=100)
+    stream = make_stream(pg_alias, fmt=fmt, chunk_size=100, copy_mode=False)
     with CaptureQueriesContext(connections[pg_alias]) as queries:
         chunks = iter(stream)
         try:
@@ -414,7 +419,7 @@ def test_a_stream_that_overrides_iter_body_to_log_keeps_prefetch_and_database_fo
     pg_alias, caplog
 ):
     make_records(pg_alias, 500)
-    stream = make_stream(pg_alias, stream_class=LoggingStream, chunk_size=100)
+    stream = make_stream(pg_alias, stream_class=LoggingStream, chunk_size=100, copy_mode=False)
     assert stream.reader.name == "prefetching cursor"
     assert stream.reader.text_cells is True
     assert stream.reader.reason == "cells spelled by PostgreSQL"
@@ -440,6 +445,13 @@ def test_a_stream_that_overrides_iter_body_to_log_keeps_prefetch_and_database_fo
 @pytest.mark.parametrize(
     ("alias", "options", "name"),
     [
+        pytest.param(
+            "default",
+            {},
+            "copy",
+            marks=pytest.mark.skipif(not is_psycopg3, reason="COPY mode needs psycopg 3"),
+            id="copy-by-default",
+        ),
         pytest.param(
             "default",
             {"copy_mode": True},

@@ -12,15 +12,22 @@ Python, so the two paths give the same bytes (``tests/test_postgresql_copy.py``)
 end ``\\n`` becomes ``\\r\\n`` (COPY cannot write CRLF; PostgreSQL sends one ``CopyData``
 message per row, so the last byte of each block is the row's terminator).
 
-What COPY cannot give makes the export fall back to the standard path (same output,
-slower) with a log line, or, with ``copy_mode="require"``, raise ``ImproperlyConfigured``
-before the response starts: what :func:`~django_streamexport.postgresql.text.text_select` refuses
-(another format or converters, JSON and other columns PostgreSQL spells differently,
-values Django converts after reading, another database), a one-column export (Python
-writes ``""`` for an empty single-field row), a row limit, and the psycopg2 driver:
-psycopg2 cannot run COPY under a gevent wait callback (``copy_expert cannot be used with
-an asynchronous callback``), psycopg 3 streams it block by block and cooperates with
-gevent.
+COPY is the default for CSV (``copy_mode=True``, ``STREAMEXPORT_COPY_MODE``).  What COPY
+cannot give makes the export fall back to the cursor path (same output, slower), the
+reason in ``stream.reader.reason`` and a log line, or, with ``copy_mode="require"``, raise
+``ImproperlyConfigured`` before the response starts: what
+:func:`~django_streamexport.postgresql.text.text_select` refuses (another format or
+converters, JSON and other columns PostgreSQL spells differently, values Django converts
+after reading, another database), a format that writes another charset than UTF-8, and the
+psycopg2 driver: psycopg2 cannot run COPY under a gevent wait callback (``copy_expert
+cannot be used with an asynchronous callback``), psycopg 3 streams it block by block and
+cooperates with gevent.
+
+A row limit (``max_rows``) is read as ``LIMIT max_rows + 1``: the reader sends exactly
+``max_rows`` rows (one ``CopyData`` message per row: PostgreSQL docs, "Frontend/Backend
+Protocol", "COPY Operations") and, when the extra row came, the export fails with
+``row_limit`` as on the cursor path.  A one-column export spells an empty cell ``""``, as
+Python's ``csv`` does for a row of one empty field.
 
 Known spelling difference: a text value that is exactly ``\\.`` is quoted by COPY and not
 by Python; a CSV reader parses both to the same value.
@@ -28,6 +35,7 @@ by Python; a CSV reader parses both to the same value.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,27 +56,53 @@ class CopyModeUnavailable(TextUnavailable):
 def copy_statement(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]:
     """Return the ``COPY ... TO STDOUT`` statement and parameters for ``plan``'s rows.
 
-    ``query`` is the export's compiled ``values_list()`` query.  Raises
+    ``query`` is the export's compiled ``values_list()`` query; the statement is for
+    psycopg's ``Cursor.copy()`` (``%s`` placeholders when there are parameters, none and no
+    ``%%`` escapes otherwise).  With ``plan.max_rows``
+    the ``SELECT`` ends with ``LIMIT max_rows + 1``: the reader sends ``max_rows`` rows
+    and the one more says the limit was passed.  Raises
     :class:`~django_streamexport.postgresql.text.TextUnavailable` (or its subclass
     :class:`CopyModeUnavailable`) naming the reason when COPY cannot give the same
     output as the cursor path.
     """
-    if len(plan.columns) < 2:
-        raise CopyModeUnavailable("a one-column CSV spells empty rows differently")
-    if plan.max_rows is not None:
-        # COPY hands over whole blocks; the cursor path stops at exactly max_rows.
-        raise CopyModeUnavailable("a row limit is set (max_rows)")
-    select, params = text_select(plan, query, typed=True)
+    export_format = plan.format
+    charset = getattr(export_format, "charset", None) or ""
+    one_column = len(plan.columns) == 1
+    # One column: text throughout, so that COALESCE() below can make every empty cell ''.
+    select, params = text_select(plan, query, typed=not one_column)
     if not is_psycopg3():
         raise CopyModeUnavailable(
             "Django uses psycopg2, which cannot stream COPY under gevent; install psycopg 3"
         )
-    delimiter = plan.format.delimiter.replace("'", "''")  # type: ignore[attr-defined]  # CSV
+    if _codec_name(charset) != "utf-8":
+        # COPY writes the client encoding, which Django sets to UTF8.
+        raise CopyModeUnavailable(f"the format writes {charset!r}, COPY writes UTF-8")
+    if one_column:
+        # Python's csv writes a row of one empty field as "" (a bare line end would be an
+        # empty line), and so does COPY for an empty string that is not NULL: "a non-NULL
+        # value matching the NULL parameter string is quoted" (PostgreSQL docs, COPY, "CSV
+        # Format").  NULL and '' both become ''.
+        select = f"SELECT COALESCE(se1.v, '') FROM ({select}) AS se1(v)"
+    if plan.max_rows is not None:
+        select += f" LIMIT {int(plan.max_rows) + 1:d}"
+    delimiter = export_format.delimiter.replace("'", "''")  # type: ignore[attr-defined]  # CSV
     statement = (
         f"COPY ({select})"
         f" TO STDOUT WITH (FORMAT csv, HEADER false, DELIMITER '{delimiter}', QUOTE '\"')"
     )
+    if not params:
+        # Django's SQL escapes a literal "%" as "%%" whatever its parameters; psycopg's
+        # copy() merges parameters (and so unescapes) only when there are some
+        # (psycopg/_cursor_base.py, _start_copy_gen), where execute() always does.
+        statement = statement.replace("%%", "%")
     return statement, params
+
+
+def _codec_name(charset: str) -> str:
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        return charset
 
 
 def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:

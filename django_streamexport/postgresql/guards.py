@@ -45,6 +45,8 @@ __all__ = [
     "idle_timeout_error",
     "milliseconds",
     "session_idle_timeout",
+    "session_timeout",
+    "statement_timeout_error",
 ]
 
 logger = logging.getLogger("django_streamexport")
@@ -88,22 +90,28 @@ def apply_guards(
         cursor.execute(sql)
 
 
-def session_idle_timeout(connection: BaseDatabaseWrapper) -> float | None:
-    """Return the session's ``idle_in_transaction_session_timeout`` in seconds (``None``: off).
+def session_timeout(connection: BaseDatabaseWrapper, name: str) -> float | None:
+    """Return the session's value of the timeout setting ``name`` in seconds (``None``: off).
 
-    One round trip; for a reader that holds the bound itself (:class:`IdleWatch`) when the
-    export sets no timeout of its own and keeps the server's.  ``None`` on databases other
-    than PostgreSQL.
+    ``name`` is ``"statement_timeout"`` or ``"idle_in_transaction_session_timeout"``
+    (both in milliseconds in ``pg_settings``).  One round trip; for a reader that holds a
+    bound itself (:class:`IdleWatch`) when the export sets no timeout of its own and keeps
+    the server's.  ``None`` on databases other than PostgreSQL.
     """
     if connection.vendor != "postgresql":
         return None
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT setting::bigint FROM pg_settings"
-            " WHERE name = 'idle_in_transaction_session_timeout'"
-        )
+        cursor.execute("SELECT setting::bigint FROM pg_settings WHERE name = %s", [name])
         row = cursor.fetchone()
     return row[0] / 1000 if row and row[0] else None
+
+
+def session_idle_timeout(connection: BaseDatabaseWrapper) -> float | None:
+    """Return the session's ``idle_in_transaction_session_timeout`` in seconds (``None``: off).
+
+    :func:`session_timeout` of that setting.
+    """
+    return session_timeout(connection, "idle_in_transaction_session_timeout")
 
 
 class IdleWatch:
@@ -119,8 +127,16 @@ class IdleWatch:
     reader is between :meth:`back` and :meth:`away`, where it may be using the connection.
     :meth:`back` then raises ``error(seconds_away)``, the reader's idle-timeout error.
 
-    Use as a context manager: leaving it stops the watcher.  With ``seconds`` ``None`` or
-    0 (no bound) it does nothing and starts no watcher.
+    ``busy_seconds`` and ``cancel`` bound the other side: a reader whose one statement runs
+    for the whole export (``COPY``) cannot let ``statement_timeout`` bound it, so the watch
+    calls ``cancel()`` (psycopg 3: ``Connection.cancel()``, safe from any thread; the
+    statement then fails with SQLSTATE 57014) once the reader has been present, waiting
+    for the database, for ``busy_seconds`` in one stretch; ``cancelled`` is then how long.
+    That is the bound a cursor export's ``statement_timeout`` puts on each ``FETCH``.
+
+    Use as a context manager: leaving it (or :meth:`stop`) stops the watcher.  With no
+    bound (``seconds`` and ``busy_seconds`` ``None`` or 0) it does nothing and starts no
+    watcher.
     """
 
     def __init__(
@@ -128,18 +144,27 @@ class IdleWatch:
         seconds: float | None,
         end_session: Callable[[], None],
         error: Callable[[float], BaseException],
+        *,
+        busy_seconds: float | None = None,
+        cancel: Callable[[], None] | None = None,
     ) -> None:
         self.seconds = float(seconds or 0)
         self.end_session = end_session
         self.error = error
+        self.busy_seconds = float(busy_seconds or 0) if cancel is not None else 0.0
+        self.cancel = cancel
         #: Seconds the consumer had been away when the watch ended the session, else None.
         self.expired: float | None = None
-        self._left: float | None = None  # monotonic time the consumer left; None: present
+        #: Seconds the reader had waited when the watch cancelled its statement, else None.
+        self.cancelled: float | None = None
+        self._away = False  # the consumer has the rows (between away() and back())
+        self._since = time.monotonic()  # when _away last changed
         self._lock = threading.Lock()
         self._stopped = threading.Event()
 
     def __enter__(self) -> IdleWatch:
-        if self.seconds > 0:
+        self._since = time.monotonic()
+        if self.seconds > 0 or self.busy_seconds > 0:
             threading.Thread(target=self._watch, name="streamexport-idle", daemon=True).start()
         return self
 
@@ -149,34 +174,58 @@ class IdleWatch:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._stopped.set()  # the watcher wakes and returns; nothing waits for it
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the watcher (idempotent); it wakes and returns, nothing waits for it."""
+        self._stopped.set()
 
     def away(self) -> None:
         """The consumer takes the rows: the session may wait at most ``seconds`` from now."""
-        self._left = time.monotonic()
+        self._since = time.monotonic()
+        self._away = True
 
     def back(self) -> None:
         """The consumer asks for rows again; raise ``error()`` if the watch ended the session."""
         with self._lock:
-            self._left = None
+            self._away = False
+            self._since = time.monotonic()
             if self.expired is not None:
                 raise self.error(self.expired)
 
     def _watch(self) -> None:
-        delay = self.seconds
+        # Sleeps until the bound of the current stretch (away or present) would pass; a
+        # stretch without a bound sleeps the other bound's length, and any later stretch
+        # ends no sooner than that, so no bound is missed.
+        delay = min(b for b in (self.seconds, self.busy_seconds) if b > 0)
+        cancelled_since: float | None = None
         while not self._stopped.wait(delay):
             with self._lock:
-                left = self._left
-                away = 0.0 if left is None else time.monotonic() - left
-                if away < self.seconds:
-                    delay = self.seconds - away
+                away, since = self._away, self._since
+                elapsed = time.monotonic() - since
+                bound = self.seconds if away else self.busy_seconds
+                if not bound:
+                    delay = self.busy_seconds if away else self.seconds
                     continue
-                self.expired = away
+                if elapsed < bound:
+                    delay = bound - elapsed
+                    continue
+                if away:
+                    self.expired = elapsed
+                    try:
+                        self.end_session()
+                    except Exception as exc:  # back() raises the reader's error all the same
+                        logger.debug("Ending an idle export's session failed: %s", exc)
+                    return
+                delay = self.seconds or self.busy_seconds
+                if cancelled_since == since:
+                    continue  # cancelled once for this wait
+                cancelled_since = since
+                self.cancelled = elapsed
                 try:
-                    self.end_session()
-                except Exception as exc:  # back() raises the reader's error all the same
-                    logger.debug("Ending an idle export's session failed: %s", exc)
-                return
+                    self.cancel()  # type: ignore[misc]
+                except Exception as exc:  # the statement runs on; the export's own bound
+                    logger.debug("Cancelling an export's statement failed: %s", exc)
 
 
 def idle_timeout_error(seconds: float) -> Exception:
@@ -196,3 +245,22 @@ def idle_timeout_error(seconds: float) -> Exception:
 
         return OperationalError(message)
     return errors.lookup("25P03")(message)
+
+
+def statement_timeout_error(seconds: float) -> Exception:
+    """Return the error of a statement :class:`IdleWatch` cancelled, as a statement timeout.
+
+    psycopg 3's ``QueryCanceled`` (SQLSTATE 57014, what PostgreSQL's ``statement_timeout``
+    raises), so the client is told ``statement_timeout`` on every path.
+    """
+    message = (
+        "canceling statement due to statement timeout"
+        f" (the export waited {seconds:.1f} s for the next rows)"
+    )
+    try:
+        from psycopg import errors
+    except ImportError:  # pragma: no cover - the watch cancels only psycopg 3 statements
+        from django.db import OperationalError
+
+        return OperationalError(message)
+    return errors.lookup("57014")(message)

@@ -3,8 +3,8 @@
 Four readers, all behind :class:`~django_streamexport.readers.base.Reader`:
 
 * :class:`~django_streamexport.readers.copy.CopyReader`: PostgreSQL ``COPY ... TO
-  STDOUT`` writes the CSV body itself (COPY mode, and CSV from an alias with
-  ``DISABLE_SERVER_SIDE_CURSORS``);
+  STDOUT`` writes the CSV body itself (CSV by default, wherever COPY gives the same
+  bytes; and CSV from an alias with ``DISABLE_SERVER_SIDE_CURSORS``);
 * :class:`~django_streamexport.readers.cursor.PrefetchingCursorReader`: a server-side
   cursor whose next ``FETCH`` runs while a batch is rendered (PostgreSQL, psycopg 3);
 * :class:`~django_streamexport.readers.cursor.CursorReader`: a server-side cursor read
@@ -27,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_streamexport.columns import compile_query
+from django_streamexport.formats.csv import CSVFormat
 from django_streamexport.plan import server_side_cursors_disabled
 from django_streamexport.postgresql.copy import copy_statement
 from django_streamexport.postgresql.prefetch import prefetch_available
@@ -54,11 +55,16 @@ logger = logging.getLogger("django_streamexport")
 def choose_reader(plan: ExportPlan) -> Reader:
     """Return the reader for ``plan``, its ``reason`` saying why it was chosen.
 
-    In order: keyset mode reads keyset pages; COPY mode (``plan.copy_mode``) uses COPY
-    when it gives the same bytes as the cursor path, else falls back (logged at INFO)
-    or, with ``"require"``, raises ``ImproperlyConfigured``; otherwise a server-side
-    cursor, prefetching where the driver allows and ``plan.prefetch`` is on, reading
-    cells as PostgreSQL's text where ``plan.database_formatting`` allows.
+    In order: keyset mode reads keyset pages; a CSV export with ``plan.copy_mode`` on (the
+    default, ``STREAMEXPORT_COPY_MODE``) uses COPY when it gives the same bytes as the
+    cursor path, else falls back (the reason, ``"not COPY: ..."``, first in the reader's
+    and logged at INFO) or, with ``"require"``, raises ``ImproperlyConfigured`` (as it does
+    for a format other than CSV); otherwise a server-side cursor, prefetching where the
+    driver allows and ``plan.prefetch`` is on, reading cells as PostgreSQL's text where
+    ``plan.database_formatting`` allows.  Formats other than CSV and databases other than
+    PostgreSQL never use COPY and their reason does not mention it;
+    ``database_formatting`` off (values spelled in Python) turns COPY off too, unless it
+    is required.
 
     From a PostgreSQL alias with ``DISABLE_SERVER_SIDE_CURSORS`` (PgBouncer in
     transaction pooling) a cursor would load every row into memory, so such an export
@@ -73,7 +79,18 @@ def choose_reader(plan: ExportPlan) -> Reader:
     query = compile_query(plan.queryset, plan.columns, plan.using)
     notes: list[str] = []
     no_cursors = server_side_cursors_disabled(plan.using)
-    if plan.copy_mode or no_cursors:
+    # COPY writes CSV from PostgreSQL only: other formats and databases are not considered
+    # (no note, no log line) unless COPY is required.  COPY spells the cells in SQL, so
+    # database formatting off opts out of it.
+    wants_copy = plan.copy_mode == "require" or (
+        plan.copy_mode is True
+        and isinstance(plan.format, CSVFormat)
+        and connections[plan.using].vendor == "postgresql"
+    )
+    if wants_copy and plan.copy_mode is True and not plan.database_formatting:
+        wants_copy = False
+        notes.append("not COPY: database formatting is off")
+    if wants_copy or no_cursors:
         try:
             statement, params = copy_statement(plan, query)
         except TextUnavailable as exc:

@@ -43,6 +43,10 @@ class Reader:
         self.reason = reason
         #: Values arrive as the cells' text (PostgreSQL spelled them as the format would).
         self.text_cells = False
+        #: A ``renders`` reader that holds ``plan.max_rows`` itself sets this once it has
+        #: yielded exactly ``max_rows`` rows and found one more; the stream then fails with
+        #: ``row_limit`` as it does for row readers.
+        self.over_limit = False
 
     def apply_guards(self, connection: Any) -> None:
         """Set the plan's timeouts on ``connection``; call inside the export's transaction."""
