@@ -526,6 +526,179 @@ def test_long_text_from_the_database_is_cut_and_logged(db_alias, caplog):
     assert len([r for r in caplog.records if "were cut" in r.getMessage()]) == 1
 
 
+# --- texts of a batch escaped at once ---------------------------------------------------
+
+#: Texts that need entities, ``xml:space``, ``_x005F_`` or nothing, with empty ones.
+BATCH_TEXTS = [
+    "plain", "", " lead", "trail ", "\tboth\t", "\nlf\n", "mid dle", "a\nb", "&", "<b>", ">",
+    "&amp;", "_x0041_", "_x0041__x0042_", "__x0041__", "_x00e9_", "_X0041_", "_x004_",
+    "é 東京 😀", " 😀", "😀 ", "a & b < c > d _x1234_ ", "=1+1", "\t", " ", "\n",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("start", range(0, len(BATCH_TEXTS), 5))
+def test_a_batch_of_texts_is_escaped_as_text_by_text(start):
+    """The C-level batch escaping gives each cell :meth:`XLSXFormat.text_cell` gives."""
+    fmt = XLSXFormat([column(kinds.TEXT, "text")])
+    texts = BATCH_TEXTS[start:] + BATCH_TEXTS[:start]
+    assert fmt._batch_text_cells(texts) == [fmt.text_cell(text) for text in texts]
+    with_nulls = [None, *texts[:3], None, *texts[3:], None]
+    assert fmt._text_cells(with_nulls) == [
+        "<c/>" if text is None else fmt.text_cell(text) for text in with_nulls
+    ]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["ok", "nul \x00"], ["ok", "cr \r"], ["ok", "\x01"], ["ok", "x" * (MAX_CELL_CHARS + 1)],
+     ["ok", "\ud800"], ["ok", 5]],
+)  # fmt: skip
+def test_a_batch_with_a_text_needing_more_is_written_text_by_text(texts):
+    fmt = XLSXFormat([column(kinds.TEXT, "text")])
+    assert fmt._batch_text_cells(texts) is None
+    assert fmt._text_cells(texts) == [fmt.text_cell(str(text)) for text in texts]
+
+
+def test_batch_texts_read_back_unchanged():
+    rows = [(text,) for text in [*BATCH_TEXTS, None, "é"]]
+    data = render([column(kinds.TEXT, "text")], rows)
+    (calamine,) = read_calamine(data)
+    assert [row[0] for row in calamine[1:]] == ["" if text is None else text for (text,) in rows]
+    (openpyxl_rows,) = read_openpyxl(data)
+    assert [decode_xstring(row[0] or "") for row in openpyxl_rows[1:]] == [
+        "" if text is None else text for (text,) in rows
+    ]
+
+
+# --- cells spelled by PostgreSQL ---------------------------------------------------------
+
+#: Floats and decimals whose spelling differs between PostgreSQL and Python, or is text.
+SPELLED_FLOATS = [
+    0.1, 1 / 3, -2.5, 100.0, -0.0, 0.0, 1e-05, 1.5e-07, 123456789012345.6, 1e15, -1e15,
+    1e15 + 0.5, 9999999999999998.0, 1e16, 1.7976931348623157e308, 5e-324,
+    math.inf, -math.inf, math.nan, None,
+]  # fmt: skip
+SPELLED_DECIMALS = [
+    Decimal("0.00"), Decimal("-1234.50"), Decimal("9999999999.99"), Decimal("0.01"), None,
+]  # fmt: skip
+SPELLED_FIELDS = ["id", "title", "count", "amount", "ratio", "flag", "created", "day", "at"]
+
+
+def spelled_records(alias: str) -> None:
+    tz_plus = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    Record.objects.using(alias).bulk_create(
+        Record(
+            title=BATCH_TEXTS[i % len(BATCH_TEXTS)],
+            count=None if i % 4 == 0 else (-1) ** i * i * 10**7,
+            amount=SPELLED_DECIMALS[i % len(SPELLED_DECIMALS)],
+            ratio=ratio,
+            flag=(None, True, False)[i % 3],
+            created=None
+            if i % 5 == 0
+            else datetime.datetime(1899, 12, 31, 23, 30, tzinfo=tz_plus)
+            + datetime.timedelta(days=i * 997, microseconds=i * 7),
+            day=datetime.date(1900, 2, 25) + datetime.timedelta(days=i * 3),
+            at=datetime.time(i % 24, 59, 59, 999999),
+        )
+        for i, ratio in enumerate(SPELLED_FLOATS * 2)
+    )
+    # Django refuses to save a NaN decimal; PostgreSQL stores one.
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Record._meta.db_table} SET amount = 'NaN'"
+            f" WHERE id IN (SELECT id FROM {Record._meta.db_table} ORDER BY id LIMIT 3)"
+        )
+
+
+def xlsx_streams(alias: str, fields=SPELLED_FIELDS, export_format=None, **options):
+    """Return (Python path, database formatting) streams of ``fields`` of the records."""
+    queryset = records(alias)
+    columns = resolve_columns(queryset, fields)
+    made = export_format or XLSXFormat
+    return [
+        plan_stream(queryset, columns, made(columns), database_formatting=on, **options)
+        for on in (False, True)
+    ]
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("chunk_size", [7, 2000])
+def test_cells_spelled_by_postgresql_equal_the_python_path_byte_for_byte(chunk_size):
+    spelled_records("default")
+    python, database = xlsx_streams("default", chunk_size=chunk_size)
+    assert not python.reader.text_cells
+    assert database.reader.text_cells
+    assert "cells spelled by PostgreSQL" in database.reader.reason
+    expected, got = members(b"".join(python)), members(b"".join(database))
+    assert got == expected
+    sheet = expected["xl/worksheets/sheet1.xml"].decode()
+    # The awkward spellings are there: text cells for NaN and infinities, repr() numbers.
+    for text in ("<t>nan</t>", "<t>inf</t>", "<t>-inf</t>", "<t>NaN</t>", "<v>-0.0</v>",
+                 "<v>1e-05</v>", "<v>1000000000000000.0</v>", "<v>1e+16</v>",
+                 "<v>9999999999.99</v>", "<v>0.00</v>"):  # fmt: skip
+        assert text in sheet, text
+    (calamine,) = read_calamine(b"".join(xlsx_streams("default")[1]))
+    assert len(calamine) == 1 + 2 * len(SPELLED_FLOATS)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cells_spelled_by_postgresql_across_sheets_and_a_row_limit():
+    spelled_records("default")
+    python, database = xlsx_streams(
+        "default", ["id", "ratio", "amount"], lambda c: XLSXFormat(c, max_sheet_rows=7)
+    )
+    assert database.reader.text_cells
+    assert members(b"".join(database)) == members(b"".join(python))
+    limited = xlsx_streams("default", ["id", "ratio"], max_rows=5)[1]
+    with pytest.raises(RowLimitExceeded):
+        b"".join(limited)
+    assert limited.rows == 5
+
+
+class _OwnTexts(XLSXFormat):
+    def get_cell_writer(self, column):
+        return super().get_cell_writer(column)
+
+
+class _PythonCells(XLSXFormat):
+    def database_cells(self):
+        return [False] * len(self.columns)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "fields, export_format, reason",
+    [
+        (SPELLED_FIELDS, _OwnTexts, "_OwnTexts overrides get_cell_writer"),
+        (SPELLED_FIELDS, _PythonCells, "no column is a decimal or a float"),
+        (["id", "title", "created"], XLSXFormat, "no column is a decimal or a float"),
+        (["id", "ratio", "data"], XLSXFormat, "Django converts the values of column 'data'"),
+    ],
+)
+def test_database_formatting_of_xlsx_falls_back_with_a_reason(fields, export_format, reason):
+    spelled_records("default")
+    python, database = xlsx_streams("default", fields, export_format)
+    assert not database.reader.text_cells
+    assert reason in database.reader.reason
+    assert members(b"".join(database)) == members(b"".join(python))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_xlsx_copy_mode_falls_back_to_the_cursor():
+    spelled_records("default")
+    queryset = records("default")
+    columns = resolve_columns(queryset, SPELLED_FIELDS)
+    stream = plan_stream(queryset, columns, XLSXFormat(columns), copy_mode=True)
+    assert stream.reader.name != "copy"
+    assert "not COPY: the format is 'xlsx', not CSV" in stream.reader.reason
+    assert stream.reader.text_cells  # database formatting still spells some cells
+
+
 # --- dates, times, numbers, booleans ----------------------------------------------------
 
 XLSX_SYDNEY = {"STREAMEXPORT_XLSX_TIME_ZONE": "Australia/Sydney"}

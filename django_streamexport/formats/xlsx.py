@@ -156,12 +156,16 @@ _FIRST_SERIAL_UTC = _FIRST_SERIAL_DATETIME.replace(tzinfo=datetime.timezone.utc)
     datetime.timedelta(days=1)
 )
 _FIRST_SERIAL_STAMP = _FIRST_SERIAL_UTC.timestamp()
-#: Characters that make text need escaping (``&<>`` and what XML forbids but tab and LF).
-_TEXT_SPECIAL = re.compile("[&<>\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
+#: The XML of a cell, and the text a reader shows in it (what sizes its column).
+_CELL = re.compile(r"<c/>|<c[ >].*?</c>", re.DOTALL)
+_CELL_TEXT = re.compile(r"<(?:v|t(?: [^>]*)?)>([^<]*)<")
 #: Whitespace that needs ``xml:space="preserve"`` at either end of a text.
 _EDGE = (" ", "\t", "\n")
-#: The same, seen in LF-joined texts: at a text's end or start.
-_JOINED_EDGES = (" \n", "\n ", "\t\n", "\n\t")
+#: Separates the texts of a column while a batch of them is escaped at once (NUL: a
+#: column holding it is written text by text).
+_SEPARATOR = "\x00"
+#: Characters XML forbids but NUL (the separator, counted instead), and CR.
+_FORBIDDEN = re.compile("[\x01-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
 #: Uncompressed XML handed to the background compressor at once (about 50 KiB compressed,
 #: a chunk): large enough that the thread switch (the GIL's 5 ms switch interval) is paid
 #: rarely, small enough that chunks stay small and memory flat.
@@ -180,6 +184,11 @@ _EMPTY = "<c/>"
 def _present(values: Sequence[Any]) -> Sequence[Any]:
     """Return ``values`` without its ``None`` (``values`` itself when it has none)."""
     return [v for v in values if v is not None] if None in values else values
+
+
+def _as_they_are(cells: Sequence[str]) -> Sequence[str]:
+    """Return a column of cells PostgreSQL spelled (their XML) as they are."""
+    return cells
 
 
 def column_letter(index: int) -> str:
@@ -326,6 +335,10 @@ class XLSXFormat(ExportFormat):
         super().__init__(columns)
         self._letters = [column_letter(index) for index in range(len(self.columns))]
         self._writers = [self.get_cell_writer(column) for column in self.columns]
+        self._text_writers = [
+            _as_they_are if spelled else write
+            for spelled, write in zip(self.database_cells(), self._writers, strict=True)
+        ]
 
     # --- values -------------------------------------------------------------------
 
@@ -379,36 +392,50 @@ class XLSXFormat(ExportFormat):
 
     def _text_cells(self, values: Sequence[Any]) -> list[str]:
         present = _present(values)
-        if self._plain_texts(present):
-            # No text of the batch needs escaping, xml:space or a cut: no test per value.
-            if present is values:
-                return [f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in values]
-            return [
-                _EMPTY if v is None else f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in values
-            ]
-        text_cell = self.text_cell
-        return [_EMPTY if v is None else text_cell(str(v)) for v in values]
+        cells = self._batch_text_cells(present)
+        if cells is None:
+            text_cell = self.text_cell
+            return [_EMPTY if v is None else text_cell(str(v)) for v in values]
+        if present is values:
+            return cells
+        cell = iter(cells).__next__
+        return [_EMPTY if v is None else cell() for v in values]
 
     @staticmethod
-    def _plain_texts(texts: Sequence[Any]) -> bool:
-        """Say whether every one of ``texts`` (strings) is written as it is, by C-level tests.
+    def _batch_text_cells(texts: Sequence[Any]) -> list[str] | None:
+        """Return the cells of ``texts`` (strings, no ``None``) as :meth:`text_cell` writes
+        them, escaped all at once by C-level string methods, or ``None`` if one needs more.
 
-        They are joined with LF, which no forbidden-character test matches, so one scan
-        covers them all; whitespace next to an LF is a text's edge (``xml:space``).
+        The texts are joined with NUL between them, which no escape matches or makes,
+        escaped, and split apart again (only when one needs an entity or ``_x005F_``).
+        ``None`` (text by text) when a text holds a character XML forbids (NUL and CR
+        included) or is longer than a cell may be.
         """
+        if not texts:
+            return []
         try:
-            joined = "\n".join(texts)
+            joined = _SEPARATOR.join(texts)
         except TypeError:  # not all str
-            return False
-        return not (
-            _TEXT_SPECIAL.search(joined)
-            or "_x" in joined
-            or "\n\n" in joined
-            or joined[:1] in _EDGE
-            or joined[-1:] in _EDGE
-            or any(edge in joined for edge in _JOINED_EDGES)
-            or (texts and max(map(len, texts)) > MAX_CELL_CHARS)
-        )
+            return None
+        if (
+            joined.count(_SEPARATOR) != len(texts) - 1
+            or _FORBIDDEN.search(joined)
+            or max(map(len, texts)) > MAX_CELL_CHARS
+        ):
+            return None
+        escaped = texts
+        if "&" in joined or "<" in joined or ">" in joined or "_x" in joined:
+            if "_x" in joined:
+                joined = _LITERAL_ESCAPE.sub("_x005F_", joined)
+            joined = joined.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            escaped = joined.split(_SEPARATOR)
+        edge = _EDGE
+        return [
+            f'<c t="inlineStr"><is><t xml:space="preserve">{v}</t></is></c>'
+            if v[:1] in edge or v[-1:] in edge
+            else f'<c t="inlineStr"><is><t>{v}</t></is></c>'
+            for v in escaped
+        ]
 
     def _integer_cells(self, values: Sequence[Any]) -> list[str]:
         present = _present(values)
@@ -571,25 +598,31 @@ class XLSXFormat(ExportFormat):
             self._writer = background_writer()
         return self._sink.drain()
 
-    def _width(self, index: int, rows: Sequence[Row]) -> int:
+    def _width(self, index: int, cells: Sequence[str]) -> int:
+        """Return the width of column ``index`` from its header and ``cells`` (their XML)."""
         column = self.columns[index]
         fixed = {kinds.DATE: 12, kinds.DATETIME: 20, kinds.TIME: 10, kinds.BOOLEAN: 7}
         longest = len(column.label) + 3  # room for the autofilter button
         if column.choices is None and column.kind in fixed:
             longest = max(longest, fixed[column.kind])
         else:
-            for row in rows:
-                value = row[index]
-                if value is not None:
-                    longest = max(longest, min(len(str(value)), 60) + 2)
+            for cell in cells:
+                if (text := _CELL_TEXT.search(cell)) is not None:
+                    longest = max(longest, min(len(text[1]), 60) + 2)
         return max(8, min(longest, 80))
 
-    def _open_sheet(self, rows: Sequence[Row]) -> None:
-        """Start the next sheet part: the frozen header row, then rows follow."""
+    def _open_sheet(self, cells: Sequence[Sequence[str]]) -> None:
+        """Start the next sheet part: the frozen header row, then rows follow.
+
+        ``cells``: the first rows' cells (their XML), column by column, to size the columns.
+        """
         assert self._zip is not None
         self._wait()
         if self._widths is None:
-            self._widths = [self._width(index, rows) for index in range(len(self.columns))]
+            self._widths = [
+                self._width(index, cells[index] if cells else ())
+                for index in range(len(self.columns))
+            ]
         number = len(self._sheets) + 1
         self._sheets.append(sheet_name(self.sheet_title or self.title or "Export", number))
         self._sheet = self._zip.open(f"xl/worksheets/sheet{number}.xml", "w")
@@ -667,15 +700,55 @@ class XLSXFormat(ExportFormat):
 
     def render_rows(self, rows: Sequence[Row]) -> bytes:
         """Write a batch of rows into the current sheet; return the compressed bytes ready."""
+        return self._render(rows, self._writers)
+
+    def render_text_rows(self, rows: Sequence[Row]) -> bytes:
+        """Write rows read with PostgreSQL's spelling of some cells (:meth:`database_cells`).
+
+        Those columns hold each cell's XML already (never ``None``); the others hold their
+        values, as for :meth:`render_rows`.
+        """
+        return self._render(rows, self._text_writers)
+
+    def database_cells(self) -> list[bool]:
+        """Say, column by column, whether PostgreSQL spells its cells (database formatting).
+
+        Default: decimals and floats, whose spelling costs Python more (a ``Decimal`` per
+        value, then its text; ``repr()`` of a float) than the database, which then spells
+        them as :meth:`render_rows` would (:mod:`django_streamexport.postgresql.xlsx`);
+        other cells cost Python little and PostgreSQL more (text checks, time zones).
+        """
+        return [
+            column.choices is None and column.kind in (kinds.DECIMAL, kinds.FLOAT)
+            for column in self.columns
+        ]
+
+    def database_text_refusal(self) -> str | None:
+        """Return ``None`` (PostgreSQL can spell some cells) unless a subclass changes them.
+
+        A subclass that overrides how values are converted or written is refused with the
+        hook's name, as is a workbook where PostgreSQL spells no column.
+        """
+        cls = type(self)
+        hooks = ("get_converter", "get_batch_converter", "get_cell_writer", "render_rows",
+                 "text_converters", "batch_converters")  # fmt: skip
+        for hook in hooks:
+            if getattr(cls, hook) is not getattr(XLSXFormat, hook):
+                return f"{cls.__name__} overrides {hook}"
+        if not any(self.database_cells()):
+            return "no column is a decimal or a float, which PostgreSQL spells cheaper"
+        return None
+
+    def _render(self, rows: Sequence[Row], writers: Sequence[Callable[[Any], Any]]) -> bytes:
         if not rows:
             return b""
         columns: list[Sequence[Any]] = list(zip(*rows))  # noqa: B905 (equal lengths)
         for index, convert in self._active:  # converters to text, column by column
             columns[index] = convert(columns[index])
+        cells = [write(values) for write, values in zip(writers, columns, strict=True)]
         if self._sheet is None:
-            self._open_sheet(list(zip(*columns)))  # noqa: B905
+            self._open_sheet(cells)
         self._last_size = 0
-        cells = [write(values) for write, values in zip(self._writers, columns, strict=True)]
         lines = list(map("".join, zip(*cells)))  # noqa: B905 (each row's cells, joined in C)
         # The common case: the whole batch fits the sheet; one join, one size check.
         text = "<row>" + "</row><row>".join(lines) + "</row>"

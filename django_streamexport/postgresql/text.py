@@ -326,14 +326,22 @@ def text_select(
     """
     export_format = plan.format
     refusal = export_format.database_text_refusal()
+    if refusal is None and typed and not isinstance(export_format, CSVFormat):
+        refusal = f"the format is {export_format.format!r}, not CSV"  # COPY writes CSV
     if refusal is not None:
         raise TextUnavailable(refusal)
-    assert isinstance(export_format, CSVFormat)  # the only format that spells cells as text
     connection = connections[plan.using]
     if connection.vendor != "postgresql":
         raise TextUnavailable(f"database {plan.using!r} is {connection.vendor}")
     if query.empty:
         raise TextUnavailable("the queryset can match no rows")
+    if not isinstance(export_format, CSVFormat):
+        from django_streamexport.formats.xlsx import XLSXFormat
+        from django_streamexport.postgresql.xlsx import xlsx_select
+
+        if not isinstance(export_format, XLSXFormat):
+            raise TextUnavailable(f"the format is {export_format.format!r}, not CSV")
+        return xlsx_select(plan, query)
     names = [f"c{index}" for index in range(query.width)]
     # The export's session time zone (prepare_session()); "+00:00" is a constant in UTC.
     utc = connection.timezone_name.upper() in ("UTC", "ETC/UTC")
