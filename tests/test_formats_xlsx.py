@@ -646,6 +646,54 @@ def test_cells_spelled_by_postgresql_equal_the_python_path_byte_for_byte(chunk_s
     assert len(calamine) == 1 + 2 * len(SPELLED_FLOATS)
 
 
+#: Instants around a power of two of Unix seconds (2**30: 2004-01-10 13:37:04 UTC), with
+#: microseconds; midnights; daylight saving changes; Lord Howe's half-hour one.
+SPELLED_INSTANTS = (
+    [
+        datetime.datetime(2004, 1, 10, 13, 37, 4, tzinfo=UTC) + datetime.timedelta(microseconds=m)
+        # Added to the offset, these cross 2**30 where the sum of the rounded seconds and the
+        # offset rounds differently from the exact wall time (+01:00, -05:00, +05:30).
+        for m in (-3_599_999_997, -1, 0, 2, 3, 999_999, -19_799_999_993)
+    ]
+    + [
+        datetime.datetime(2020, 1, 1, tzinfo=zoneinfo.ZoneInfo(zone))
+        for zone in ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
+    ]
+    + [
+        datetime.datetime(2021, 3, 28, 0, 59, 59, 999_999, tzinfo=UTC),
+        datetime.datetime(2021, 3, 28, 1, 0, 0, 1, tzinfo=UTC),
+        datetime.datetime(2021, 10, 31, 0, 30, 0, 123_456, tzinfo=UTC),
+        datetime.datetime(2021, 4, 3, 14, 45, 0, 1, tzinfo=UTC),  # Lord Howe: 02:00 -> 01:30
+        datetime.datetime(2021, 10, 2, 15, 15, 59, tzinfo=UTC),  # Lord Howe: 02:00 -> 02:30
+        datetime.datetime(1900, 3, 1, 12, tzinfo=UTC),
+        datetime.datetime(1900, 2, 28, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime.datetime(2300, 7, 1, 0, 0, 0, 1, tzinfo=UTC),
+        None,
+    ]
+)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
+)
+@pytest.mark.parametrize("chunk_size", [1, 2000])
+def test_datetimes_spelled_by_postgresql_equal_the_python_path(zone, chunk_size):
+    Record.objects.bulk_create(
+        Record(created=instant, ratio=float(i)) for i, instant in enumerate(SPELLED_INSTANTS)
+    )
+    python, database = xlsx_streams(
+        "default", ["id", "created"], lambda c: XLSXFormat(c, time_zone=zone), chunk_size=chunk_size
+    )
+    assert database.reader.text_cells
+    expected, got = members(b"".join(python)), members(b"".join(database))
+    assert got == expected
+    sheet = expected["xl/worksheets/sheet1.xml"].decode()
+    assert "<t>1900-02-28T" in sheet or zone != "UTC"
+    if zone == "UTC":
+        assert '<c s="3"><v>43831</v></c>' in sheet  # a midnight: a whole number, no ".0"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_cells_spelled_by_postgresql_across_sheets_and_a_row_limit():
     spelled_records("default")
@@ -675,8 +723,8 @@ class _PythonCells(XLSXFormat):
     "fields, export_format, reason",
     [
         (SPELLED_FIELDS, _OwnTexts, "_OwnTexts overrides get_cell_writer"),
-        (SPELLED_FIELDS, _PythonCells, "no column is a decimal or a float"),
-        (["id", "title", "created"], XLSXFormat, "no column is a decimal or a float"),
+        (SPELLED_FIELDS, _PythonCells, "no column is a decimal, a float or a datetime"),
+        (["id", "title", "day"], XLSXFormat, "no column is a decimal, a float or a datetime"),
         (["id", "ratio", "data"], XLSXFormat, "Django converts the values of column 'data'"),
     ],
 )

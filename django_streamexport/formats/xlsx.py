@@ -156,6 +156,9 @@ _FIRST_SERIAL_UTC = _FIRST_SERIAL_DATETIME.replace(tzinfo=datetime.timezone.utc)
     datetime.timedelta(days=1)
 )
 _FIRST_SERIAL_STAMP = _FIRST_SERIAL_UTC.timestamp()
+_MICROSECOND = datetime.timedelta(microseconds=1)
+_UNIX_EPOCH_UTC = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_UNIX_EPOCH = datetime.datetime(1970, 1, 1)
 #: The XML of a cell, and the text a reader shows in it (what sizes its column).
 _CELL = re.compile(r"<c/>|<c[ >].*?</c>", re.DOTALL)
 _CELL_TEXT = re.compile(r"<(?:v|t(?: [^>]*)?)>([^<]*)<")
@@ -184,6 +187,29 @@ _EMPTY = "<c/>"
 def _present(values: Sequence[Any]) -> Sequence[Any]:
     """Return ``values`` without its ``None`` (``values`` itself when it has none)."""
     return [v for v in values if v is not None] if None in values else values
+
+
+def _serial(micros: int) -> float:
+    """Return the serial of the wall time ``micros`` microseconds after 1970-01-01 00:00.
+
+    In IEEE double arithmetic, in this order, as PostgreSQL computes ``date_part('epoch',
+    wall) / 86400 + 25569`` (:mod:`django_streamexport.postgresql.xlsx`): the seconds
+    rounded once, then the days, then the shift to the 1900 date system.
+    """
+    return micros / 1_000_000 / 86400 + _UNIX_SERIAL  # int / int: rounded once
+
+
+def _number(value: float) -> str:
+    """Return a finite float as PostgreSQL prints it: ``repr()``, whole numbers without ``.0``."""
+    return f"{value:.0f}" if value.is_integer() else repr(value)
+
+
+def _numbers(values: list[float]) -> list[str] | list[float]:
+    """Return :func:`_number` of each value, or the values themselves when none is whole
+    (an f-string then writes their ``repr()``), which one C-level test finds."""
+    if any(map(float.is_integer, values)):
+        return list(map(_number, values))
+    return values
 
 
 def _as_they_are(cells: Sequence[str]) -> Sequence[str]:
@@ -494,25 +520,32 @@ class XLSXFormat(ExportFormat):
         ]
 
     def _datetime_cells(self, values: Sequence[datetime.datetime | None]) -> list[str]:
-        # The common case, a column of aware datetimes after 1900: Unix times in days,
-        # shifted, plus the zone's offset, looked up once per UTC hour of the batch.
-        serials = self._datetime_serials(values)
-        if serials is not None:
-            return [f'<c s="{_DATETIME}"><v>{serial!r}</v></c>' for serial in serials]
-        cell = self._datetime_cell
-        return [_EMPTY if v is None else cell(v) for v in values]
+        # The common case, a column of aware datetimes after 1900: Unix times, plus the
+        # zone's offset, looked up once per UTC hour of the batch.
+        present = _present(values)
+        serials = self._datetime_serials(present)
+        if serials is None:
+            cell = self._datetime_cell
+            return [_EMPTY if v is None else cell(v) for v in values]
+        cells = [f'<c s="{_DATETIME}"><v>{text}</v></c>' for text in _numbers(serials)]
+        if present is values:
+            return cells
+        next_cell = iter(cells).__next__
+        return [_EMPTY if v is None else next_cell() for v in values]
 
     def _datetime_serials(self, values: Sequence[Any]) -> list[float] | None:
-        """Return the serials of a column of aware datetimes after 1900, else ``None``.
+        """Return the serials of aware datetimes after 1900 (no ``None``), else ``None``.
 
-        Unix time in days, shifted, plus the zone's UTC offset, looked up once per UTC
-        hour of the batch (``None`` too when an hour holds an offset change).
+        :func:`_serial` of the wall time: Unix time plus the zone's UTC offset, looked up
+        once per UTC hour of the batch (``None`` too when an hour holds an offset change).
         """
-        if not values or values[0] is None or values[0].tzinfo is None:
+        if not values or values[0].tzinfo is None:
             return None
         try:
+            # timestamp() is the exact microseconds / 10**6, rounded once (timedelta's
+            # true division), as PostgreSQL's date_part('epoch', ...) computes it.
             stamps = [v.timestamp() for v in values]
-        except AttributeError:  # a NULL
+        except TypeError:  # a naive value among aware ones
             return None
         if min(stamps) < _FIRST_SERIAL_STAMP:
             return None
@@ -523,8 +556,20 @@ class XLSXFormat(ExportFormat):
                 self._hour_offset(hour)
         if any(offsets.get(hour) is None for hour in hours):
             return None
-        offset = offsets.__getitem__
+        offset = cast(Callable[[float], float], offsets.__getitem__)
+        shifts = {offset(hour) for hour in hours}
+        # Adding whole seconds keeps the rounding of the exact wall time (the sum is on the
+        # same grid of doubles) unless the values cross a power of two: then exactly.
+        low = min(stamps) + min(0.0, *shifts)
+        high = max(stamps) + max(0.0, *shifts)
+        if low < 1 or int(low).bit_length() != int(high).bit_length():
+            return [self._exact_serial(v, offset(v.timestamp() // 3600)) for v in values]
         return [(stamp + offset(stamp // 3600)) / 86400 + _UNIX_SERIAL for stamp in stamps]
+
+    @staticmethod
+    def _exact_serial(value: datetime.datetime, offset: float) -> float:
+        micros = (value - _UNIX_EPOCH_UTC) // _MICROSECOND + round(offset * 1_000_000)
+        return _serial(micros)
 
     def _aware_serial(self, value: datetime.datetime) -> float | None:
         """Return one aware datetime's serial as :meth:`_datetime_serials` computes it.
@@ -533,12 +578,11 @@ class XLSXFormat(ExportFormat):
         """
         if value < _FIRST_SERIAL_UTC:
             return None
-        seconds = value.timestamp()
-        hour = seconds // 3600
+        hour = value.timestamp() // 3600
         offset: Any = self._offsets.get(hour, _UNKNOWN)
         if offset is _UNKNOWN:
             offset = self._hour_offset(hour)
-        return None if offset is None else (seconds + offset) / 86400 + _UNIX_SERIAL
+        return None if offset is None else self._exact_serial(value, offset)
 
     def _hour_offset(self, hour: float) -> float | None:
         """Return ``time_zone``'s UTC offset (seconds) all through UTC ``hour``, or ``None``.
@@ -559,13 +603,12 @@ class XLSXFormat(ExportFormat):
         if value.tzinfo is not None:
             serial = self._aware_serial(value)
             if serial is not None:
-                return f'<c s="{_DATETIME}"><v>{serial!r}</v></c>'
+                return f'<c s="{_DATETIME}"><v>{_number(serial)}</v></c>'
             value = value.astimezone(self.time_zone).replace(tzinfo=None)
         if value < _FIRST_SERIAL_DATETIME:
             return self.text_cell(value.isoformat())
-        seconds = value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
-        serial = value.toordinal() - _EPOCH_ORDINAL + seconds / 86400
-        return f'<c s="{_DATETIME}"><v>{serial!r}</v></c>'
+        serial = _serial((value - _UNIX_EPOCH) // _MICROSECOND)
+        return f'<c s="{_DATETIME}"><v>{_number(serial)}</v></c>'
 
     @staticmethod
     def _time_cells(values: Sequence[datetime.time | None]) -> list[str]:
@@ -713,15 +756,15 @@ class XLSXFormat(ExportFormat):
     def database_cells(self) -> list[bool]:
         """Say, column by column, whether PostgreSQL spells its cells (database formatting).
 
-        Default: decimals and floats, whose spelling costs Python more (a ``Decimal`` per
-        value, then its text; ``repr()`` of a float) than the database, which then spells
-        them as :meth:`render_rows` would (:mod:`django_streamexport.postgresql.xlsx`);
-        other cells cost Python little and PostgreSQL more (text checks, time zones).
+        Default: decimals, floats and (under ``USE_TZ``) datetimes, whose spelling costs
+        Python more (a ``Decimal`` per value, then its text; ``repr()`` of a float, of a
+        serial) than the database, which then spells them as :meth:`render_rows` would
+        (:mod:`django_streamexport.postgresql.xlsx`); other cells cost Python little and
+        PostgreSQL more (each text check scans the value again).
         """
-        return [
-            column.choices is None and column.kind in (kinds.DECIMAL, kinds.FLOAT)
-            for column in self.columns
-        ]
+        spelled = (kinds.DECIMAL, kinds.FLOAT, kinds.DATETIME) if settings.USE_TZ else (
+            kinds.DECIMAL, kinds.FLOAT)  # fmt: skip
+        return [column.choices is None and column.kind in spelled for column in self.columns]
 
     def database_text_refusal(self) -> str | None:
         """Return ``None`` (PostgreSQL can spell some cells) unless a subclass changes them.
@@ -736,7 +779,7 @@ class XLSXFormat(ExportFormat):
             if getattr(cls, hook) is not getattr(XLSXFormat, hook):
                 return f"{cls.__name__} overrides {hook}"
         if not any(self.database_cells()):
-            return "no column is a decimal or a float, which PostgreSQL spells cheaper"
+            return "no column is a decimal, a float or a datetime, which PostgreSQL spells cheaper"
         return None
 
     def _render(self, rows: Sequence[Row], writers: Sequence[Callable[[Any], Any]]) -> bytes:

@@ -8,29 +8,38 @@ as :class:`~django_streamexport.formats.xlsx.XLSXFormat` writes it (a ``<c>`` el
     SELECT se.c0, <cell of c1>, ... FROM (<the queryset's SQL>) AS se(c0, c1, ...)
 
 The columns spelled here are those Python spells at a higher cost than PostgreSQL:
-decimals (psycopg builds a ``Decimal`` per value, which Python then prints) and floats
-(``repr()`` of a float costs more than PostgreSQL's shortest output).  Spelling text
-costs PostgreSQL more than Python (each check scans the value again, where Python checks
-a whole column of a batch at once), and datetimes too (``timezone()`` per value, where
-Python looks the offset up once per hour), so they stay with Python; the benchmark
-measured both (README, Performance).
+decimals (psycopg builds a ``Decimal`` per value, which Python then prints), floats and
+datetimes (``repr()`` of a float, of a date serial, costs Python more than PostgreSQL's
+shortest output).  Text costs PostgreSQL more than Python (each check scans the value
+again, where Python checks a whole column of a batch at once), so it stays with Python;
+the benchmark measured both (README, Performance).
 
-Spellings, each equal to the Python path's (``tests/test_formats_xlsx.py`` compares the
-bytes):
+Spellings, each equal to the Python path's byte for byte (``tests/test_formats_xlsx.py``
+compares them on awkward values):
 
 * decimals: as PostgreSQL prints them (exact, the scale kept, as ``format(value, "f")``);
-  ``NaN`` and the infinities (``scale()`` is ``NULL`` for them) as inline strings ``NaN``,
-  ``Infinity``, ``-Infinity``, as ``str()`` spells them;
+  ``NaN`` and the infinities (``scale()`` is ``NULL`` for them) as inline strings, as
+  ``str()`` spells them;
 * floats: as Python's ``repr()``, as CSV's database formatting spells them
   (:mod:`django_streamexport.postgresql.text`, with ``extra_float_digits`` 1 from
   :func:`~django_streamexport.postgresql.text.prepare_session`); infinities and NaN as
-  inline strings ``inf``, ``-inf``, ``nan``.
+  inline strings ``inf``, ``-inf``, ``nan``;
+* datetimes (aware, under ``USE_TZ``): the wall time in the workbook's zone
+  (``timezone(zone, value)``, once
+  :func:`~django_streamexport.postgresql.text.server_zone` found PostgreSQL's offsets of
+  the zone equal to Python's) as ``date_part('epoch', wall) / 86400 + 25569``: its
+  microseconds since 1970 divided by 10**6 and rounded once to a double, then divided by
+  86400, then shifted, which is how Python computes the serial; printed shortest, as
+  ``repr()`` but a whole number without ``.0`` (the Python path drops it too).  Before
+  1900-03-01 the wall time's ISO text, as ``isoformat()`` writes it; from 2250 on, where
+  PostgreSQL's double of the microseconds since 2000 is no longer exact, the serial comes
+  from ``extract()``'s exact numeric (PostgreSQL 14 and later).
 
 What it cannot do raises :class:`~django_streamexport.postgresql.text.TextUnavailable`
 with the reason, and the export formats every value in Python: what
 :meth:`~django_streamexport.formats.xlsx.XLSXFormat.database_text_refusal` refuses (a
-subclass that changes how cells are written, no decimal or float column), and values
-Django converts after reading.
+subclass that changes how cells are written, no column PostgreSQL spells), values Django
+converts after reading, and a time zone PostgreSQL cannot name or does not agree on.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from django_streamexport import columns as kinds
 from django_streamexport.columns import ResolvedColumn
 from django_streamexport.formats.xlsx import XLSXFormat
-from django_streamexport.postgresql.text import TextUnavailable, _float_sql
+from django_streamexport.postgresql.text import TextUnavailable, _float_sql, server_zone
 
 if TYPE_CHECKING:
     from django_streamexport.columns import CompiledQuery
@@ -58,10 +67,32 @@ def _number_cell(text: str) -> str:
     return f"'<c><v>' || {text} || '</v></c>'"
 
 
-def cell_sql(column: ResolvedColumn, ref: str) -> str:
+def _datetime_sql(c: str, zone: str) -> str:
+    wall = f"timezone({zone}, {c})"
+
+    def serial(seconds: str) -> str:
+        return f"'<c s=\"3\"><v>' || ({seconds} / 86400 + 25569)::text || '</v></c>'"
+
+    iso = f"replace(to_char({wall}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')"
+    # The common case first: from 1900-03-02 UTC on, the wall time is after 1900-03-01 in
+    # every zone (offsets are below a day); until 2250, PostgreSQL's microseconds since
+    # 2000 are below 2**53, so date_part() rounds its double once.  Elsewhere extract()'s
+    # exact numeric (PostgreSQL 14 and later) is rounded once.
+    common = serial(f"date_part('epoch', {wall})")
+    exact = serial(f"extract(epoch FROM {wall})::float8")
+    return (
+        f"(CASE WHEN {c} >= '1900-03-02 00:00:00+00'::timestamptz"
+        f" AND {c} < '2250-01-01 00:00:00+00'::timestamptz THEN {common}"
+        f" WHEN {wall} >= '1900-03-01'::timestamp THEN {exact}"
+        f" ELSE {_text_cell(iso)} END)"
+    )
+
+
+def cell_sql(column: ResolvedColumn, ref: str, *, zone: str | None = None) -> str:
     """Return the SQL expression of ``column``'s cell XML (``<c/>`` for ``NULL``).
 
-    ``ref`` is the column's reference in the outer query.  Raises
+    ``ref`` is the column's reference in the outer query; ``zone`` the workbook's time
+    zone as SQL (:func:`~django_streamexport.postgresql.text.zone_sql`), for datetimes.  Raises
     :class:`~django_streamexport.postgresql.text.TextUnavailable` for a column whose
     cells SQL does not spell here.
     """
@@ -80,6 +111,8 @@ def cell_sql(column: ResolvedColumn, ref: str) -> str:
             f" WHEN {x} IN ('Infinity', '-Infinity', 'NaN') THEN {_text_cell(_float_sql(ref))}"
             f" ELSE {_number_cell(_float_sql(ref))} END)"
         )
+    elif column.choices is None and column.kind == kinds.DATETIME and zone is not None:
+        cell = _datetime_sql(ref, zone)
     else:
         raise TextUnavailable(f"PostgreSQL does not spell the XLSX cells of column {column.name!r}")
     return f"coalesce({cell}, '<c/>')"
@@ -103,10 +136,17 @@ def xlsx_select(plan: ExportPlan, query: CompiledQuery) -> tuple[str, list[Any]]
     if query.converted:
         # from_db_value() and backend converters expect the typed value.
         raise TextUnavailable(f"Django converts the values of column {query.converted[0]!r}")
+    spelled_columns = export_format.database_cells()
+    zone = None
+    if any(
+        spelled and column.kind == kinds.DATETIME
+        for column, spelled in zip(plan.columns, spelled_columns, strict=True)
+    ):
+        zone = server_zone(plan.using, export_format.time_zone)[0]
     expressions = [
-        cell_sql(column, f"se.c{position}") if spelled else f"se.c{position}"
+        cell_sql(column, f"se.c{position}", zone=zone) if spelled else f"se.c{position}"
         for position, (column, spelled) in enumerate(
-            zip(plan.columns, export_format.database_cells(), strict=True)
+            zip(plan.columns, spelled_columns, strict=True)
         )
     ]
     names = ", ".join(f"c{index}" for index in range(query.width))
