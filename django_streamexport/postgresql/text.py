@@ -32,8 +32,10 @@ Spellings, each equal to the Python path's (``tests/test_postgresql_copy.py`` co
   ``duration_iso_string()``; binary data base64;
 * choices display labels through ``CASE``.
 
-What SQL cannot spell raises :class:`TextUnavailable` with the reason: a format other than
-:class:`~django_streamexport.formats.csv.CSVFormat` or one that changes its converters, a
+:func:`text_select` hands an XLSX export to :func:`django_streamexport.postgresql.xlsx.xlsx_select`,
+which spells some of its cells as XML.  What SQL cannot spell raises
+:class:`TextUnavailable` with the reason: a format other than
+:class:`~django_streamexport.formats.csv.CSVFormat` (and XLSX) or one that changes its converters, a
 column whose values Django converts after reading (``from_db_value()``), JSON and other
 columns whose text form PostgreSQL spells differently (``jsonb`` puts spaces after ``:``
 and ``,``), and another database than PostgreSQL.
