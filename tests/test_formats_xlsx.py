@@ -537,15 +537,32 @@ BATCH_TEXTS = [
 
 
 @pytest.mark.parametrize("start", range(0, len(BATCH_TEXTS), 5))
-def test_a_batch_of_texts_is_escaped_as_text_by_text(start):
-    """The C-level batch escaping gives each cell :meth:`XLSXFormat.text_cell` gives."""
+@pytest.mark.parametrize("ascii_only", [False, True], ids=["unicode", "ascii"])
+def test_a_batch_of_texts_is_escaped_as_text_by_text(start, ascii_only):
+    """The C-level batch escaping gives each cell :meth:`XLSXFormat.text_cell` gives
+    (ASCII batches are classified by ``bytes.translate``, the others by a regex)."""
     fmt = XLSXFormat([column(kinds.TEXT, "text")])
     texts = BATCH_TEXTS[start:] + BATCH_TEXTS[:start]
+    if ascii_only:
+        texts = [text for text in texts if text.isascii()]
+    # Without whitespace at an edge, too (the batch then skips the test per text).
+    plain = [text.strip(" \t\n") for text in texts]
+    assert fmt._batch_text_cells(plain) == [fmt.text_cell(text) for text in plain]
     assert fmt._batch_text_cells(texts) == [fmt.text_cell(text) for text in texts]
     with_nulls = [None, *texts[:3], None, *texts[3:], None]
     assert fmt._text_cells(with_nulls) == [
         "<c/>" if text is None else fmt.text_cell(text) for text in with_nulls
     ]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["a", "trail ", "b"], ["a", " lead", "b"], ["a", "tab\t"], ["\nlf", "b"], ["a", "\n"],
+     ["é", "trail ", "b"], ["é", "\tlead", "b"], ["last "], [" first", "b"], ["", " ", ""]],
+)  # fmt: skip
+def test_whitespace_at_one_edge_of_one_text_of_a_batch_is_preserved(texts):
+    fmt = XLSXFormat([column(kinds.TEXT, "text")])
+    assert fmt._batch_text_cells(texts) == [fmt.text_cell(text) for text in texts]
 
 
 @pytest.mark.parametrize(
