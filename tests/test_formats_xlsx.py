@@ -730,6 +730,11 @@ class _OwnTexts(XLSXFormat):
         return super().get_cell_writer(column)
 
 
+class _OwnTextCells(XLSXFormat):
+    def text_cell(self, value):  # NaN and infinities, spelled in SQL otherwise
+        return super().text_cell(value.upper())
+
+
 class _PythonCells(XLSXFormat):
     def database_cells(self):
         return [False] * len(self.columns)
@@ -740,6 +745,7 @@ class _PythonCells(XLSXFormat):
     "fields, export_format, reason",
     [
         (SPELLED_FIELDS, _OwnTexts, "_OwnTexts overrides get_cell_writer"),
+        (SPELLED_FIELDS, _OwnTextCells, "_OwnTextCells overrides text_cell"),
         (SPELLED_FIELDS, _PythonCells, "no column is a decimal, a float or a datetime"),
         (["id", "title", "day"], XLSXFormat, "no column is a decimal, a float or a datetime"),
         (["id", "ratio", "data"], XLSXFormat, "Django converts the values of column 'data'"),

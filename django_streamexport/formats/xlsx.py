@@ -167,8 +167,7 @@ _FIRST_SERIAL_STAMP = _FIRST_SERIAL_UTC.timestamp()
 _MICROSECOND = datetime.timedelta(microseconds=1)
 _UNIX_EPOCH_UTC = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _UNIX_EPOCH = datetime.datetime(1970, 1, 1)
-#: The XML of a cell, and the text a reader shows in it (what sizes its column).
-_CELL = re.compile(r"<c/>|<c[ >].*?</c>", re.DOTALL)
+#: The text a reader shows in a cell's XML (what sizes its column).
 _CELL_TEXT = re.compile(r"<(?:v|t(?: [^>]*)?)>([^<]*)<")
 #: Whitespace that needs ``xml:space="preserve"`` at either end of a text.
 _EDGE = (" ", "\t", "\n")
@@ -799,7 +798,7 @@ class XLSXFormat(ExportFormat):
         """
         cls = type(self)
         hooks = ("get_converter", "get_batch_converter", "get_cell_writer", "render_rows",
-                 "text_converters", "batch_converters")  # fmt: skip
+                 "text_cell", "text_element", "text_converters", "batch_converters")  # fmt: skip
         for hook in hooks:
             if getattr(cls, hook) is not getattr(XLSXFormat, hook):
                 return f"{cls.__name__} overrides {hook}"
