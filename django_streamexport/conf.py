@@ -138,14 +138,17 @@ class Settings:
 
     @property
     def DATABASE_FORMATTING(self) -> bool:
-        """Let PostgreSQL spell CSV cells as text for cursor exports. Default True.
+        """Let PostgreSQL spell CSV (and some XLSX) cells for cursor exports. Default True.
 
         Same bytes, about twice as fast: Python then only quotes strings.
         Applies where :func:`django_streamexport.postgresql.text.text_select` can
         spell every column and the format's converters are the defaults; other exports
         (NDJSON, custom converters, JSON columns, values Django converts after reading,
-        SQLite) format values in Python, and the stream's ``reader.reason`` says why.
-        ``False`` formats every value in Python, and also keeps CSV off ``COPY`` (which
+        SQLite) format values in Python, and the stream's ``reader.reason`` says why.  An
+        XLSX export gets its decimal, float and datetime cells as their XML
+        (:mod:`django_streamexport.postgresql.xlsx`; the other columns as values, which
+        Python spells faster than SQL), the same bytes, unless its format class changes
+        how cells are written.  ``False`` formats every value in Python, and also keeps CSV off ``COPY`` (which
         spells cells in SQL too) unless ``STREAMEXPORT_COPY_MODE`` is ``"require"``.  A
         view's ``database_formatting`` (or the plan's option) wins.
         """

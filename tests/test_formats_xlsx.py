@@ -526,6 +526,250 @@ def test_long_text_from_the_database_is_cut_and_logged(db_alias, caplog):
     assert len([r for r in caplog.records if "were cut" in r.getMessage()]) == 1
 
 
+# --- texts of a batch escaped at once ---------------------------------------------------
+
+#: Texts that need entities, ``xml:space``, ``_x005F_`` or nothing, with empty ones.
+BATCH_TEXTS = [
+    "plain", "", " lead", "trail ", "\tboth\t", "\nlf\n", "mid dle", "a\nb", "&", "<b>", ">",
+    "&amp;", "_x0041_", "_x0041__x0042_", "__x0041__", "_x00e9_", "_X0041_", "_x004_",
+    "é 東京 😀", " 😀", "😀 ", "a & b < c > d _x1234_ ", "=1+1", "\t", " ", "\n",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("start", range(0, len(BATCH_TEXTS), 5))
+@pytest.mark.parametrize("ascii_only", [False, True], ids=["unicode", "ascii"])
+def test_a_batch_of_texts_is_escaped_as_text_by_text(start, ascii_only):
+    """The C-level batch escaping gives each cell :meth:`XLSXFormat.text_cell` gives
+    (ASCII batches are classified by ``bytes.translate``, the others by a regex)."""
+    fmt = XLSXFormat([column(kinds.TEXT, "text")])
+    texts = BATCH_TEXTS[start:] + BATCH_TEXTS[:start]
+    if ascii_only:
+        texts = [text for text in texts if text.isascii()]
+    # Without whitespace at an edge, too (the batch then skips the test per text).
+    plain = [text.strip(" \t\n") for text in texts]
+    assert fmt._batch_text_cells(plain) == [fmt.text_cell(text) for text in plain]
+    assert fmt._batch_text_cells(texts) == [fmt.text_cell(text) for text in texts]
+    with_nulls = [None, *texts[:3], None, *texts[3:], None]
+    assert fmt._text_cells(with_nulls) == [
+        "<c/>" if text is None else fmt.text_cell(text) for text in with_nulls
+    ]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["a", "trail ", "b"], ["a", " lead", "b"], ["a", "tab\t"], ["\nlf", "b"], ["a", "\n"],
+     ["é", "trail ", "b"], ["é", "\tlead", "b"], ["last "], [" first", "b"], ["", " ", ""]],
+)  # fmt: skip
+def test_whitespace_at_one_edge_of_one_text_of_a_batch_is_preserved(texts):
+    fmt = XLSXFormat([column(kinds.TEXT, "text")])
+    assert fmt._batch_text_cells(texts) == [fmt.text_cell(text) for text in texts]
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["ok", "nul \x00"], ["ok", "cr \r"], ["ok", "\x01"], ["ok", "x" * (MAX_CELL_CHARS + 1)],
+     ["ok", "\ud800"], ["ok", 5]],
+)  # fmt: skip
+def test_a_batch_with_a_text_needing_more_is_written_text_by_text(texts):
+    fmt = XLSXFormat([column(kinds.TEXT, "text")])
+    assert fmt._batch_text_cells(texts) is None
+    assert fmt._text_cells(texts) == [fmt.text_cell(str(text)) for text in texts]
+
+
+def test_batch_texts_read_back_unchanged():
+    rows = [(text,) for text in [*BATCH_TEXTS, None, "é"]]
+    data = render([column(kinds.TEXT, "text")], rows)
+    (calamine,) = read_calamine(data)
+    assert [row[0] for row in calamine[1:]] == ["" if text is None else text for (text,) in rows]
+    (openpyxl_rows,) = read_openpyxl(data)
+    assert [decode_xstring(row[0] or "") for row in openpyxl_rows[1:]] == [
+        "" if text is None else text for (text,) in rows
+    ]
+
+
+# --- cells spelled by PostgreSQL ---------------------------------------------------------
+
+#: Floats and decimals whose spelling differs between PostgreSQL and Python, or is text.
+SPELLED_FLOATS = [
+    0.1, 1 / 3, -2.5, 100.0, -0.0, 0.0, 1e-05, 1.5e-07, 123456789012345.6, 1e15, -1e15,
+    1e15 + 0.5, 9999999999999998.0, 1e16, 1.7976931348623157e308, 5e-324,
+    math.inf, -math.inf, math.nan, None,
+]  # fmt: skip
+SPELLED_DECIMALS = [
+    Decimal("0.00"), Decimal("-1234.50"), Decimal("9999999999.99"), Decimal("0.01"), None,
+]  # fmt: skip
+SPELLED_FIELDS = ["id", "title", "count", "amount", "ratio", "flag", "created", "day", "at"]
+
+
+def spelled_records(alias: str) -> None:
+    tz_plus = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    Record.objects.using(alias).bulk_create(
+        Record(
+            title=BATCH_TEXTS[i % len(BATCH_TEXTS)],
+            count=None if i % 4 == 0 else (-1) ** i * i * 10**7,
+            amount=SPELLED_DECIMALS[i % len(SPELLED_DECIMALS)],
+            ratio=ratio,
+            flag=(None, True, False)[i % 3],
+            created=None
+            if i % 5 == 0
+            else datetime.datetime(1899, 12, 31, 23, 30, tzinfo=tz_plus)
+            + datetime.timedelta(days=i * 997, microseconds=i * 7),
+            day=datetime.date(1900, 2, 25) + datetime.timedelta(days=i * 3),
+            at=datetime.time(i % 24, 59, 59, 999999),
+        )
+        for i, ratio in enumerate(SPELLED_FLOATS * 2)
+    )
+    # Django refuses to save a NaN decimal; PostgreSQL stores one.
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Record._meta.db_table} SET amount = 'NaN'"
+            f" WHERE id IN (SELECT id FROM {Record._meta.db_table} ORDER BY id LIMIT 3)"
+        )
+
+
+def xlsx_streams(alias: str, fields=SPELLED_FIELDS, export_format=None, **options):
+    """Return (Python path, database formatting) streams of ``fields`` of the records."""
+    queryset = records(alias)
+    columns = resolve_columns(queryset, fields)
+    made = export_format or XLSXFormat
+    return [
+        plan_stream(queryset, columns, made(columns), database_formatting=on, **options)
+        for on in (False, True)
+    ]
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("chunk_size", [7, 2000])
+def test_cells_spelled_by_postgresql_equal_the_python_path_byte_for_byte(chunk_size):
+    spelled_records("default")
+    python, database = xlsx_streams("default", chunk_size=chunk_size)
+    assert not python.reader.text_cells
+    assert database.reader.text_cells
+    assert "cells spelled by PostgreSQL" in database.reader.reason
+    expected, got = members(b"".join(python)), members(b"".join(database))
+    assert got == expected
+    sheet = expected["xl/worksheets/sheet1.xml"].decode()
+    # The awkward spellings are there: text cells for NaN and infinities, repr() numbers.
+    for text in ("<t>nan</t>", "<t>inf</t>", "<t>-inf</t>", "<t>NaN</t>", "<v>-0.0</v>",
+                 "<v>1e-05</v>", "<v>1000000000000000.0</v>", "<v>1e+16</v>",
+                 "<v>9999999999.99</v>", "<v>0.00</v>"):  # fmt: skip
+        assert text in sheet, text
+    (calamine,) = read_calamine(b"".join(xlsx_streams("default")[1]))
+    assert len(calamine) == 1 + 2 * len(SPELLED_FLOATS)
+
+
+#: Instants around a power of two of Unix seconds (2**30: 2004-01-10 13:37:04 UTC), with
+#: microseconds; midnights; daylight saving changes; Lord Howe's half-hour one.
+SPELLED_INSTANTS = (
+    [
+        datetime.datetime(2004, 1, 10, 13, 37, 4, tzinfo=UTC) + datetime.timedelta(microseconds=m)
+        # Added to the offset, these cross 2**30 where the sum of the rounded seconds and the
+        # offset rounds differently from the exact wall time (+01:00, -05:00, +05:30).
+        for m in (-3_599_999_997, -1, 0, 2, 3, 999_999, -19_799_999_993)
+    ]
+    + [
+        datetime.datetime(2020, 1, 1, tzinfo=zoneinfo.ZoneInfo(zone))
+        for zone in ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")
+    ]
+    + [
+        datetime.datetime(2021, 3, 28, 0, 59, 59, 999_999, tzinfo=UTC),
+        datetime.datetime(2021, 3, 28, 1, 0, 0, 1, tzinfo=UTC),
+        datetime.datetime(2021, 10, 31, 0, 30, 0, 123_456, tzinfo=UTC),
+        datetime.datetime(2021, 4, 3, 14, 45, 0, 1, tzinfo=UTC),  # Lord Howe: 02:00 -> 01:30
+        datetime.datetime(2021, 10, 2, 15, 15, 59, tzinfo=UTC),  # Lord Howe: 02:00 -> 02:30
+        datetime.datetime(1900, 3, 1, 12, tzinfo=UTC),
+        datetime.datetime(1900, 2, 28, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime.datetime(2300, 7, 1, 0, 0, 0, 1, tzinfo=UTC),
+        None,
+    ]
+)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "zone", ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
+)
+@pytest.mark.parametrize("chunk_size", [1, 2000])
+def test_datetimes_spelled_by_postgresql_equal_the_python_path(zone, chunk_size):
+    Record.objects.bulk_create(
+        Record(created=instant, ratio=float(i)) for i, instant in enumerate(SPELLED_INSTANTS)
+    )
+    python, database = xlsx_streams(
+        "default", ["id", "created"], lambda c: XLSXFormat(c, time_zone=zone), chunk_size=chunk_size
+    )
+    assert database.reader.text_cells
+    expected, got = members(b"".join(python)), members(b"".join(database))
+    assert got == expected
+    sheet = expected["xl/worksheets/sheet1.xml"].decode()
+    assert "<t>1900-02-28T" in sheet or zone != "UTC"
+    if zone == "UTC":
+        assert '<c s="3"><v>43831</v></c>' in sheet  # a midnight: a whole number, no ".0"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cells_spelled_by_postgresql_across_sheets_and_a_row_limit():
+    spelled_records("default")
+    python, database = xlsx_streams(
+        "default", ["id", "ratio", "amount"], lambda c: XLSXFormat(c, max_sheet_rows=7)
+    )
+    assert database.reader.text_cells
+    assert members(b"".join(database)) == members(b"".join(python))
+    limited = xlsx_streams("default", ["id", "ratio"], max_rows=5)[1]
+    with pytest.raises(RowLimitExceeded):
+        b"".join(limited)
+    assert limited.rows == 5
+
+
+class _OwnTexts(XLSXFormat):
+    def get_cell_writer(self, column):
+        return super().get_cell_writer(column)
+
+
+class _OwnTextCells(XLSXFormat):
+    def text_cell(self, value):  # NaN and infinities, spelled in SQL otherwise
+        return super().text_cell(value.upper())
+
+
+class _PythonCells(XLSXFormat):
+    def database_cells(self):
+        return [False] * len(self.columns)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "fields, export_format, reason",
+    [
+        (SPELLED_FIELDS, _OwnTexts, "_OwnTexts overrides get_cell_writer"),
+        (SPELLED_FIELDS, _OwnTextCells, "_OwnTextCells overrides text_cell"),
+        (SPELLED_FIELDS, _PythonCells, "no column is a decimal, a float or a datetime"),
+        (["id", "title", "day"], XLSXFormat, "no column is a decimal, a float or a datetime"),
+        (["id", "ratio", "data"], XLSXFormat, "Django converts the values of column 'data'"),
+    ],
+)
+def test_database_formatting_of_xlsx_falls_back_with_a_reason(fields, export_format, reason):
+    spelled_records("default")
+    python, database = xlsx_streams("default", fields, export_format)
+    assert not database.reader.text_cells
+    assert reason in database.reader.reason
+    assert members(b"".join(database)) == members(b"".join(python))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_xlsx_copy_mode_falls_back_to_the_cursor():
+    spelled_records("default")
+    queryset = records("default")
+    columns = resolve_columns(queryset, SPELLED_FIELDS)
+    stream = plan_stream(queryset, columns, XLSXFormat(columns), copy_mode=True)
+    assert stream.reader.name != "copy"
+    assert "not COPY: the format is 'xlsx', not CSV" in stream.reader.reason
+    assert stream.reader.text_cells  # database formatting still spells some cells
+
+
 # --- dates, times, numbers, booleans ----------------------------------------------------
 
 XLSX_SYDNEY = {"STREAMEXPORT_XLSX_TIME_ZONE": "Australia/Sydney"}

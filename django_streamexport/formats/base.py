@@ -286,14 +286,18 @@ class ExportFormat:
 
         Database formatting and COPY mode (:mod:`django_streamexport.postgresql.text`)
         fetch each cell as the text this format would write, and then render rows with
-        :meth:`render_text_rows`.  Default: a reason (only CSV's cells are plain text).
+        :meth:`render_text_rows`.  Default: a reason; CSV (every cell as text) and XLSX
+        (the cells :meth:`~django_streamexport.formats.xlsx.XLSXFormat.database_cells`
+        names, as XML) return ``None``.
         """
         return f"the format is {self.format!r}, not CSV"
 
     def render_text_rows(self, rows: Sequence[Row]) -> bytes:
-        """Return the bytes for rows whose values are already the cells' text (or ``None``).
+        """Return the bytes for rows read with PostgreSQL's spelling of their cells.
 
-        Only called when :meth:`database_text_refusal` returned ``None``.
+        CSV: every value is already the cell's text (or ``None``); XLSX: the columns it
+        names hold their cells' XML, the others their values.  Only called when
+        :meth:`database_text_refusal` returned ``None``.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot render text cells.")
 

@@ -48,8 +48,16 @@ optional; readers number them in order), which keeps the sheet XML about a third
 and lets each batch be joined in C; so every cell is written in its place, an empty one as
 ``<c/>``.
 
+A batch of rows is written column by column: a column's texts are escaped at once by
+C-level string methods (joined, escaped, split apart), text by text only when one holds a
+character XML forbids or passes the cell limit.  On PostgreSQL, database formatting
+(``STREAMEXPORT_DATABASE_FORMATTING``) has the database spell the decimal, float and
+datetime cells, which cost Python the most (:meth:`XLSXFormat.database_cells`,
+:mod:`django_streamexport.postgresql.xlsx`): the same bytes.  A serial that is a whole
+number is written without ``.0``, as PostgreSQL prints it.
+
 The header row is bold and frozen, with an autofilter over the data; column widths come
-from the header and the first rendered rows.  A failure after the first byte sends
+from the header and the text of the first rendered cells.  A failure after the first byte sends
 nothing more: the workbook has no central directory, so it never opens as complete.
 """
 
@@ -156,12 +164,24 @@ _FIRST_SERIAL_UTC = _FIRST_SERIAL_DATETIME.replace(tzinfo=datetime.timezone.utc)
     datetime.timedelta(days=1)
 )
 _FIRST_SERIAL_STAMP = _FIRST_SERIAL_UTC.timestamp()
-#: Characters that make text need escaping (``&<>`` and what XML forbids but tab and LF).
-_TEXT_SPECIAL = re.compile("[&<>\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
+_MICROSECOND = datetime.timedelta(microseconds=1)
+_UNIX_EPOCH_UTC = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_UNIX_EPOCH = datetime.datetime(1970, 1, 1)
+#: The text a reader shows in a cell's XML (what sizes its column).
+_CELL_TEXT = re.compile(r"<(?:v|t(?: [^>]*)?)>([^<]*)<")
 #: Whitespace that needs ``xml:space="preserve"`` at either end of a text.
 _EDGE = (" ", "\t", "\n")
-#: The same, seen in LF-joined texts: at a text's end or start.
-_JOINED_EDGES = (" \n", "\n ", "\t\n", "\n\t")
+#: Separates the texts of a column while a batch of them is escaped at once (NUL: a
+#: column holding it is written text by text).
+_SEPARATOR = "\x00"
+#: ASCII character -> its class for :meth:`XLSXFormat._batch_text_cells`: ``S`` the
+#: separator, ``W`` whitespace at a text's edge, ``F`` forbidden in XML (CR included).
+_ASCII_CLASSES = bytes(
+    ord("S") if code == 0 else ord("W") if chr(code) in _EDGE else ord("F") if code < 32 else 46
+    for code in range(256)
+)
+#: Characters XML forbids but NUL (the separator, counted instead), and CR.
+_FORBIDDEN = re.compile("[\x01-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
 #: Uncompressed XML handed to the background compressor at once (about 50 KiB compressed,
 #: a chunk): large enough that the thread switch (the GIL's 5 ms switch interval) is paid
 #: rarely, small enough that chunks stay small and memory flat.
@@ -180,6 +200,34 @@ _EMPTY = "<c/>"
 def _present(values: Sequence[Any]) -> Sequence[Any]:
     """Return ``values`` without its ``None`` (``values`` itself when it has none)."""
     return [v for v in values if v is not None] if None in values else values
+
+
+def _serial(micros: int) -> float:
+    """Return the serial of the wall time ``micros`` microseconds after 1970-01-01 00:00.
+
+    In IEEE double arithmetic, in this order, as PostgreSQL computes ``date_part('epoch',
+    wall) / 86400 + 25569`` (:mod:`django_streamexport.postgresql.xlsx`): the seconds
+    rounded once, then the days, then the shift to the 1900 date system.
+    """
+    return micros / 1_000_000 / 86400 + _UNIX_SERIAL  # int / int: rounded once
+
+
+def _number(value: float) -> str:
+    """Return a finite float as PostgreSQL prints it: ``repr()``, whole numbers without ``.0``."""
+    return f"{value:.0f}" if value.is_integer() else repr(value)
+
+
+def _numbers(values: list[float]) -> list[str] | list[float]:
+    """Return :func:`_number` of each value, or the values themselves when none is whole
+    (an f-string then writes their ``repr()``), which one C-level test finds."""
+    if any(map(float.is_integer, values)):
+        return list(map(_number, values))
+    return values
+
+
+def _as_they_are(cells: Sequence[str]) -> Sequence[str]:
+    """Return a column of cells PostgreSQL spelled (their XML) as they are."""
+    return cells
 
 
 def column_letter(index: int) -> str:
@@ -326,6 +374,10 @@ class XLSXFormat(ExportFormat):
         super().__init__(columns)
         self._letters = [column_letter(index) for index in range(len(self.columns))]
         self._writers = [self.get_cell_writer(column) for column in self.columns]
+        self._text_writers = [
+            _as_they_are if spelled else write
+            for spelled, write in zip(self.database_cells(), self._writers, strict=True)
+        ]
 
     # --- values -------------------------------------------------------------------
 
@@ -379,36 +431,61 @@ class XLSXFormat(ExportFormat):
 
     def _text_cells(self, values: Sequence[Any]) -> list[str]:
         present = _present(values)
-        if self._plain_texts(present):
-            # No text of the batch needs escaping, xml:space or a cut: no test per value.
-            if present is values:
-                return [f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in values]
-            return [
-                _EMPTY if v is None else f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in values
-            ]
-        text_cell = self.text_cell
-        return [_EMPTY if v is None else text_cell(str(v)) for v in values]
+        cells = self._batch_text_cells(present)
+        if cells is None:
+            text_cell = self.text_cell
+            return [_EMPTY if v is None else text_cell(str(v)) for v in values]
+        if present is values:
+            return cells
+        cell = iter(cells).__next__
+        return [_EMPTY if v is None else cell() for v in values]
 
     @staticmethod
-    def _plain_texts(texts: Sequence[Any]) -> bool:
-        """Say whether every one of ``texts`` (strings) is written as it is, by C-level tests.
+    def _batch_text_cells(texts: Sequence[Any]) -> list[str] | None:
+        """Return the cells of ``texts`` (strings, no ``None``) as :meth:`text_cell` writes
+        them, escaped all at once by C-level string methods, or ``None`` if one needs more.
 
-        They are joined with LF, which no forbidden-character test matches, so one scan
-        covers them all; whitespace next to an LF is a text's edge (``xml:space``).
+        The texts are joined with NUL between them, which no escape matches or makes,
+        escaped, and split apart again (only when one needs an entity or ``_x005F_``).
+        ``None`` (text by text) when a text holds a character XML forbids (NUL and CR
+        included) or is longer than a cell may be.
         """
+        if not texts:
+            return []
         try:
-            joined = "\n".join(texts)
+            joined = _SEPARATOR.join(texts)
         except TypeError:  # not all str
-            return False
-        return not (
-            _TEXT_SPECIAL.search(joined)
-            or "_x" in joined
-            or "\n\n" in joined
-            or joined[:1] in _EDGE
-            or joined[-1:] in _EDGE
-            or any(edge in joined for edge in _JOINED_EDGES)
-            or (texts and max(map(len, texts)) > MAX_CELL_CHARS)
-        )
+            return None
+        if max(map(len, texts)) > MAX_CELL_CHARS:
+            return None
+        edges = True  # unknown: tested text by text below
+        if joined.isascii():
+            # One pass classifies every character (bytes.translate), then memchr-fast
+            # searches: a forbidden one, and whitespace next to a separator or at an end.
+            classes = joined.encode("ascii").translate(_ASCII_CLASSES)
+            if b"F" in classes or classes.count(b"S") != len(texts) - 1:
+                return None
+            edges = (
+                classes[:1] == b"W" or classes[-1:] == b"W" or b"WS" in classes
+                or b"SW" in classes
+            )  # fmt: skip
+        elif joined.count(_SEPARATOR) != len(texts) - 1 or _FORBIDDEN.search(joined):
+            return None
+        escaped = texts
+        if "&" in joined or "<" in joined or ">" in joined or "_x" in joined:
+            if "_x" in joined:
+                joined = _LITERAL_ESCAPE.sub("_x005F_", joined)
+            joined = joined.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            escaped = joined.split(_SEPARATOR)
+        if not edges:
+            return [f'<c t="inlineStr"><is><t>{v}</t></is></c>' for v in escaped]
+        edge = _EDGE
+        return [
+            f'<c t="inlineStr"><is><t xml:space="preserve">{v}</t></is></c>'
+            if v[:1] in edge or v[-1:] in edge
+            else f'<c t="inlineStr"><is><t>{v}</t></is></c>'
+            for v in escaped
+        ]
 
     def _integer_cells(self, values: Sequence[Any]) -> list[str]:
         present = _present(values)
@@ -467,25 +544,32 @@ class XLSXFormat(ExportFormat):
         ]
 
     def _datetime_cells(self, values: Sequence[datetime.datetime | None]) -> list[str]:
-        # The common case, a column of aware datetimes after 1900: Unix times in days,
-        # shifted, plus the zone's offset, looked up once per UTC hour of the batch.
-        serials = self._datetime_serials(values)
-        if serials is not None:
-            return [f'<c s="{_DATETIME}"><v>{serial!r}</v></c>' for serial in serials]
-        cell = self._datetime_cell
-        return [_EMPTY if v is None else cell(v) for v in values]
+        # The common case, a column of aware datetimes after 1900: Unix times, plus the
+        # zone's offset, looked up once per UTC hour of the batch.
+        present = _present(values)
+        serials = self._datetime_serials(present)
+        if serials is None:
+            cell = self._datetime_cell
+            return [_EMPTY if v is None else cell(v) for v in values]
+        cells = [f'<c s="{_DATETIME}"><v>{text}</v></c>' for text in _numbers(serials)]
+        if present is values:
+            return cells
+        next_cell = iter(cells).__next__
+        return [_EMPTY if v is None else next_cell() for v in values]
 
     def _datetime_serials(self, values: Sequence[Any]) -> list[float] | None:
-        """Return the serials of a column of aware datetimes after 1900, else ``None``.
+        """Return the serials of aware datetimes after 1900 (no ``None``), else ``None``.
 
-        Unix time in days, shifted, plus the zone's UTC offset, looked up once per UTC
-        hour of the batch (``None`` too when an hour holds an offset change).
+        :func:`_serial` of the wall time: Unix time plus the zone's UTC offset, looked up
+        once per UTC hour of the batch (``None`` too when an hour holds an offset change).
         """
-        if not values or values[0] is None or values[0].tzinfo is None:
+        if not values or values[0].tzinfo is None:
             return None
         try:
+            # timestamp() is the exact microseconds / 10**6, rounded once (timedelta's
+            # true division), as PostgreSQL's date_part('epoch', ...) computes it.
             stamps = [v.timestamp() for v in values]
-        except AttributeError:  # a NULL
+        except TypeError:  # a naive value among aware ones
             return None
         if min(stamps) < _FIRST_SERIAL_STAMP:
             return None
@@ -496,8 +580,20 @@ class XLSXFormat(ExportFormat):
                 self._hour_offset(hour)
         if any(offsets.get(hour) is None for hour in hours):
             return None
-        offset = offsets.__getitem__
+        offset = cast(Callable[[float], float], offsets.__getitem__)
+        shifts = {offset(hour) for hour in hours}
+        # Adding whole seconds keeps the rounding of the exact wall time (the sum is on the
+        # same grid of doubles) unless the values cross a power of two: then exactly.
+        low = min(stamps) + min(0.0, *shifts)
+        high = max(stamps) + max(0.0, *shifts)
+        if low < 1 or int(low).bit_length() != int(high).bit_length():
+            return [self._exact_serial(v, offset(v.timestamp() // 3600)) for v in values]
         return [(stamp + offset(stamp // 3600)) / 86400 + _UNIX_SERIAL for stamp in stamps]
+
+    @staticmethod
+    def _exact_serial(value: datetime.datetime, offset: float) -> float:
+        micros = (value - _UNIX_EPOCH_UTC) // _MICROSECOND + round(offset * 1_000_000)
+        return _serial(micros)
 
     def _aware_serial(self, value: datetime.datetime) -> float | None:
         """Return one aware datetime's serial as :meth:`_datetime_serials` computes it.
@@ -506,12 +602,11 @@ class XLSXFormat(ExportFormat):
         """
         if value < _FIRST_SERIAL_UTC:
             return None
-        seconds = value.timestamp()
-        hour = seconds // 3600
+        hour = value.timestamp() // 3600
         offset: Any = self._offsets.get(hour, _UNKNOWN)
         if offset is _UNKNOWN:
             offset = self._hour_offset(hour)
-        return None if offset is None else (seconds + offset) / 86400 + _UNIX_SERIAL
+        return None if offset is None else self._exact_serial(value, offset)
 
     def _hour_offset(self, hour: float) -> float | None:
         """Return ``time_zone``'s UTC offset (seconds) all through UTC ``hour``, or ``None``.
@@ -532,13 +627,12 @@ class XLSXFormat(ExportFormat):
         if value.tzinfo is not None:
             serial = self._aware_serial(value)
             if serial is not None:
-                return f'<c s="{_DATETIME}"><v>{serial!r}</v></c>'
+                return f'<c s="{_DATETIME}"><v>{_number(serial)}</v></c>'
             value = value.astimezone(self.time_zone).replace(tzinfo=None)
         if value < _FIRST_SERIAL_DATETIME:
             return self.text_cell(value.isoformat())
-        seconds = value.hour * 3600 + value.minute * 60 + value.second + value.microsecond / 1e6
-        serial = value.toordinal() - _EPOCH_ORDINAL + seconds / 86400
-        return f'<c s="{_DATETIME}"><v>{serial!r}</v></c>'
+        serial = _serial((value - _UNIX_EPOCH) // _MICROSECOND)
+        return f'<c s="{_DATETIME}"><v>{_number(serial)}</v></c>'
 
     @staticmethod
     def _time_cells(values: Sequence[datetime.time | None]) -> list[str]:
@@ -571,25 +665,31 @@ class XLSXFormat(ExportFormat):
             self._writer = background_writer()
         return self._sink.drain()
 
-    def _width(self, index: int, rows: Sequence[Row]) -> int:
+    def _width(self, index: int, cells: Sequence[str]) -> int:
+        """Return the width of column ``index`` from its header and ``cells`` (their XML)."""
         column = self.columns[index]
         fixed = {kinds.DATE: 12, kinds.DATETIME: 20, kinds.TIME: 10, kinds.BOOLEAN: 7}
         longest = len(column.label) + 3  # room for the autofilter button
         if column.choices is None and column.kind in fixed:
             longest = max(longest, fixed[column.kind])
         else:
-            for row in rows:
-                value = row[index]
-                if value is not None:
-                    longest = max(longest, min(len(str(value)), 60) + 2)
+            for cell in cells:
+                if (text := _CELL_TEXT.search(cell)) is not None:
+                    longest = max(longest, min(len(text[1]), 60) + 2)
         return max(8, min(longest, 80))
 
-    def _open_sheet(self, rows: Sequence[Row]) -> None:
-        """Start the next sheet part: the frozen header row, then rows follow."""
+    def _open_sheet(self, cells: Sequence[Sequence[str]]) -> None:
+        """Start the next sheet part: the frozen header row, then rows follow.
+
+        ``cells``: the first rows' cells (their XML), column by column, to size the columns.
+        """
         assert self._zip is not None
         self._wait()
         if self._widths is None:
-            self._widths = [self._width(index, rows) for index in range(len(self.columns))]
+            self._widths = [
+                self._width(index, cells[index] if cells else ())
+                for index in range(len(self.columns))
+            ]
         number = len(self._sheets) + 1
         self._sheets.append(sheet_name(self.sheet_title or self.title or "Export", number))
         self._sheet = self._zip.open(f"xl/worksheets/sheet{number}.xml", "w")
@@ -667,15 +767,55 @@ class XLSXFormat(ExportFormat):
 
     def render_rows(self, rows: Sequence[Row]) -> bytes:
         """Write a batch of rows into the current sheet; return the compressed bytes ready."""
+        return self._render(rows, self._writers)
+
+    def render_text_rows(self, rows: Sequence[Row]) -> bytes:
+        """Write rows read with PostgreSQL's spelling of some cells (:meth:`database_cells`).
+
+        Those columns hold each cell's XML already (never ``None``); the others hold their
+        values, as for :meth:`render_rows`.
+        """
+        return self._render(rows, self._text_writers)
+
+    def database_cells(self) -> list[bool]:
+        """Say, column by column, whether PostgreSQL spells its cells (database formatting).
+
+        Default: decimals, floats and (under ``USE_TZ``) datetimes, whose spelling costs
+        Python more (a ``Decimal`` per value, then its text; ``repr()`` of a float, of a
+        serial) than the database, which then spells them as :meth:`render_rows` would
+        (:mod:`django_streamexport.postgresql.xlsx`); other cells cost Python little and
+        PostgreSQL more (each text check scans the value again).
+        """
+        spelled = (kinds.DECIMAL, kinds.FLOAT, kinds.DATETIME) if settings.USE_TZ else (
+            kinds.DECIMAL, kinds.FLOAT)  # fmt: skip
+        return [column.choices is None and column.kind in spelled for column in self.columns]
+
+    def database_text_refusal(self) -> str | None:
+        """Return ``None`` (PostgreSQL can spell some cells) unless a subclass changes them.
+
+        A subclass that overrides how values are converted or written is refused with the
+        hook's name, as is a workbook where PostgreSQL spells no column.
+        """
+        cls = type(self)
+        hooks = ("get_converter", "get_batch_converter", "get_cell_writer", "render_rows",
+                 "text_cell", "text_element", "text_converters", "batch_converters")  # fmt: skip
+        for hook in hooks:
+            if getattr(cls, hook) is not getattr(XLSXFormat, hook):
+                return f"{cls.__name__} overrides {hook}"
+        if not any(self.database_cells()):
+            return "no column is a decimal, a float or a datetime, which PostgreSQL spells cheaper"
+        return None
+
+    def _render(self, rows: Sequence[Row], writers: Sequence[Callable[[Any], Any]]) -> bytes:
         if not rows:
             return b""
         columns: list[Sequence[Any]] = list(zip(*rows))  # noqa: B905 (equal lengths)
         for index, convert in self._active:  # converters to text, column by column
             columns[index] = convert(columns[index])
+        cells = [write(values) for write, values in zip(writers, columns, strict=True)]
         if self._sheet is None:
-            self._open_sheet(list(zip(*columns)))  # noqa: B905
+            self._open_sheet(cells)
         self._last_size = 0
-        cells = [write(values) for write, values in zip(self._writers, columns, strict=True)]
         lines = list(map("".join, zip(*cells)))  # noqa: B905 (each row's cells, joined in C)
         # The common case: the whole batch fits the sheet; one join, one size check.
         text = "<row>" + "</row><row>".join(lines) + "</row>"

@@ -32,8 +32,10 @@ Spellings, each equal to the Python path's (``tests/test_postgresql_copy.py`` co
   ``duration_iso_string()``; binary data base64;
 * choices display labels through ``CASE``.
 
-What SQL cannot spell raises :class:`TextUnavailable` with the reason: a format other than
-:class:`~django_streamexport.formats.csv.CSVFormat` or one that changes its converters, a
+:func:`text_select` hands an XLSX export to :func:`django_streamexport.postgresql.xlsx.xlsx_select`,
+which spells some of its cells as XML.  What SQL cannot spell raises
+:class:`TextUnavailable` with the reason: a format other than
+:class:`~django_streamexport.formats.csv.CSVFormat` (and XLSX) or one that changes its converters, a
 column whose values Django converts after reading (``from_db_value()``), JSON and other
 columns whose text form PostgreSQL spells differently (``jsonb`` puts spaces after ``:``
 and ``,``), and another database than PostgreSQL.
@@ -326,14 +328,22 @@ def text_select(
     """
     export_format = plan.format
     refusal = export_format.database_text_refusal()
+    if refusal is None and typed and not isinstance(export_format, CSVFormat):
+        refusal = f"the format is {export_format.format!r}, not CSV"  # COPY writes CSV
     if refusal is not None:
         raise TextUnavailable(refusal)
-    assert isinstance(export_format, CSVFormat)  # the only format that spells cells as text
     connection = connections[plan.using]
     if connection.vendor != "postgresql":
         raise TextUnavailable(f"database {plan.using!r} is {connection.vendor}")
     if query.empty:
         raise TextUnavailable("the queryset can match no rows")
+    if not isinstance(export_format, CSVFormat):
+        from django_streamexport.formats.xlsx import XLSXFormat
+        from django_streamexport.postgresql.xlsx import xlsx_select
+
+        if not isinstance(export_format, XLSXFormat):
+            raise TextUnavailable(f"the format is {export_format.format!r}, not CSV")
+        return xlsx_select(plan, query)
     names = [f"c{index}" for index in range(query.width)]
     # The export's session time zone (prepare_session()); "+00:00" is a constant in UTC.
     utc = connection.timezone_name.upper() in ("UTC", "ETC/UTC")

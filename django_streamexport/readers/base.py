@@ -22,7 +22,7 @@ class Reader:
 
     A row reader's :meth:`read` yields batches: sequences of row tuples, one value per
     export column in order, as the format renders them (``text_cells``: each value is
-    already the cell's text, spelled by PostgreSQL, which only CSV can use).  A reader
+    already spelled by PostgreSQL: CSV's text, XLSX's cell XML for some columns).  A reader
     with ``renders = True`` (COPY) yields ``(data, rows)`` pairs instead: ``bytes`` of
     the format's body and the number of rows they hold.
 
