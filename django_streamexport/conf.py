@@ -148,9 +148,9 @@ class Settings:
         XLSX export gets its decimal, float and datetime cells as their XML
         (:mod:`django_streamexport.postgresql.xlsx`; the other columns as values, which
         Python spells faster than SQL), the same bytes, unless its format class changes
-        how cells are written.  ``False`` formats every value in Python, and also keeps CSV off ``COPY`` (which
-        spells cells in SQL too) unless ``STREAMEXPORT_COPY_MODE`` is ``"require"``.  A
-        view's ``database_formatting`` (or the plan's option) wins.
+        how cells are written.  ``False`` formats every value in Python, and also keeps
+        CSV off ``COPY`` (which spells cells in SQL too) unless ``STREAMEXPORT_COPY_MODE``
+        is ``"require"``.  A view's ``database_formatting`` (or the plan's option) wins.
         """
         return getattr(settings, "STREAMEXPORT_DATABASE_FORMATTING", True)
 
