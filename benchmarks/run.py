@@ -37,7 +37,7 @@ STREAMING = [
     "copy-psql", "copy-psql-exact", "ours-csv", "ours-ndjson", "ours-copy",
     "http-ours-csv", "http-ours-ndjson", "http-ours-copy", "http-ours-csv-cursor",
     "http-ours-csv-python",
-    "http-ours-xlsx", "http-ours-json", "http-ours-parquet",
+    "ours-xlsx", "http-ours-xlsx", "http-ours-json", "http-ours-parquet",
 ]  # fmt: skip
 #: The peers, measured up to PEERS_MAX_ROWS rows: the buffered ones hold the whole file in
 #: memory, and the recipe over HTTP takes about half an hour at 10M rows on 2 cores.
@@ -354,11 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     kinds = tuple(kind.strip() for kind in args.data.split(",") if kind.strip())
     if unknown := set(kinds) - set(TABLES):
         parser.error(f"unknown --data {sorted(unknown)}; choose from {sorted(TABLES)}")
+    only = set(args.only.split(",")) if args.only else None
+    if only and (unknown := only - set(LABELS)):
+        parser.error(f"unknown --only {sorted(unknown)}; choose from {sorted(LABELS)}")
     seed(args.db, sizes, multiply, kinds)
     env = child_env(args.db, sizes)
 
     plan: list[tuple[str, str]] = []
-    only = set(args.only.split(",")) if args.only else None
     for rows in sizes:
         approaches = QUICK if args.quick else STREAMING + (PEERS if rows <= PEERS_MAX_ROWS else [])
         plan += [(a, f"{kind}-{rows}") for kind in kinds for a in approaches]
