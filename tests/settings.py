@@ -10,6 +10,8 @@ import os
 import tempfile
 from importlib.util import find_spec
 
+import django
+
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 USE_TZ = True
@@ -107,3 +109,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Django 6.1 replaces EMAIL_BACKEND with MAILERS and warns (RemovedInDjango2028Warning, an
+# error here) when mail is sent without it; the test environment points every mailer at
+# mail.outbox.
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}

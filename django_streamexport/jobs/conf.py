@@ -94,7 +94,11 @@ class JobsSettings:
 
     @property
     def JOBS_EMAIL(self) -> bool:
-        """Email the user a link to the job's page when a job ends. Default False. Check J011."""
+        """Email the user a link to the job's page when a job ends. Default False. Check J011.
+
+        Sent with ``send_mail()``: the project's mail settings apply (``EMAIL_BACKEND``, or
+        ``MAILERS`` on Django 6.1).  A failed email is logged as a warning.
+        """
         return getattr(settings, "STREAMEXPORT_JOBS_EMAIL", False)
 
 
