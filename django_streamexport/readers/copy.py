@@ -114,7 +114,13 @@ class CopyReader(Reader):
                     busy_seconds=self.statement_bound,
                     cancel=raw.connection.cancel,
                 )
-                with watch, raw.copy(self.statement, self.params) as copy:
+                # Ending the COPY raises too when the session is gone (psycopg 3.1: "the
+                # connection is lost", from Copy.__exit__): as Django's, like the reads.
+                with (
+                    connection.wrap_database_errors,
+                    watch,
+                    raw.copy(self.statement, self.params) as copy,
+                ):
                     try:
                         read = block_reader(raw.connection, copy)
                         limit = 1
