@@ -434,10 +434,14 @@ def test_hup_during_an_export_cuts_it_and_closes_the_cursor(proxy, app, dbname, 
     """A graceful reload lets exports run for graceful_timeout, then cuts them off."""
     old_worker = app.worker_pid()
     headers = tmp_path / "headers"
-    # 1 MB/s: the 60 MB export would take a minute, far longer than graceful_timeout.
+    # NDJSON of all flights (about 2x the CSV's 60 MB) at 4 MB/s would take half a minute,
+    # far longer than graceful_timeout.  Loopback sockets autotune their buffers (tcp_rmem up
+    # to 32 MB here), so gunicorn may hand nginx and the kernel tens of MB before the cut:
+    # the body must be larger than what they can hold plus what curl reads meanwhile, and
+    # curl must drain what they hold well within the wait below.
     download = subprocess.Popen(
-        ["curl", "-sS", "-o", "/dev/null", "-D", str(headers), "--limit-rate", "1M",
-         "--max-time", "60", url(NGINX_PORT, EXPORT)],
+        ["curl", "-sS", "-o", "/dev/null", "-D", str(headers), "--limit-rate", "4M",
+         "--max-time", "60", url(NGINX_PORT, "/exports/flights/?format=ndjson")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
