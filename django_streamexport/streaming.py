@@ -175,10 +175,8 @@ class ExportStream:
                 if reader.over_limit:  # it sent exactly max_rows rows and found more
                     raise RowLimitExceeded(limit)  # type: ignore[arg-type]
                 return
-            render, rendered_size = (
-                (fmt.render_text_rows if reader.text_cells else fmt.render_rows),
-                fmt.rendered_size,
-            )
+            render = fmt.render_text_rows if reader.text_cells else fmt.render_rows
+            rendered_size = fmt.rendered_size
             slice_rows, row_seconds = FIRST_BATCH_ROWS, 0.0
             for batch in parts:
                 start, size = 0, len(batch)

@@ -234,17 +234,11 @@ def idle_timeout_error(seconds: float) -> Exception:
     psycopg 3's error for SQLSTATE 25P03 (the readers that need a watch run on psycopg 3
     only), so the client is told ``idle_timeout`` whichever side ended the session.
     """
-    message = (
+    return _postgresql_error(
+        "25P03",
         "terminating connection due to idle-in-transaction timeout"
-        f" (the export's reader was not asked for rows for {seconds:.1f} s)"
+        f" (the export's reader was not asked for rows for {seconds:.1f} s)",
     )
-    try:
-        from psycopg import errors
-    except ImportError:  # psycopg2 only: the message is PostgreSQL's, as psycopg2 reports it
-        from django.db import OperationalError
-
-        return OperationalError(message)
-    return errors.lookup("25P03")(message)
 
 
 def statement_timeout_error(seconds: float) -> Exception:
@@ -253,14 +247,23 @@ def statement_timeout_error(seconds: float) -> Exception:
     psycopg 3's ``QueryCanceled`` (SQLSTATE 57014, what PostgreSQL's ``statement_timeout``
     raises), so the client is told ``statement_timeout`` on every path.
     """
-    message = (
+    return _postgresql_error(
+        "57014",
         "canceling statement due to statement timeout"
-        f" (the export waited {seconds:.1f} s for the next rows)"
+        f" (the export waited {seconds:.1f} s for the next rows)",
     )
+
+
+def _postgresql_error(code: str, message: str) -> Exception:
+    """Return psycopg 3's error class for SQLSTATE ``code`` with ``message``.
+
+    Without psycopg 3 (psycopg2 only), Django's ``OperationalError`` with the message,
+    which is PostgreSQL's own wording, as psycopg2 reports a closed session.
+    """
     try:
         from psycopg import errors
-    except ImportError:  # pragma: no cover - the watch cancels only psycopg 3 statements
+    except ImportError:
         from django.db import OperationalError
 
         return OperationalError(message)
-    return errors.lookup("57014")(message)
+    return errors.lookup(code)(message)

@@ -114,8 +114,8 @@ class CopyReader(Reader):
                     busy_seconds=self.statement_bound,
                     cancel=raw.connection.cancel,
                 )
-                # Ending the COPY raises too when the session is gone (psycopg 3.1: "the
-                # connection is lost", from Copy.__exit__): as Django's, like the reads.
+                # Errors as Django's: the reads', and ending the COPY's when the session is
+                # gone (psycopg 3.1 raises "the connection is lost" from Copy.__exit__).
                 with (
                     connection.wrap_database_errors,
                     watch,
@@ -124,7 +124,7 @@ class CopyReader(Reader):
                     try:
                         read = block_reader(raw.connection, copy)
                         limit = 1
-                        while blocks := self._read(connection, read, limit, watch):
+                        while blocks := self._read(read, limit, watch):
                             limit = plan.buffer_size
                             if left is not None:
                                 if len(blocks) > left:
@@ -140,13 +140,12 @@ class CopyReader(Reader):
                         watch.stop()  # the COPY's own ending (a drain, a cancel) is not bounded
 
     @staticmethod
-    def _read(connection: Any, read: Callable[[int], list], limit: int, watch: IdleWatch) -> list:
-        """Return ``read(limit)``; raise errors as Django's, a cancel by ``watch`` as a
-        statement timeout (the cursor path raises the same)."""
-        with connection.wrap_database_errors:
-            try:
-                return read(limit)
-            except Exception as exc:
-                if watch.cancelled is not None and sqlstate(exc) == "57014":
-                    raise statement_timeout_error(watch.cancelled) from exc
-                raise
+    def _read(read: Callable[[int], list], limit: int, watch: IdleWatch) -> list:
+        """Return ``read(limit)``; raise a cancel by ``watch`` as a statement timeout (the
+        cursor path raises the same).  :meth:`read` raises errors as Django's."""
+        try:
+            return read(limit)
+        except Exception as exc:
+            if watch.cancelled is not None and sqlstate(exc) == "57014":
+                raise statement_timeout_error(watch.cancelled) from exc
+            raise
