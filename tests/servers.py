@@ -548,15 +548,18 @@ def ping_while_exporting(
     ping_path: str = "/",
     window: float = 4.0,
     interval: float = 0.01,
+    requests: int | None = None,
 ) -> Latencies:
     """Time GET ``ping_path`` on ``ping_port`` while ``exports`` downloads of ``export_url`` run.
 
     The downloads are real ``curl`` processes reading as fast as they can (so the exports
     are CPU-bound in the worker).  Pinging starts once all of them hold an open transaction
     on ``dbname`` (they are reading rows) and goes on, one request every ``interval`` s, for
-    ``window`` s or until the first download ends, so every request measured ran beside all
-    the exports.  The downloads are then stopped and the sessions are waited out (10 s at
-    most).
+    ``window`` s, until ``requests`` were answered (``None``: no count), or until the first
+    download ends, so every request measured ran beside all the exports.  Tests count
+    answers against the exports' own length (``requests`` and a generous ``window``), not
+    against the clock.  The downloads are then stopped and the sessions are waited out
+    (10 s at most).
     """
     curls = [
         subprocess.Popen(
@@ -574,7 +577,7 @@ def ping_while_exporting(
         )
         seconds = []
         started = time.monotonic()
-        while time.monotonic() < started + window:
+        while time.monotonic() < started + window and (requests is None or len(seconds) < requests):
             took = timed_get(ping_port, ping_path)
             if not all(c.poll() is None for c in curls):
                 break  # an export ended while this request ran: not counted
