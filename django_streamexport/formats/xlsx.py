@@ -202,6 +202,15 @@ def _present(values: Sequence[Any]) -> Sequence[Any]:
     return [v for v in values if v is not None] if None in values else values
 
 
+def _with_empty_cells(values: Sequence[Any], present: Sequence[Any], cells: list[str]) -> list[str]:
+    """Return ``cells`` (one per value of ``present``, :func:`_present` of ``values``) with
+    an empty cell put back where ``values`` holds ``None``."""
+    if present is values:
+        return cells
+    next_cell = iter(cells).__next__
+    return [_EMPTY if v is None else next_cell() for v in values]
+
+
 def _serial(micros: int) -> float:
     """Return the serial of the wall time ``micros`` microseconds after 1970-01-01 00:00.
 
@@ -435,10 +444,7 @@ class XLSXFormat(ExportFormat):
         if cells is None:
             text_cell = self.text_cell
             return [_EMPTY if v is None else text_cell(str(v)) for v in values]
-        if present is values:
-            return cells
-        cell = iter(cells).__next__
-        return [_EMPTY if v is None else cell() for v in values]
+        return _with_empty_cells(values, present, cells)
 
     @staticmethod
     def _batch_text_cells(texts: Sequence[Any]) -> list[str] | None:
@@ -552,10 +558,7 @@ class XLSXFormat(ExportFormat):
             cell = self._datetime_cell
             return [_EMPTY if v is None else cell(v) for v in values]
         cells = [f'<c s="{_DATETIME}"><v>{text}</v></c>' for text in _numbers(serials)]
-        if present is values:
-            return cells
-        next_cell = iter(cells).__next__
-        return [_EMPTY if v is None else next_cell() for v in values]
+        return _with_empty_cells(values, present, cells)
 
     def _datetime_serials(self, values: Sequence[Any]) -> list[float] | None:
         """Return the serials of aware datetimes after 1900 (no ``None``), else ``None``.
