@@ -13,8 +13,11 @@ plain socket client and the worker's memory from ``/proc/<pid>/status``.
 
 Output keys: ``seconds`` (request to last byte), ``bytes`` (body), ``rows`` (data rows
 counted from line ends), ``ttfb`` (first body byte), ``first_row`` (first complete data row),
-``idle_mb`` (RSS before the export: the warmed-up worker, or this process after set-up) and
-``peak_mb`` (VmHWM after it), all times in seconds, memory in MiB.
+``idle_mb`` (RSS before the export: the warmed-up worker, or this process after set-up),
+``peak_mb`` (VmHWM after it), ``ours_cpu`` (the CPU time of the process that exports:
+the gunicorn worker, or this process in process; ``None`` for psql) and ``machine_cpu``
+(the CPU time of every process on the machine meanwhile: PostgreSQL, the client, the
+kernel's network work), all times in seconds, memory in MiB.
 
 Concurrency approaches (``CONCURRENT``), library defaults, ``EXPORTS`` (8) exports at once:
 ``latency-<format>`` starts gunicorn with one gevent worker and ``EXPORTS`` ``curl``
@@ -295,10 +298,12 @@ def column_costs(ds: str) -> dict:
 def copy_psql(ds: str, exact: bool = False) -> dict:
     command = copy_command(ds, exact)
     out = Path(f"/tmp/streamexport-bench-{os.getpid()}.csv")
+    cpu = machine_cpu()
     started = time.perf_counter()
     with open(os.devnull, "wb") as devnull:
         subprocess.run(command, stdout=devnull, check=True)
     seconds = time.perf_counter() - started
+    cpu = machine_cpu() - cpu
     # Size and rows from a second run into a file (not timed).
     with open(out, "wb") as sink:
         subprocess.run(command, stdout=sink, check=True)
@@ -307,7 +312,8 @@ def copy_psql(ds: str, exact: bool = False) -> dict:
         rows = sum(chunk.count(b"\n") for chunk in iter(lambda: sink.read(1 << 20), b""))
     out.unlink()
     return {"seconds": seconds, "bytes": data_bytes, "rows": rows, "ttfb": None,
-            "first_row": None, "idle_mb": None, "peak_mb": None}  # fmt: skip
+            "first_row": None, "idle_mb": None, "peak_mb": None, "machine_cpu": cpu,
+            "ours_cpu": None}  # fmt: skip
 
 
 def in_process(approach: str, url: str) -> dict:
@@ -335,6 +341,7 @@ def in_process(approach: str, url: str) -> dict:
     # Warm up (imports, URL resolver, database connection), then measure from here.
     b"".join(application(environ("/ping/", ""), start_response))
     idle = status_mb()["VmRSS"]
+    cpu, ours = machine_cpu(), time.process_time()
     started = time.perf_counter()
     counter = Counter(started, header_lines(approach), approach)
     body = application(environ(path, query), start_response)
@@ -346,7 +353,9 @@ def in_process(approach: str, url: str) -> dict:
         if close:
             close()
     seconds = time.perf_counter() - started
-    return result(counter, seconds, idle, status_mb()["VmHWM"], approach)
+    cpu, ours = machine_cpu() - cpu, time.process_time() - ours
+    outcome = result(counter, seconds, idle, status_mb()["VmHWM"], approach)
+    return {**outcome, "machine_cpu": cpu, "ours_cpu": ours}
 
 
 def result(counter: Counter, seconds: float, idle: float, peak: float, approach: str) -> dict:
@@ -436,6 +445,7 @@ def over_http(approach: str, url: str, port: int) -> dict:
         pid = worker_pid(server.pid)
         idle = status_mb(pid)["VmRSS"]
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        cpu, ours = machine_cpu(), cpu_seconds(pid)
         started = time.perf_counter()
         counter = Counter(started, header_lines(approach), approach)
         connection.request("GET", url, headers={"Connection": "close"})
@@ -445,15 +455,25 @@ def over_http(approach: str, url: str, port: int) -> dict:
         while data := response.read1(1 << 20):
             counter.feed(data)
         seconds = time.perf_counter() - started
+        cpu, ours = machine_cpu() - cpu, cpu_seconds(pid) - ours
         connection.close()
         peak = status_mb(pid)["VmHWM"]
-        return result(counter, seconds, idle, peak, approach)
+        return {**result(counter, seconds, idle, peak, approach), "machine_cpu": cpu,
+                "ours_cpu": ours}  # fmt: skip
 
 
 def cpu_seconds(pid: int | str) -> float:
     """Return the CPU time (user + system) process ``pid`` has used, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> float:
+    """Return the CPU time every process on the machine has used so far, in seconds
+    (all CPUs; user, nice, system, interrupts and steal of ``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def schedstat(pid: int) -> tuple[float, float, int]:

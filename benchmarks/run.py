@@ -215,6 +215,14 @@ def fmt_time(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def cpu_text(r: dict) -> str:
+    """Return "<exporter's CPU> / <the machine's CPU>" of a measurement, or "n/a"."""
+    ours, machine = r.get("ours_cpu"), r.get("machine_cpu")
+    if machine is None:
+        return "n/a"
+    return f"{'-' if ours is None else fmt_time(ours)} / {fmt_time(machine)}"
+
+
 def table(results: list[dict]) -> str:
     """Return the results as a markdown table, grouped by data set, ratios against COPY.
 
@@ -223,8 +231,8 @@ def table(results: list[dict]) -> str:
     """
     lines = [
         "| data set | approach | time | ÷ A | ÷ B | rows/s | MB/s | first byte | first row "
-        "| peak RSS | RSS over idle |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| peak RSS | RSS over idle | CPU: exporter / machine |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     base_a = {r["dataset"]: r["seconds"] for r in results if r["approach"] == "copy-psql"}
     base_b = {r["dataset"]: r["seconds"] for r in results if r["approach"] == "copy-psql-exact"}
@@ -242,7 +250,7 @@ def table(results: list[dict]) -> str:
             f"| {r['dataset']} ({r['rows']:,} rows) | {LABELS[r['approach']]} "
             f"| {fmt_time(r['seconds'])} | {ratio} | {r['rows'] / r['seconds']:,.0f} "
             f"| {r['bytes'] / r['seconds'] / 1e6:.1f} | {fmt_time(r['ttfb'])} "
-            f"| {fmt_time(r['first_row'])} | {peak} | {over} |"
+            f"| {fmt_time(r['first_row'])} | {peak} | {over} | {cpu_text(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -680,7 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     server = psql(args.db, "SHOW server_version", tuples=True).strip()
     (args.out / "benchmark.md").write_text(
         f"# Benchmark\n\nMade by `{command.strip()}` on {machine}, PostgreSQL {server}.\n"
-        "Each row is one fresh process run alone; ratios are against COPY in the same run.\n\n"
+        "Each row is one fresh process run alone; ratios are against COPY in the same run."
+        " CPU: the exporting process's CPU time (the gunicorn worker, or the process in"
+        " process) and every process's on the machine meanwhile (PostgreSQL, the client, the"
+        " kernel's socket work), which on 2 cores bounds the time from below at half of it.\n\n"
         + markdown
     )
     if not args.no_plot:

@@ -53,11 +53,12 @@ class Settings:
         """The longest an export works without letting other requests run. Default 0.002 (2 ms).
 
         In seconds.  An export lets the others run after each slice of rows it renders
-        (``time.sleep(0)``, which is ``gevent.sleep(0)`` once gevent has patched the
-        process; elsewhere a release of the GIL).  A slice that would take longer than
-        this (a large ``BUFFER_SIZE``, slow converters) is rendered in parts with a turn
-        after each, for CSV, NDJSON and JSON (same chunks, same bytes); a prefetched
-        ``FETCH`` of ``CHUNK_SIZE`` rows is turned into Python values slice by slice.  So
+        (``gevent.sleep(0)`` once gevent has patched the process; threads are switched by
+        the interpreter every ``sys.getswitchinterval()`` anyway).  A slice that would take
+        longer than this (a large ``BUFFER_SIZE``, slow converters) is rendered in parts
+        with a turn after each, for CSV, NDJSON and JSON (same chunks, same bytes); a
+        prefetched ``FETCH`` of ``CHUNK_SIZE`` rows is turned into Python values slice by
+        slice.  So
         a small request on a gevent worker waits for at most about this much of each
         export before it, whatever the step sizes.  A number of seconds above 0, at most 1
         (check E022); ``build_plan(time_slice=...)`` wins (a view passes it from

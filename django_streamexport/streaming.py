@@ -46,10 +46,14 @@ class TimeSlice:
 
     Under gevent a write that does not block never switches greenlets, so a stream that
     renders faster than its client reads would hold the worker's only thread.
-    :meth:`turn` calls ``time.sleep(0)``, which is ``gevent.sleep(0)`` once gevent has
-    patched the process: "a value of 0 (the default) means to yield execution to any
-    other runnable greenlets" (gevent docs, ``gevent.sleep``); elsewhere it releases the
-    GIL.  The stream takes a turn after each slice of rows, and splits work that would
+    :meth:`turn` calls ``time.sleep(0)`` once gevent (or another library of green
+    threads) has patched it: ``gevent.sleep(0)``, "a value of 0 (the default) means to
+    yield execution to any other runnable greenlets" (gevent docs, ``gevent.sleep``).
+    Unpatched, it does nothing: operating-system threads are switched by the interpreter
+    every ``sys.getswitchinterval()`` (5 ms) anyway, and the system call of
+    ``time.sleep(0)`` gave the core away to other processes on a busy machine (a third of
+    an in-process COPY export's time on the benchmark machine while tests ran beside it).
+    The stream takes a turn after each slice of rows, and splits work that would
     hold the worker longer than ``seconds`` (the plan's ``time_slice``) into parts with a
     turn after each; a request waiting on the worker then waits for at most
     ``seconds`` of each export before it.  :meth:`spend` turns only when ``seconds``
@@ -65,8 +69,10 @@ class TimeSlice:
         self.turns = 0
 
     def turn(self) -> None:
-        """Let the others that are ready run now."""
-        time.sleep(0)
+        """Let the other greenlets that are ready run now (see the class)."""
+        sleep = time.sleep
+        if sleep.__module__ != "time":  # patched: a cooperative sleep
+            sleep(0)
         self.turns += 1
         self.since = time.monotonic()
 

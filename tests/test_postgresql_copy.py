@@ -7,6 +7,7 @@ Each fast path is compared byte for byte with the pure-Python path
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import time
 import uuid
@@ -276,6 +277,28 @@ def test_copy_stream_closed_early_leaves_a_usable_connection(pg_alias):
     copy.close()
     assert Record.objects.using(pg_alias).count() == 3000
     assert server_side_cursors(pg_alias) == []
+
+
+@needs_psycopg3
+def test_copy_rows_set_off_no_garbage_collection(pg_alias):
+    """COPY's rows are copied out of libpq's blocks as they arrive, not held as blocks (a
+    ``memoryview`` each, which the garbage collector tracks): 20,000 rows set off no
+    collection of the older generations.  Holding them set off 4 of the middle one here
+    (and a full one after every 10, which walks every object of the process)."""
+    Record.objects.using(pg_alias).bulk_create(
+        [Record(title=f"row {i}", status="d") for i in range(20_000)]
+    )
+    _, copy = streams(pg_alias, ["id", "title"], stream_options={"buffer_size": 64 * 1024})
+    assert copy.reader.name == "copy"
+    gc.collect()
+    before = [generation["collections"] for generation in gc.get_stats()]
+    data = b"".join(copy)
+    after = [generation["collections"] for generation in gc.get_stats()]
+    assert copy.rows == 20_000
+    assert len(parse_csv(data)) == 1 + 20_000
+    young, middle, old = (a - b for a, b in zip(after, before, strict=True))
+    assert (middle, old) == (0, 0), (young, middle, old)
+    assert young < 10, (young, middle, old)
 
 
 @needs_psycopg3

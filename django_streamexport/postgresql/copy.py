@@ -105,8 +105,10 @@ def _codec_name(charset: str) -> str:
         return charset
 
 
-def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:
-    """Return ``read(limit)``: the next COPY blocks (rows) worth about ``limit`` bytes, or ``[]``.
+def block_reader(connection: Any, copy: Any) -> Callable[[int], tuple[bytearray, list[int]]]:
+    """Return ``read(limit)``: the next COPY rows worth about ``limit`` bytes, as
+    ``(data, ends)``: the rows' bytes one after another, and the offset in ``data`` where
+    each row ends (after its ``\\n``); ``ends`` is empty when the COPY has ended.
 
     psycopg's ``Copy.read()`` returns one row per call, each through a full wait cycle
     (``Connection.wait()``) and two generators, which costs more than the rest of COPY mode
@@ -115,6 +117,12 @@ def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:
     way psycopg does (gevent-aware), and ends the COPY as psycopg's ``copy_from``
     generator does (raising the server's error, such as a statement timeout).  Falls back
     to ``read()`` per row where those pieces are missing (other psycopg versions).
+
+    Each row is copied into ``data`` at once and its block dropped: a block is a
+    ``memoryview``, which the garbage collector tracks, and holding a chunk's worth of
+    them (hundreds per chunk, a million per million rows) set off collections of every
+    generation, the whole process's objects included; the offsets are ``int``, which it
+    does not track.
     """
     driver = psycopg_internals()
     try:
@@ -126,12 +134,12 @@ def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:
         copy._finished  # noqa: B018 (set below, when the COPY has ended)
     except AttributeError:
 
-        def read_each(limit: int) -> list:
-            blocks, size = [], 0
-            while size < limit and (block := copy.read()):
-                blocks.append(block)
-                size += len(block)
-            return blocks
+        def read_each(limit: int) -> tuple[bytearray, list[int]]:
+            data, ends = bytearray(), []
+            while len(data) < limit and (block := copy.read()):
+                data += block
+                ends.append(len(data))
+            return data, ends
 
         return read_each
 
@@ -141,15 +149,17 @@ def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:
     wait_r = driver.Wait.R
 
     def gather(limit: int) -> Any:
-        blocks: list = []
-        append = blocks.append
+        data = bytearray()
+        ends: list[int] = []
+        end = ends.append
         size = 0
         read_socket = False  # the last call found libpq's buffer empty and read the socket
         while size < limit:
             nbytes, block = get_copy_data(1)  # 1: never block
             if nbytes > 0:
-                append(block)
+                data += block
                 size += nbytes
+                end(size)
                 read_socket = False
             elif nbytes == 0:
                 # No whole row buffered.  libpq reads at most its buffer (16 KiB) per
@@ -169,22 +179,26 @@ def block_reader(connection: Any, copy: Any) -> Callable[[int], list]:
                 if results[0].status != command_ok:
                     raise error_from_result(results[0], encoding=connection.info.encoding)
                 break
-        return blocks
+        return data, ends
 
-    def read(limit: int) -> list:
-        return [] if copy._finished else wait(gather(limit))
+    def read(limit: int) -> tuple[bytearray, list[int]]:
+        return (bytearray(), []) if copy._finished else wait(gather(limit))
 
     return read
 
 
-def crlf_rows(blocks: list) -> bytes:
-    """Return COPY's row blocks as one ``bytes`` with each row's ``\\n`` made ``\\r\\n``.
+def crlf_rows(data: bytearray, ends: list[int]) -> bytes:
+    """Return COPY's rows (``data``, each ending at an offset of ``ends``) as ``bytes`` with
+    each row's ``\\n`` made ``\\r\\n``.
 
-    One block per row, its last byte the row's ``\\n``.  When the chunk has no other
-    ``\\n`` (no line break inside a quoted value), one ``replace()`` over the joined
-    chunk does it; otherwise each row is cut and joined.
+    Each row's last byte is its ``\\n``.  When ``data`` has no other ``\\n`` (no line
+    break inside a quoted value), one ``replace()`` does it; otherwise each row is cut at
+    its end and joined.
     """
-    data = b"".join(blocks)
-    if data.count(b"\n") == len(blocks):
-        return data.replace(b"\n", b"\r\n")
-    return b"\r\n".join([bytes(block[:-1]) for block in blocks]) + b"\r\n"
+    if data.count(b"\n") == len(ends):
+        return bytes(data).replace(b"\n", b"\r\n")
+    view, start, rows = memoryview(data), 0, []
+    for stop in ends:
+        rows.append(view[start : stop - 1])
+        start = stop
+    return b"\r\n".join(rows) + b"\r\n"

@@ -124,23 +124,27 @@ class CopyReader(Reader):
                     try:
                         read = block_reader(raw.connection, copy)
                         limit = 1
-                        while blocks := self._read(read, limit, watch):
+                        while (rows := self._read(read, limit, watch))[1]:
+                            data, ends = rows
                             limit = plan.buffer_size
                             if left is not None:
-                                if len(blocks) > left:
-                                    blocks = blocks[:left]
+                                if len(ends) > left:
+                                    ends = ends[:left]
+                                    del data[ends[-1] if ends else 0 :]
                                     self.over_limit = True
-                                left -= len(blocks)
-                                if not blocks:
+                                left -= len(ends)
+                                if not ends:
                                     continue  # read on to the end of the COPY
                             watch.away()
-                            yield crlf_rows(blocks), len(blocks)
+                            yield crlf_rows(data, ends), len(ends)
                             watch.back()
                     finally:
                         watch.stop()  # the COPY's own ending (a drain, a cancel) is not bounded
 
     @staticmethod
-    def _read(read: Callable[[int], list], limit: int, watch: IdleWatch) -> list:
+    def _read(
+        read: Callable[[int], tuple[bytearray, list[int]]], limit: int, watch: IdleWatch
+    ) -> tuple[bytearray, list[int]]:
         """Return ``read(limit)``; raise a cancel by ``watch`` as a statement timeout (the
         cursor path raises the same).  :meth:`read` raises errors as Django's."""
         try:
