@@ -29,8 +29,11 @@ Protocol", "COPY Operations") and, when the extra row came, the export fails wit
 ``row_limit`` as on the cursor path.  A one-column export spells an empty cell ``""``, as
 Python's ``csv`` does for a row of one empty field.
 
-Known spelling difference: a text value that is exactly ``\\.`` is quoted by COPY and not
-by Python; a CSV reader parses both to the same value.
+Known spelling differences, each parsed by a CSV reader to the same value: a text value
+that is exactly ``\\.`` is quoted by COPY and not by Python; a float of 1e16 or more whose
+shortest round-trip spelling PostgreSQL and Python choose differently
+(``5.4636814749355824e+16`` from PostgreSQL, ``5.463681474935582e+16`` from ``repr()``;
+both are the same double).
 """
 
 from __future__ import annotations
