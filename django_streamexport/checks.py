@@ -3,7 +3,7 @@
 Ids are stable; each is documented in docs/reference/checks.rst (the settings checks'
 messages and hints are generated from :func:`check_settings` when the documentation is
 built).
-:func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E022, E101);
+:func:`check_settings` validates every ``STREAMEXPORT_*`` setting (E001-E023, E101);
 :func:`check_databases` and :func:`check_green_psycopg2` warn about deployments on which
 exports would not stream (W001-W003), :func:`check_gevent_persistent_connections` about
 connections a gevent worker would pile up (W004).  W101 is an admin check, reported by each
@@ -48,7 +48,7 @@ def _error(name: str, problem: str, hint: str, check_id: str) -> Error:
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
-    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E022, E101).
+    """Check every ``STREAMEXPORT_*`` setting's type and value (E001-E023, E101).
 
     One id per setting, returned in the order of the ids.  E101 is checked here, once,
     rather than by each export admin.
@@ -76,6 +76,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         _int_range("PARQUET_ROW_GROUP_ROWS", "E020", 1, 10_000_000),
         _time_zone(),  # E021
         _time_slice(),  # E022
+        _int_range("PARQUET_ROW_GROUP_BYTES", "E023", 1, 2**31),
         _admin_export_permission(),  # E101
     ]
     return [error for error in errors if error is not None]
@@ -267,7 +268,7 @@ def _time_zone() -> Error | None:
 
 
 def _int_range(name: str, check_id: str, low: int, high: int) -> Error | None:
-    """E019, E020: an integer from ``low`` to ``high``."""
+    """E019, E020, E023: an integer from ``low`` to ``high``."""
     value = getattr(conf, name)
     if is_integer(value) and low <= value <= high:
         return None

@@ -5,7 +5,7 @@ Every setting is read from ``django.conf.settings`` at call time, so
 Each property documents its type and default; the documentation's settings reference
 (docs/reference/settings.rst) is generated from them when it is built, and
 :func:`django_streamexport.checks.check_settings` validates
-every one at start-up (ids ``django_streamexport.E001`` to ``E022`` and ``E101``).
+every one at start-up (ids ``django_streamexport.E001`` to ``E023`` and ``E101``).
 """
 
 from __future__ import annotations
@@ -276,11 +276,26 @@ class Settings:
 
     @property
     def PARQUET_ROW_GROUP_ROWS(self) -> int:
-        """Rows per Parquet row group (one group is held in memory). Default 65536.
+        """Most rows per Parquet row group (one group is held in memory). Default 65536.
 
-        Checked by E020.
+        A group ends at this many rows or at ``STREAMEXPORT_PARQUET_ROW_GROUP_BYTES``,
+        whichever comes first.  Checked by E020.
         """
         return getattr(settings, "STREAMEXPORT_PARQUET_ROW_GROUP_ROWS", 65536)
+
+    @property
+    def PARQUET_ROW_GROUP_BYTES(self) -> int:
+        """Most bytes of Arrow data per Parquet row group. Default 2097152 (2 MiB).
+
+        Rows are held as Arrow arrays until they make a row group; the group is written
+        once they pass this many bytes (``RecordBatch.nbytes``: the text bytes, 8 per
+        integer, float or timestamp, 16 per decimal, plus offsets and validity bits) or
+        ``STREAMEXPORT_PARQUET_ROW_GROUP_ROWS`` rows, whichever comes first, so wide rows
+        and long texts make smaller groups and memory stays bounded by bytes, not rows.
+        Writing a group takes about as much again (its encoded pages).  An integer from
+        1 to 2**31 (check E023); a view's ``format_options`` ``row_group_bytes`` wins.
+        """
+        return getattr(settings, "STREAMEXPORT_PARQUET_ROW_GROUP_BYTES", 2 * 1024 * 1024)
 
 
 #: The settings reader: ``conf.CHUNK_SIZE`` is ``STREAMEXPORT_CHUNK_SIZE`` or its default.

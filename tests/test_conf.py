@@ -37,6 +37,7 @@ SETTINGS = [
     ("XLSX_TIME_ZONE", None, "Europe/Paris"),
     ("XLSX_COMPRESS_LEVEL", 1, 6),
     ("PARQUET_ROW_GROUP_ROWS", 65536, 1000),
+    ("PARQUET_ROW_GROUP_BYTES", 2 * 1024 * 1024, 64 * 1024),
     ("TIME_ZONE", None, "current"),
 ]
 

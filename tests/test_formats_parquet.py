@@ -274,6 +274,60 @@ def test_row_groups_follow_row_group_rows(db_alias, tmp_path):
     assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall() == [(1050,)]
 
 
+def test_row_groups_end_at_row_group_bytes_whatever_their_rows(db_alias, tmp_path):
+    """A 64 KiB byte cap splits 3,000 rows into groups of about 64 KiB of Arrow data."""
+    records = make_records(db_alias, 3000)
+    cap, slice_bytes = 64 * 1024, 4096
+    path = tmp_path / "capped.parquet"
+    export_to_file(
+        db_alias,
+        path,
+        format_options={"row_group_rows": 1_000_000, "row_group_bytes": cap},
+        chunk_size=64,
+        buffer_size=slice_bytes,
+    )
+    parquet = pq.ParquetFile(path)
+    metadata = parquet.metadata
+    rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    arrow_bytes = [parquet.read_row_group(i).nbytes for i in range(metadata.num_row_groups)]
+    assert metadata.num_row_groups >= 4, (rows, arrow_bytes)
+    assert sum(rows) == 3000
+    # Each full group ended on the slice that passed the cap (slices of ~4 KiB of Arrow
+    # data; read back, a column without nulls has no validity bitmap, hence the margin).
+    for size in arrow_bytes[:-1]:
+        assert 0.9 * cap <= size <= cap + 4 * slice_bytes, arrow_bytes
+    assert arrow_bytes[-1] <= cap + 4 * slice_bytes
+    assert_pyarrow_matches(path, records)
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}')").fetchall() == [(3000,)]
+
+
+def test_row_group_bytes_default_is_the_setting(db_alias, tmp_path):
+    make_records(db_alias, 1000)
+    path = tmp_path / "groups.parquet"
+    export_to_file(db_alias, path)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    with override_settings(STREAMEXPORT_PARQUET_ROW_GROUP_BYTES=32 * 1024):
+        export_to_file(db_alias, path)
+    assert pq.ParquetFile(path).metadata.num_row_groups > 3
+
+
+def test_preload_imports_pyarrow_and_writes_every_type():
+    """preload() (deploy/gunicorn.conf.py's post_worker_init) runs in a fresh process."""
+    code = (
+        "import sys, django; django.setup()\n"
+        "assert 'pyarrow' not in sys.modules\n"
+        "from django_streamexport.formats.parquet import preload\n"
+        "preload()\n"
+        "assert 'pyarrow.parquet' in sys.modules\n"
+    )
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "example_project")]),
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=120)
+
+
 def test_row_group_rows_default_is_the_setting(db_alias, tmp_path):
     make_records(db_alias, 250)
     path = tmp_path / "groups.parquet"
@@ -308,6 +362,8 @@ def test_compression_options(db_alias, tmp_path, compression):
         ({"compression": "bz2"}, "compression must be one of"),
         ({"compression": None, "row_group_rows": 0}, "row_group_rows"),
         ({"row_group_rows": True}, "row_group_rows"),
+        ({"row_group_bytes": 0}, "row_group_bytes"),
+        ({"row_group_bytes": 1.5}, "row_group_bytes"),
     ],
 )
 def test_invalid_options_are_refused_before_a_response_starts(db_alias, options, message):

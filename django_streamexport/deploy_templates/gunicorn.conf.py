@@ -151,6 +151,17 @@ else:
 proc_name = "streamexport"
 
 
+# Parquet exports (pyarrow): allocate Arrow memory with malloc, not pyarrow's bundled mimalloc
+# or jemalloc. pyarrow's Parquet writer takes its encoders' and pages' memory from the default
+# pool whatever pool it is given (pyarrow passes its memory_pool to the Arrow side only), and
+# mimalloc keeps freed pages for reuse: a 1M-row export then grew the worker by about 27 MB,
+# 17 MB with malloc, in the same time (docs/performance.md). pyarrow reads this variable once,
+# when it first needs the default pool (Arrow docs, "Memory Management", "Default memory pool"),
+# so it is set here in the master and inherited by every worker; a value already in the
+# environment wins.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+
 # --- Logging ---------------------------------------------------------------------------------
 
 # Access log to stdout and error log to stderr ("-" means each stream). Under systemd both go to
@@ -216,3 +227,30 @@ def post_fork(server, worker):
         return
     patch_psycopg()
     worker.log.info("psycogreen: psycopg2 wait callback installed (pid %s)", worker.pid)
+
+
+def post_worker_init(worker):
+    """Import pyarrow in each worker at start, so Parquet exports do not grow the worker.
+
+    pyarrow is imported at the first Parquet export otherwise, and stays: importing it and
+    running its Parquet writer once costs about 46 MB of RSS per worker (pyarrow 26: 40 MB of
+    modules and libraries, 6 MB of the writer's code paged in), which the first export would
+    add on top of its own memory. Paying it here, once, when the worker starts keeps an
+    export's growth to its row group's (docs/performance.md) and its first byte free of a
+    0.4 s import. ``django_streamexport.formats.parquet.preload()`` writes a two-row file of
+    every column type into nothing. Runs in the worker after the application is loaded
+    (gunicorn docs, server hook ``post_worker_init``), so Django is set up.
+
+    Skipped when pyarrow is not installed (no Parquet exports), or with
+    ``STREAMEXPORT_PRELOAD_PYARROW=0`` (a project that installs pyarrow but offers no
+    Parquet export).
+    """
+    import importlib.util
+
+    if os.environ.get("STREAMEXPORT_PRELOAD_PYARROW") == "0":
+        return
+    if importlib.util.find_spec("pyarrow") is None:
+        return
+    from django_streamexport.formats.parquet import preload
+
+    preload()

@@ -15,14 +15,19 @@ with ``bytes``, and counts the position itself (no ``tell()``, ``seek()``, ``flu
 or ``close()`` is called on the sink, checked with pyarrow 18 and 26).
 
 Memory: rows are converted to Arrow arrays slice by slice (so the driver's rows are
-released at once) and buffered until ``row_group_rows`` rows make a row group, which is
-written and freed.  An export holds at most one row group of Arrow data (plus one
-slice), and the compressed bytes of the group being sent, whatever its row count.
-Arrow memory comes from pyarrow's default memory pool, or the ``memory_pool`` option.
+released at once) and buffered until they make a row group (``row_group_rows`` rows or
+``row_group_bytes`` bytes of Arrow data, whichever comes first), which is written and
+freed.  An export holds at most one row group of Arrow data (plus one slice), the
+writer's encoded pages of that group, and the compressed bytes of the group being sent,
+whatever its row count.  Arrow memory comes from pyarrow's system memory pool
+(``malloc``), or the ``memory_pool`` option: pyarrow's default pool (mimalloc or
+jemalloc) keeps freed pages for reuse, and a gunicorn worker's RSS then grew about twice
+as much per export (measured in docs/performance.md).
 
-This module imports pyarrow: :func:`~django_streamexport.formats.default_format_classes`
+This module needs pyarrow: :func:`~django_streamexport.formats.default_format_classes`
 imports it only when pyarrow is installed (the ``parquet`` extra); check
-``django_streamexport.I001`` says when it is not.
+``django_streamexport.I001`` says when it is not.  pyarrow itself is imported at the first
+Parquet export, or by :func:`preload` (deploy/gunicorn.conf.py calls it in each worker).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ else:
     pa = _LazyModule("pyarrow")
     pq = _LazyModule("pyarrow.parquet")
 
-__all__ = ["CODECS", "ParquetFormat", "arrow_type", "default_compression"]
+__all__ = ["CODECS", "ParquetFormat", "arrow_type", "default_compression", "preload"]
 
 #: Compression codecs of the Parquet format that pyarrow writes (``"none"``: uncompressed).
 CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
@@ -154,6 +159,43 @@ def choices_text(choices: dict[Any, str]) -> Converter:
     return convert
 
 
+def preload() -> None:
+    """Import pyarrow and write a small Parquet file of every type :func:`arrow_type` returns.
+
+    Call it once per process before the first export (deploy/gunicorn.conf.py's
+    ``post_worker_init`` does): the process then already holds what every Parquet export
+    would otherwise add to its RSS the first time, pyarrow's modules (about 40 MB with
+    pyarrow 26) and the code its writer runs (about 6 MB more), so an export's memory is
+    its row group's.  The file (two rows: values, then nulls) is written into nothing, with
+    :func:`default_compression` and the system memory pool, as exports are.
+    """
+    import datetime
+    import decimal
+
+    types = {
+        pa.int64(): 1,
+        pa.float64(): 1.5,
+        pa.decimal128(12, 2): decimal.Decimal("1.50"),
+        pa.decimal256(40, 2): decimal.Decimal("1.50"),
+        pa.bool_(): True,
+        pa.timestamp("us", tz="UTC"): datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc),
+        pa.timestamp("us"): datetime.datetime(2000, 1, 1),
+        pa.date32(): datetime.date(2000, 1, 1),
+        pa.time64("us"): datetime.time(12),
+        pa.duration("us"): datetime.timedelta(seconds=1),
+        pa.binary(): b"x",
+        pa.string(): "x",
+    }
+    pool = pa.system_memory_pool()
+    schema = pa.schema([pa.field(f"c{index}", kind) for index, kind in enumerate(types)])
+    arrays = [pa.array([value, None], type=kind, memory_pool=pool) for kind, value in types.items()]
+    writer = pq.ParquetWriter(
+        OutputBuffer(), schema, compression=default_compression(), memory_pool=pool
+    )
+    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    writer.close()
+
+
 class ParquetFormat(ExportFormat):
     """Write rows as an Apache Parquet file (``.parquet``), one row group at a time.
 
@@ -164,12 +206,15 @@ class ParquetFormat(ExportFormat):
     ``NaN`` decimal) fails the export with a ``ValueError`` naming the column, mid-stream
     as any failure: the file then has no footer and does not open.
 
-    Options: ``row_group_rows`` (rows per row group, default
-    ``STREAMEXPORT_PARQUET_ROW_GROUP_ROWS``; one group is held in memory), ``compression``
+    Options: ``row_group_rows`` (most rows per row group, default
+    ``STREAMEXPORT_PARQUET_ROW_GROUP_ROWS``), ``row_group_bytes`` (most bytes of Arrow data
+    per row group, default ``STREAMEXPORT_PARQUET_ROW_GROUP_BYTES``; a group is written
+    when either is reached, and one group is held in memory), ``compression``
     (one of :data:`CODECS`, default :func:`default_compression`, ``"zstd"``),
     ``compression_level`` (the codec's level; default pyarrow's) and ``memory_pool`` (the
-    ``pyarrow.MemoryPool`` the arrays and the writer allocate from; default pyarrow's
-    default pool).  A pool of your own, such as ``pyarrow.proxy_memory_pool(...)`` to
+    ``pyarrow.MemoryPool`` the arrays and the writer allocate from; default
+    ``pyarrow.system_memory_pool()``, which hands freed row groups back to ``malloc``).
+    A pool of your own, such as ``pyarrow.proxy_memory_pool(...)`` to
     measure one export (``max_memory()``), must outlive the format and what it allocated:
     pyarrow frees into it and crashes the process if it is gone.  Invalid options raise
     ``ImproperlyConfigured`` when the format is built, before a response starts.
@@ -191,6 +236,7 @@ class ParquetFormat(ExportFormat):
         columns: Sequence[ResolvedColumn],
         *,
         row_group_rows: int | None = None,
+        row_group_bytes: int | None = None,
         compression: str | None = None,
         compression_level: int | None = None,
         memory_pool: pa.MemoryPool | None = None,
@@ -198,6 +244,9 @@ class ParquetFormat(ExportFormat):
         rows = conf.PARQUET_ROW_GROUP_ROWS if row_group_rows is None else row_group_rows
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ImproperlyConfigured(f"row_group_rows must be a positive integer, not {rows!r}.")
+        cap = conf.PARQUET_ROW_GROUP_BYTES if row_group_bytes is None else row_group_bytes
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ImproperlyConfigured(f"row_group_bytes must be a positive integer, not {cap!r}.")
         codec = default_compression() if compression is None else compression
         if not isinstance(codec, str) or codec.lower() not in CODECS:
             raise ImproperlyConfigured(
@@ -207,14 +256,16 @@ class ParquetFormat(ExportFormat):
         if codec != "none" and not pa.Codec.is_available(codec):
             raise ImproperlyConfigured(f"This pyarrow build cannot compress with {codec!r}.")
         self.row_group_rows = rows
+        self.row_group_bytes = cap
         self.compression = codec
         self.compression_level = compression_level
         #: The Arrow memory pool of this export's arrays and writer.
-        self.memory_pool = memory_pool or pa.default_memory_pool()
+        self.memory_pool = memory_pool or pa.system_memory_pool()
         self._sink = OutputBuffer()
         self._writer: pq.ParquetWriter | None = None
         self._batches: list[pa.RecordBatch] = []
         self._buffered = 0
+        self._buffered_bytes = 0
         self._last_size = 0
         super().__init__(columns)
         self.types = [self.arrow_type(column) for column in self.columns]
@@ -286,6 +337,7 @@ class ParquetFormat(ExportFormat):
         rest = table.slice(rows)  # zero-copy
         self._batches = rest.to_batches()
         self._buffered = rest.num_rows
+        self._buffered_bytes = rest.nbytes if self._buffered else 0
 
     def render_rows(self, rows: Sequence[Row]) -> bytes:
         """Buffer a batch of rows; return the bytes of the row groups it completed (often none).
@@ -299,8 +351,11 @@ class ParquetFormat(ExportFormat):
         self._last_size = batch.nbytes
         self._batches.append(batch)
         self._buffered += batch.num_rows
-        while self._buffered >= self.row_group_rows:
-            self._write_group(self.row_group_rows)
+        self._buffered_bytes += batch.nbytes
+        while self._buffered >= self.row_group_rows or (
+            self._buffered and self._buffered_bytes >= self.row_group_bytes
+        ):
+            self._write_group(min(self._buffered, self.row_group_rows))
         return self._sink.drain()
 
     def rendered_size(self, data: bytes) -> int:
@@ -333,5 +388,5 @@ class ParquetFormat(ExportFormat):
         Frees the buffered rows.
         """
         self._batches.clear()
-        self._buffered = 0
+        self._buffered = self._buffered_bytes = 0
         return b""
