@@ -43,9 +43,12 @@ STREAMING = [
 #: memory, and the recipe over HTTP takes about half an hour at 10M rows on 2 cores.
 PEERS = ["recipe", "http-recipe", "buffered", "import-export", "import-export-xlsx"]
 PEERS_MAX_ROWS = 1_000_000
-#: Above this many rows only the HTTP approaches run: the in-process ones measure the same
-#: code without the server, and at 10M rows the worker's memory is the point.
+#: Above this many rows only LARGE runs: the baselines and each format over HTTP with the
+#: library's defaults (the in-process approaches measure the same code without the server,
+#: and at 10M rows the worker's memory and first row are the point).
 IN_PROCESS_MAX_ROWS = 1_000_000
+LARGE = ["copy-psql", "copy-psql-exact", "http-ours-csv", "http-ours-ndjson", "http-ours-copy",
+         "http-ours-json", "http-ours-xlsx", "http-ours-parquet"]  # fmt: skip
 #: Concurrency figures (``benchmarks/measure.py``), measured on the tables of
 #: CONCURRENCY_ROWS rows (or the largest size below it), library defaults.
 CONCURRENCY = [
@@ -472,16 +475,21 @@ def readme_table(results: list[dict], kinds: tuple[str, ...]) -> str:
         "|---|" + "--:|--:|" * len(kinds) + "--:|--:|",
     ]
     for approach, label in README_ROWS:
+        # The peers may stop at a smaller size (--peers-max-rows): shown there, so labelled.
+        measured = [n for n in sizes if n <= size and (approach, f"{kinds[0]}-{n}") in by]
+        at = max(measured, default=size)
+        if at != size:
+            label += f" ({at:,} rows)"
         cells = []
         for kind in kinds:
-            r, a = by.get((approach, f"{kind}-{size}")), by.get(("copy-psql", f"{kind}-{size}"))
+            r, a = by.get((approach, f"{kind}-{at}")), by.get(("copy-psql", f"{kind}-{at}"))
             if r is None or a is None:
                 cells += ["n/a", "n/a"]
             else:
                 cells += [fmt_time(r["seconds"]), f"{r['seconds'] / a['seconds']:.2f}x"]
         if all(cell == "n/a" for cell in cells):
             continue  # not measured in this run
-        r = by.get((approach, f"{kinds[0]}-{big}")) or by.get((approach, f"{kinds[0]}-{size}"))
+        r = by.get((approach, f"{kinds[0]}-{big}")) or by.get((approach, f"{kinds[0]}-{at}"))
         first = "n/a"
         if r is not None and r["first_row"] is not None:
             first = fmt_time(r["first_row"])
@@ -573,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=18500)
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--peers-max-rows", type=int, default=PEERS_MAX_ROWS, metavar="N",
+                        help=f"measure the peers ({', '.join(PEERS)}) up to N rows; "
+                        f"default {PEERS_MAX_ROWS:,}")  # fmt: skip
     parser.add_argument("--readme", type=Path, metavar="PATH",
                         help="also replace the table between README_MARKERS in PATH "
                         "(README.md) with this run's")  # fmt: skip
@@ -595,9 +606,11 @@ def main(argv: list[str] | None = None) -> int:
 
     plan: list[tuple[str, str]] = []
     for rows in sizes:
-        approaches = QUICK if args.quick else STREAMING + (PEERS if rows <= PEERS_MAX_ROWS else [])
+        approaches = (
+            QUICK if args.quick else STREAMING + (PEERS if rows <= args.peers_max_rows else [])
+        )
         if rows > IN_PROCESS_MAX_ROWS:
-            approaches = [a for a in approaches if not a.startswith("ours-")]
+            approaches = [a for a in approaches if a in LARGE]
         plan += [(a, f"{kind}-{rows}") for kind in kinds for a in approaches]
     if multiply:
         plan += [(a, "flights") for a in [*STREAMING, "recipe", "http-recipe"]]
