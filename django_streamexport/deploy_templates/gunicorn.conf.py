@@ -230,7 +230,12 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Import pyarrow in each worker at start, so Parquet exports do not grow the worker.
+    """Import the export formats, and pyarrow, in each worker at start.
+
+    The format classes of ``STREAMEXPORT_FORMATS`` are imported at the first export
+    otherwise (``django_streamexport.formats.default_format_classes()``, cached per process):
+    about 10 ms of the first export's first byte on each worker, measured on a 2-core
+    machine (docs/performance.md, "First byte and first row").
 
     pyarrow is imported at the first Parquet export otherwise, and stays: importing it and
     running its Parquet writer once costs about 46 MB of RSS per worker (pyarrow 26: 40 MB of
@@ -241,12 +246,15 @@ def post_worker_init(worker):
     every column type into nothing. Runs in the worker after the application is loaded
     (gunicorn docs, server hook ``post_worker_init``), so Django is set up.
 
-    Skipped when pyarrow is not installed (no Parquet exports), or with
+    pyarrow is skipped when it is not installed (no Parquet exports), or with
     ``STREAMEXPORT_PRELOAD_PYARROW=0`` (a project that installs pyarrow but offers no
     Parquet export).
     """
     import importlib.util
 
+    from django_streamexport.formats import default_format_classes
+
+    default_format_classes()
     if os.environ.get("STREAMEXPORT_PRELOAD_PYARROW") == "0":
         return
     if importlib.util.find_spec("pyarrow") is None:
