@@ -677,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {outcome['seconds']:.3f} s, {outcome['rows']:,} rows, peak {outcome['peak_mb']} MB")
         results.append(outcome)
         saved.write_text(json.dumps(results, indent=1) + "\n")
+    # Also when the last measurements were resumed, not measured.
+    saved.write_text(json.dumps(results, indent=1) + "\n")
 
     goals = goals_table(results, kinds)
     markdown = ("## Goals\n\n" + goals + "\n## Every approach\n\n" if goals else "") + table(
