@@ -252,9 +252,15 @@ def post_worker_init(worker):
     """
     import importlib.util
 
+    from django.core.exceptions import ImproperlyConfigured
+
     from django_streamexport.formats import default_format_classes
 
-    default_format_classes()
+    try:
+        default_format_classes()
+    except ImproperlyConfigured as exc:
+        # A bad STREAMEXPORT_FORMATS breaks exports (check E004 says so), not the worker.
+        worker.log.error("streamexport: export formats not preloaded: %s", exc)
     if os.environ.get("STREAMEXPORT_PRELOAD_PYARROW") == "0":
         return
     if importlib.util.find_spec("pyarrow") is None:
